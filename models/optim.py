@@ -1,0 +1,129 @@
+"""Optimizer and LR-schedule registries. Schedules are torch's own, stepped once per optimizer step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler as sched
+
+from orchestrator.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Entry:
+    build: Callable[..., Any]
+    description: str
+
+
+def _fused(params: Iterable[torch.nn.Parameter]) -> dict[str, bool]:
+    # fused kernels exist for CUDA tensors only
+    return {"fused": True} if any(p.is_cuda for p in params) else {}
+
+
+OPTIMIZERS: dict[str, Entry] = {
+    "adam": Entry(
+        lambda params, lr, weight_decay, momentum: torch.optim.Adam(
+            params, lr=lr, weight_decay=weight_decay, **_fused(params)
+        ),
+        "Adam (L2 weight decay)",
+    ),
+    "adamw": Entry(
+        lambda params, lr, weight_decay, momentum: torch.optim.AdamW(
+            params, lr=lr, weight_decay=weight_decay, **_fused(params)
+        ),
+        "AdamW (decoupled weight decay)",
+    ),
+    "sgd": Entry(
+        lambda params, lr, weight_decay, momentum: torch.optim.SGD(
+            params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0
+        ),
+        "SGD with Nesterov momentum",
+    ),
+}
+
+
+def create_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise UnknownNameError("optimizer", name, OPTIMIZERS)
+    return OPTIMIZERS[name].build(list(params), lr, weight_decay, momentum)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Schedule lengths in optimizer steps."""
+
+    per_epoch: int
+    total: int
+    warmup: int
+
+    @property
+    def main(self) -> int:
+        return max(1, self.total - self.warmup)
+
+
+SCHEDULES: dict[str, Entry] = {
+    "constant": Entry(lambda opt, s, p: sched.LambdaLR(opt, lambda _: 1.0), "constant learning rate"),
+    "cosine": Entry(
+        lambda opt, s, p: sched.CosineAnnealingLR(opt, T_max=s.main, eta_min=p["lr"] * p["min_lr_factor"]),
+        "cosine decay to lr * min_lr_factor over the run",
+    ),
+    "poly": Entry(
+        lambda opt, s, p: sched.PolynomialLR(opt, total_iters=s.main, power=p["power"]),
+        "polynomial decay (1 - t/T)^power, DeepLab's 'poly'",
+    ),
+    "step": Entry(
+        lambda opt, s, p: sched.StepLR(opt, step_size=p["step_epochs"] * s.per_epoch, gamma=p["step_gamma"]),
+        "lr * step_gamma every step_epochs epochs (ENet: x0.1 every 100)",
+    ),
+    "cosine_warm_restarts": Entry(
+        lambda opt, s, p: sched.CosineAnnealingWarmRestarts(
+            opt, T_0=p["restart_epochs"] * s.per_epoch, T_mult=p["restart_mult"], eta_min=p["lr"] * p["min_lr_factor"]
+        ),
+        "SGDR: cosine restarts every restart_epochs (x restart_mult)",
+    ),
+    "onecycle": Entry(
+        lambda opt, s, p: sched.OneCycleLR(
+            opt,
+            max_lr=p["lr"],
+            total_steps=s.main,
+            pct_start=p["pct_start"],
+            anneal_strategy="cos",
+            div_factor=p["div_factor"],
+            final_div_factor=p["final_div_factor"],
+        ),
+        "one-cycle: ascent for pct_start of the run to lr, cosine anneal (seed 002: 3e-4, 30%)",
+    ),
+}
+
+
+def list_schedules() -> dict[str, str]:
+    return {name: entry.description for name, entry in SCHEDULES.items()}
+
+
+def create_schedule(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    max_epochs: int,
+    lr: float,
+    warmup_epochs: float = 0.0,
+    warmup_start_factor: float = 0.1,
+    **params: Any,
+) -> sched.LRScheduler:
+    """Build schedule ``name``; with ``warmup_epochs`` > 0 a linear warm-up from ``lr * warmup_start_factor`` precedes it."""
+    if name not in SCHEDULES:
+        raise UnknownNameError("schedule", name, SCHEDULES)
+    total = steps_per_epoch * max_epochs
+    warmup = min(total - 1, math.ceil(warmup_epochs * steps_per_epoch)) if warmup_epochs > 0 else 0
+    steps = Steps(per_epoch=steps_per_epoch, total=total, warmup=max(0, warmup))
+    main = SCHEDULES[name].build(optimizer, steps, {"lr": lr, **params})
+    if steps.warmup == 0:
+        return main
+    warm = sched.LinearLR(optimizer, start_factor=warmup_start_factor, end_factor=1.0, total_iters=steps.warmup)
+    return sched.SequentialLR(optimizer, [warm, main], milestones=[steps.warmup])

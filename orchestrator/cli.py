@@ -1,0 +1,176 @@
+"""``orchestrate``: thin commands over the library; one handler turns known errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.errors import SegsweepError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="segsweep: sweep orchestration for semantic-segmentation experiments.")
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override a dotted key: --set optimizer.lr=3e-4")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    hint = "" if os.environ.get("SEGSWEEP_DEBUG") else " (SEGSWEEP_DEBUG=1 shows the traceback)"
+    typer.echo(f"error: {message}{hint if code == 1 else ''}", err=True)
+    sys.exit(code)
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="sweep YAML file")], set_: SetOption = None) -> None:
+    """Validate a sweep file and print the number of trials."""
+    from orchestrator.space import count_trials
+    from orchestrator.spec import load_spec
+
+    sweep = load_spec(spec, set_ or [])
+    typer.echo(f"{spec}: valid ({count_trials(sweep)} trials, {len(sweep.domains)} searched keys)")
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="sweep YAML file")],
+    out: Annotated[Optional[Path], typer.Option(help="run directory (default runs/<name>-<timestamp>)")] = None,
+    set_: SetOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and show the plan; start nothing")] = False,
+    max_trials: Annotated[Optional[int], typer.Option(min=1, help="cap the number of trials")] = None,
+    address: Annotated[Optional[str], typer.Option(help="join a running Ray cluster (e.g. auto, host:6379)")] = None,
+) -> None:
+    """Run a sweep: trials on Ray Tune, results in RUN_DIR/results.db, report in RUN_DIR/report.md."""
+    from orchestrator.data import dataset_sizes
+    from orchestrator.space import count_trials, describe_space
+    from orchestrator.spec import load_spec
+
+    sweep = load_spec(spec, set_ or [])
+    total = count_trials(sweep, max_trials)
+    if dry_run:
+        s = sweep.spec
+        sizes = dataset_sizes(s.data)
+        typer.echo(f"sweep {s.name}: {total} trials, {s.search.algorithm} search on {s.search.metric} ({s.search.mode}), "
+                   f"scheduler {s.search.scheduler.name}, {s.trainer.max_epochs} epochs max")
+        typer.echo(f"data: {s.data.dataset} ({s.data.task}) at {s.data.root}: train {sizes['train']} / "
+                   f"val {sizes['val']} images at {s.data.size[0]}x{s.data.size[1]}")
+        typer.echo("search space:" + ("".join(f"\n  {line}" for line in describe_space(sweep)) or " (none: fixed)"))
+        return
+    from orchestrator.runner import run_sweep
+
+    result = run_sweep(sweep, out=out, address=address, max_trials=max_trials)
+    _finish(result)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of an interrupted sweep")],
+    address: Annotated[Optional[str], typer.Option(help="join a running Ray cluster")] = None,
+) -> None:
+    """Finish an interrupted sweep: finished trials are kept, none is run twice."""
+    from orchestrator.runner import resume_sweep
+
+    _finish(resume_sweep(run_dir, address=address))
+
+
+def _finish(result) -> None:
+    typer.echo(f"report: {result.run_dir / 'report.md'}")
+    if result.interrupted:
+        typer.echo(f"interrupted: continue with 'orchestrate resume {result.run_dir}'", err=True)
+        raise typer.Exit(130)
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Trials done / running / failed and the best so far."""
+    from orchestrator.runner import progress_line
+    from reports.collect import open_store
+
+    store = open_store(run_dir)
+    typer.echo(progress_line(store))
+    for t in store.trials():
+        metric = store.meta()["metric"]
+        best = f"{t.best[metric]:.4f}" if metric in t.best else "–"
+        typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {t.error}" if t.error else ""))
+
+
+class ReportFormat(str, Enum):
+    md = "md"
+    html = "html"
+    json = "json"
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    format: Annotated[ReportFormat, typer.Option("--format", help="md, html or json")] = ReportFormat.md,
+) -> None:
+    """(Re)build report.md and report.html from the store and print one of them (json: the results object)."""
+    from reports.build import build_report, report_json
+
+    if format is ReportFormat.json:
+        typer.echo(json.dumps(report_json(run_dir), indent=2))
+        return
+    md, html = build_report(run_dir)
+    typer.echo((md if format is ReportFormat.md else html).read_text())
+
+
+class Registry(str, Enum):
+    models = "models"
+    encoders = "encoders"
+    losses = "losses"
+    schedules = "schedules"
+    datasets = "datasets"
+    optimizers = "optimizers"
+
+
+@app.command("list")
+def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> None:
+    """List a registry's names with one line each."""
+    from models.losses import list_losses
+    from models.optim import OPTIMIZERS, list_schedules
+    from models.registry import list_encoders, list_models
+    from orchestrator.data import list_datasets
+
+    entries = {
+        Registry.models: list_models,
+        Registry.encoders: lambda: {name: "" for name in list_encoders()} | {"tu-<timm model>": "any timm model"},
+        Registry.losses: list_losses,
+        Registry.schedules: list_schedules,
+        Registry.datasets: list_datasets,
+        Registry.optimizers: lambda: {k: v.description for k, v in OPTIMIZERS.items()},
+    }[what]()
+    width = max(map(len, entries))
+    for name, description in entries.items():
+        typer.echo(f"{name:<{width}}  {description}".rstrip())
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except SegsweepError as e:
+        if os.environ.get("SEGSWEEP_DEBUG"):
+            raise
+        fail(str(e), e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

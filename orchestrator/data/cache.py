@@ -1,0 +1,126 @@
+"""Decode once: every (image, label) pair is decoded a single time per (dataset, split, size, task) into uint8
+``.npy`` arrays that all trials memory-map read-only. Trials never touch JPEGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from PIL import Image
+
+from orchestrator.data.adapters import DataError, Pair, read_image, to_binary
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    path: str
+    images: int
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What the driver hands to every trial about the data (small, picklable)."""
+
+    dataset: str
+    task: str
+    classes: tuple[str, ...]
+    ignore_index: int
+    positive: int | None  # foreground index for the binary task
+    train: SplitInfo
+    val: SplitInfo
+    pixel_counts: tuple[int, ...]  # per class over the training split at training size, ignore excluded
+    image_pixels: tuple[int, ...]  # per class: labelled pixels of the training images that contain the class
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def fit_to_size(image: np.ndarray, label: np.ndarray, size: tuple[int, int], mode: str, ignore_index: int):
+    """``resize``: straight to HxW (bilinear image, nearest label). ``pad``: shrink to fit if larger (keeping the
+    aspect ratio), then pad bottom/right with black pixels and ignore labels."""
+    th, tw = size
+    h, w = label.shape
+    if mode == "resize" or h > th or w > tw:
+        scale = 1.0 if mode == "resize" else min(th / h, tw / w)
+        nh, nw = (th, tw) if mode == "resize" else (max(1, round(h * scale)), max(1, round(w * scale)))
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        label = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
+        h, w = nh, nw
+    if (h, w) == (th, tw):
+        return image, label
+    out_image = np.zeros((th, tw, 3), np.uint8)
+    out_label = np.full((th, tw), ignore_index, np.uint8)
+    out_image[:h, :w], out_label[:h, :w] = image, label
+    return out_image, out_label
+
+
+def cache_key(dataset: str, version: int, pairs: list[Pair], size, mode: str, task: str) -> str:
+    h = hashlib.sha1(json.dumps([CACHE_VERSION, dataset, version, list(size), mode, task]).encode())
+    for pair in pairs:
+        for path in (pair.image, pair.label):
+            try:
+                st = path.stat()
+            except OSError:
+                raise DataError(f"{path}: missing (the label of {pair.image.name})" if path == pair.label
+                                else f"{path}: missing") from None
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def build_split_cache(adapter, pairs: list[Pair], size: tuple[int, int], mode: str, task: str, folder: Path) -> Path:
+    """Decode ``pairs`` into ``folder/{images,labels}.npy`` (+ ``names.json``); reused when it exists.
+
+    Written into a temporary folder and renamed, so a crash never leaves a half-written cache.
+    """
+    if (folder / "labels.npy").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    n, (h, w) = len(pairs), size
+    images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
+    labels = open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, h, w))
+    allowed = set(range(len(adapter.classes))) | {adapter.ignore_index}
+    for i, pair in enumerate(pairs):
+        image, label = read_image(pair.image), adapter.read_label(pair.label)
+        if image.shape[:2] != label.shape:
+            raise DataError(f"{pair.label}: size {label.shape[::-1]} differs from its image's {image.shape[1::-1]}")
+        bad = set(np.unique(label).tolist()) - allowed
+        if bad:
+            raise DataError(f"{pair.label}: label values {sorted(bad)} are not classes 0..{len(adapter.classes) - 1} "
+                            f"or ignore {adapter.ignore_index}")
+        if task == "binary":
+            label = to_binary(label, adapter.binary_foreground, adapter.ignore_index)
+        images[i], labels[i] = fit_to_size(image, label, size, mode, adapter.ignore_index)
+    images.flush()
+    labels.flush()
+    del images, labels
+    (tmp / "names.json").write_text(json.dumps([str(p.image) for p in pairs]))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def class_pixel_stats(labels: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: pixels over all images, and labelled pixels of the images that contain the class (for MFB)."""
+    counts = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    for label in labels:
+        per_image = np.bincount(label[label != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+        counts += per_image
+        image_pixels += np.where(per_image > 0, per_image.sum(), 0)
+    return counts, image_pixels
+
+
+def load_split(folder: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    mode = "r" if mmap else None
+    return np.load(Path(folder) / "images.npy", mmap_mode=mode), np.load(Path(folder) / "labels.npy", mmap_mode=mode)

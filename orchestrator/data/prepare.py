@@ -1,0 +1,94 @@
+"""The driver's data step: resolve the splits, generate synthetic data if asked, decode once, count classes."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from orchestrator.data.adapters import DataError, IddLite, Pair
+from orchestrator.data.cache import PreparedData, SplitInfo, build_split_cache, cache_key, class_pixel_stats, load_split
+from orchestrator.data.synthetic import generate_synthetic
+
+DATASETS: dict[str, IddLite] = {
+    "idd_lite": IddLite(),
+    "synthetic": IddLite(name="synthetic", description="procedural road scenes in the IDD-lite layout (demo, tests)"),
+}
+
+
+def list_datasets() -> dict[str, str]:
+    return {name: adapter.description for name, adapter in DATASETS.items()}
+
+
+def _ensure_root(spec) -> Path:
+    root = Path(spec.root)
+    if spec.dataset == "synthetic":
+        s = spec.synthetic
+        return generate_synthetic(root, s.train, s.val, s.height, s.width, s.seed)
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} does not exist (set data.root or its environment variable)")
+    return root
+
+
+def resolve_pairs(spec, root: Path | None = None) -> tuple[list[Pair], list[Pair]]:
+    """Train and val pairs. ``val_fraction`` holds out a seeded share of train (for datasets without a val split)."""
+    adapter = DATASETS[spec.dataset]
+    root = Path(root or spec.root)
+    train = adapter.pairs(root, "train")
+    if spec.val_fraction:
+        shuffled = train[:]
+        random.Random(0).shuffle(shuffled)
+        n_val = max(1, round(len(train) * spec.val_fraction))
+        val, train = sorted(shuffled[:n_val], key=str), sorted(shuffled[n_val:], key=str)
+    elif adapter.has_split(root, spec.val_split):
+        val = adapter.pairs(root, spec.val_split)
+    else:
+        raise DataError(f"{root}: no '{spec.val_split}' split; set data.val_fraction (e.g. 0.2) to hold out part of train")
+    if spec.limit_images:
+        train, val = train[: spec.limit_images], val[: spec.limit_images]
+    if len(train) < 2:
+        raise DataError(f"{root}: {len(train)} training image(s); a sweep needs at least 2")
+    return train, val
+
+
+def dataset_sizes(spec) -> dict[str, int]:
+    """Image counts per split without decoding anything (``--dry-run``); synthetic data is not generated."""
+    if spec.dataset == "synthetic" and not Path(spec.root, "idd20k_lite").is_dir():
+        s = spec.synthetic
+        n_val = round(s.train * spec.val_fraction) if spec.val_fraction else s.val
+        return {"train": s.train - (n_val if spec.val_fraction else 0), "val": n_val}
+    train, val = resolve_pairs(spec)
+    return {"train": len(train), "val": len(val)}
+
+
+def prepare_data(spec, cache_root: Path) -> PreparedData:
+    """Decode both splits once into ``cache_root`` and compute the training split's class pixel counts."""
+    adapter = DATASETS[spec.dataset]
+    root = _ensure_root(spec)
+    train_pairs, val_pairs = resolve_pairs(spec, root)
+    size = tuple(spec.size)
+    folders = {}
+    for split, pairs in (("train", train_pairs), ("val", val_pairs)):
+        key = cache_key(adapter.name, adapter.version, pairs, size, spec.resize, spec.task)
+        folder = Path(cache_root) / f"{adapter.name}-{split}-{size[0]}x{size[1]}-{spec.task}-{key}"
+        folders[split] = build_split_cache(adapter, pairs, size, spec.resize, spec.task, folder)
+    classes = adapter.binary_classes if spec.task == "binary" else adapter.classes
+    stats_file = folders["train"] / "stats.json"
+    if stats_file.is_file():
+        stats = json.loads(stats_file.read_text())
+    else:
+        _, labels = load_split(folders["train"])
+        counts, image_pixels = class_pixel_stats(labels, len(classes), adapter.ignore_index)
+        stats = {"pixel_counts": counts.tolist(), "image_pixels": image_pixels.tolist()}
+        stats_file.write_text(json.dumps(stats))
+    return PreparedData(
+        dataset=spec.dataset,
+        task=spec.task,
+        classes=tuple(classes),
+        ignore_index=adapter.ignore_index,
+        positive=1 if spec.task == "binary" else None,
+        train=SplitInfo(str(folders["train"]), len(train_pairs)),
+        val=SplitInfo(str(folders["val"]), len(val_pairs)),
+        pixel_counts=tuple(stats["pixel_counts"]),
+        image_pixels=tuple(stats["image_pixels"]),
+    )

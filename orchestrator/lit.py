@@ -1,0 +1,168 @@
+"""The Lightning pieces of a trial: data from the decode-once cache, and the segmentation module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from models.metrics import ConfusionMatrix, metrics_from_confusion
+from models.optim import create_optimizer, create_schedule
+from orchestrator.data.cache import load_split
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ArrayPairs(Dataset):
+    """uint8 image HxWx3 and label HxW tensors straight from the memory-mapped cache."""
+
+    def __init__(self, folder: str) -> None:
+        self.images, self.labels = load_split(folder)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.array(self.images[i])), torch.from_numpy(np.array(self.labels[i]))
+
+
+class CachedData(L.LightningDataModule):
+    """Batches of uint8 from the cache; conversion, normalisation and flips happen on the device after transfer."""
+
+    def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True, num_workers: int = 0) -> None:
+        super().__init__()
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.batch_size, self.hflip, self.num_workers = batch_size, hflip, num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set, self.val_set = ArrayPairs(self.train_dir), ArrayPairs(self.val_dir)
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self.train_set)
+        # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          drop_last=n % self.batch_size == 1 and n > 1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        x = images.permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        y = labels.long()
+        if self.hflip and self.trainer is not None and self.trainer.training:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
+        return x.contiguous(), y
+
+
+def predict(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    return (logits[:, 0] > 0).long() if binary else logits.argmax(1)
+
+
+class SegmentationModule(L.LightningModule):
+    """Model + loss + optimiser; metrics over the whole validation split; one ``report(metrics)`` per epoch.
+
+    Losses are summed on the device and read once per epoch (no per-step host sync); a non-finite training loss
+    fails the trial at the end of that epoch with the epoch named.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        classes: tuple[str, ...],
+        ignore_index: int,
+        positive: int | None,
+        optim: dict[str, Any],
+        schedule: dict[str, Any],
+        max_epochs: int,
+        report: Callable[[dict[str, float], "SegmentationModule"], None] | None = None,
+        epoch_offset: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.classes, self.ignore_index, self.positive = classes, ignore_index, positive
+        self.optim, self.schedule, self.max_epochs = optim, schedule, max_epochs
+        self.report, self.epoch_offset = report, epoch_offset
+        self.resume_state: dict[str, Any] | None = None
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def binary(self) -> bool:
+        return self.positive is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss = torch.zeros((), device=self.device)
+        self._train_batches = 0
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self._train_loss += loss.detach().float()
+        self._train_batches += 1
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._cm = ConfusionMatrix(len(self.classes), self.ignore_index, self.device)
+        self._val_loss = torch.zeros((), device=self.device)
+        self._val_items = 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self._val_loss += self.loss(logits, y).detach().float() * x.shape[0]
+        self._val_items += x.shape[0]
+        self._cm.update(predict(logits, self.binary), y)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = metrics_from_confusion(self._cm.compute(), self.classes, self.positive)
+        self._val_metrics = {f"val/{k}": v for k, v in metrics.items()}
+        self._val_metrics["val/loss"] = float(self._val_loss) / max(1, self._val_items)
+
+    def on_train_epoch_end(self) -> None:
+        epoch = self.epoch_offset + self.current_epoch + 1
+        train_loss = float(self._train_loss) / max(1, self._train_batches)
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch}; lower optimizer.lr?")
+        metrics = {"epoch": epoch, "train/loss": train_loss, "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
+        metrics |= getattr(self, "_val_metrics", {})
+        self.history.append(metrics)
+        if self.report is not None:
+            self.report(metrics, self)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = create_optimizer(params=self.model.parameters(), **self.optim)
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+        scheduler = create_schedule(
+            optimizer=optimizer, steps_per_epoch=steps_per_epoch, max_epochs=self.max_epochs,
+            lr=self.optim["lr"], **self.schedule,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.resume_state:  # optimiser and schedule continue where the checkpoint left them
+            self.trainer.optimizers[0].load_state_dict(self.resume_state["optimizer"])
+            self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(self.resume_state["scheduler"])
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.trainer.optimizers[0].state_dict(),
+            "scheduler": self.trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+        }

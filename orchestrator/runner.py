@@ -1,0 +1,285 @@
+"""The driver: run directory, data preparation, Ray Tune (Optuna | random | grid, ASHA), store callbacks, resume.
+
+Failure policy lives here: a trial that raises is recorded as ``failed`` with its last exception line and the sweep
+goes on; ASHA stops become ``early_stopped``; a killed driver is resumed from Tune's experiment state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import SegsweepError
+from orchestrator.spec import Sweep, load_spec
+from orchestrator.store import STORE_FILE, TERMINAL, Store
+
+# Tune snapshots its experiment state at most this often; small, so that a killed driver loses little.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+
+SPEC_FILE, OPTUNA_FILE, TUNE_DIR = "spec.yaml", "optuna.db", "tune"
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+def error_line(trace: str | None) -> str:
+    """The last ``SomeError: message`` line of a traceback (Ray wraps trial errors in several layers)."""
+    if not trace:
+        return "trial failed (no error recorded)"
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = _ERROR_LINE.match(line)
+        if match and not line.startswith(("ray::", "File ")) and match.group(1) not in ("RayTaskError", "TuneError"):
+            return line[:300]
+    return lines[-1][:300]
+
+
+# ---------------------------------------------------------------------------------------------------- callbacks
+def _tune_callback_base() -> type:
+    from ray import tune
+
+    return tune.Callback
+
+
+class StoreCallback(_tune_callback_base()):
+    """Writes every trial event to the results store. Picklable (holds a path), as Tune pickles it for resume."""
+
+    def __init__(self, store_path: str, max_epochs: int) -> None:
+        self.store_path, self.max_epochs = store_path, max_epochs
+        self._known: set[str] = set()
+
+    @property
+    def store(self) -> Store:
+        return Store(self.store_path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store_path": self.store_path, "max_epochs": self.max_epochs, "_known": set()}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        new = [t for t in trials if t.trial_id not in self._known]
+        for trial in new:
+            if trial.status == "PENDING":
+                self.store.add_trial(trial.trial_id, trial.config, "pending")
+            self._known.add(trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._known.add(trial.trial_id)
+        self.store.add_trial(trial.trial_id, trial.config, "running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if "epoch" in result:
+            self.store.record_epoch(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        self.store.finish_trial(trial.trial_id, "completed" if epochs >= self.max_epochs else "early_stopped")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.store.add_trial(trial.trial_id, trial.config, "running")
+        self.store.finish_trial(trial.trial_id, "failed", error_line(trial.get_error()))
+
+
+class ProgressCallback(_tune_callback_base()):
+    """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far."""
+
+    def __init__(self, store_path: str, total: int) -> None:
+        self.store_path, self.total = store_path, total
+
+    def _print(self) -> None:
+        store = Store(self.store_path)
+        print(progress_line(store, self.total), file=sys.stderr, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._print()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._print()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._print()
+
+
+def progress_line(store: Store, total: int | None = None) -> str:
+    meta, counts = store.meta(), store.counts()
+    metric, mode = meta.get("metric", "val/miou"), meta.get("mode", "max")
+    done = counts["completed"] + counts["early_stopped"] + counts["failed"]
+    best = best_trial(store, metric, mode)
+    best_text = f", best {metric} {best[1]:.4f} ({best[0]})" if best else ""
+    return (f"[segsweep] {done}/{total or meta.get('trials', '?')} done ({counts['completed']} completed, "
+            f"{counts['early_stopped']} early-stopped, {counts['failed']} failed), {counts['running']} running"
+            f"{best_text}")
+
+
+def best_trial(store: Store, metric: str, mode: str) -> tuple[str, float] | None:
+    scored = [(t.id, t.best[metric]) for t in store.trials() if metric in t.best]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda item: item[1])
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    counts: dict[str, int]
+    interrupted: bool
+
+
+def new_run_dir(sweep: Sweep, out: str | Path | None) -> Path:
+    if out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SegsweepError(f"--out {run_dir}: already holds a run; resume it with 'orchestrate resume {run_dir}' "
+                                f"or choose another directory")
+    else:
+        run_dir = Path("runs") / f"{sweep.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        while run_dir.exists():
+            run_dir = run_dir.with_name(run_dir.name + "-1")
+    return run_dir.absolute()
+
+
+def init_ray(address: str | None, spec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # a stopped trial gets time to finish its W&B run before its actor is reused or torn down
+    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING",
+                              "log_to_driver": True, "runtime_env": {"env_vars": env}}
+    if address:
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SegsweepError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
+
+
+def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool = False):
+    """The Tuner for a new run, or the restored one for ``resume``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from orchestrator.space import to_tune_space
+    from orchestrator.trial import run_trial
+
+    spec = sweep.spec
+    resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources)
+    if restore:
+        return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False)
+    search = spec.search
+    if search.algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / OPTUNA_FILE}")
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed), storage=storage,
+                                study_name=spec.name)
+    else:
+        searcher = BasicVariantGenerator(random_state=search.seed)
+    if search.scheduler.name == "asha":
+        scheduler = ASHAScheduler(max_t=spec.trainer.max_epochs, grace_period=min(search.scheduler.grace_period,
+                                  spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    store_path = str(run_dir / STORE_FILE)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune_space(sweep),
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=search.mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=1 if search.algorithm == "grid" else total,
+            max_concurrent_trials=spec.resources.max_concurrent or None, reuse_actors=True,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(run_dir), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs), ProgressCallback(store_path, total)],
+        ),
+    )
+
+
+def _context(sweep: Sweep, run_dir: Path, prepared):
+    from orchestrator.trial import TrialContext
+
+    spec = sweep.spec
+    return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
+                        data=prepared, wandb=spec.tracking.wandb.model_dump(mode="json"),
+                        gpus_per_trial=spec.resources.gpus_per_trial)
+
+
+def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None = None,
+              max_trials: int | None = None) -> RunResult:
+    """Run a validated sweep to the end and write its report. Returns the run directory and final counts."""
+    from orchestrator.data import prepare_data, resolve_pairs
+    from orchestrator.space import count_trials
+
+    spec = sweep.spec
+    total = count_trials(sweep, max_trials)
+    if spec.data.dataset != "synthetic":
+        resolve_pairs(spec.data)  # bad roots and splits fail here, before anything is written
+    run_dir = new_run_dir(sweep, out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / SPEC_FILE).write_text(sweep.resolved_yaml())
+        print(f"[segsweep] preparing data ({spec.data.dataset}, {spec.data.size[0]}x{spec.data.size[1]})",
+              file=sys.stderr, flush=True)
+        prepared = prepare_data(spec.data, run_dir / "cache")
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no half-made run behind
+        raise
+    store = Store(run_dir / STORE_FILE)
+    store.set_meta(sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode, trials=total,
+                   max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
+                   data=prepared.to_json(), source=sweep.source, created=time.time())
+    print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
+          f"val {prepared.val.images} images", file=sys.stderr, flush=True)
+    init_ray(address, spec)
+    tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), total)
+    return _fit(tuner, run_dir)
+
+
+def resume_sweep(run_dir: str | Path, address: str | None = None) -> RunResult:
+    """Continue a killed or interrupted run: finished trials are kept, unfinished ones continue from checkpoints."""
+    from ray import tune
+
+    from orchestrator.data import prepare_data
+
+    run_dir = Path(run_dir).absolute()
+    if not (run_dir / SPEC_FILE).is_file() or not (run_dir / STORE_FILE).is_file():
+        raise SegsweepError(f"{run_dir}: not a segsweep run directory (no {SPEC_FILE} / {STORE_FILE})")
+    if not tune.Tuner.can_restore(str(run_dir / TUNE_DIR)):
+        raise SegsweepError(f"{run_dir}: Tune saved no experiment state before the driver stopped; start the sweep "
+                            f"again with 'orchestrate run'")
+    sweep = load_spec(run_dir / SPEC_FILE)
+    meta = Store(run_dir / STORE_FILE).meta()
+    prepared = prepare_data(sweep.spec.data, run_dir / "cache")
+    init_ray(address, sweep.spec)
+    print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
+    tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), meta.get("trials", 0), restore=True)
+    return _fit(tuner, run_dir)
+
+
+def _fit(tuner, run_dir: Path) -> RunResult:
+    from reports.build import build_report
+
+    tuner.fit()
+    store = Store(run_dir / STORE_FILE)
+    counts = store.counts()
+    interrupted = any(t.status not in TERMINAL for t in store.trials()) or sum(
+        counts[s] for s in TERMINAL) < store.meta().get("trials", 0)
+    build_report(run_dir)
+    print(progress_line(store), file=sys.stderr, flush=True)
+    return RunResult(run_dir=run_dir, counts=counts, interrupted=interrupted)

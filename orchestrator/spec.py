@@ -1,0 +1,473 @@
+"""The sweep file: YAML -> ``${ENV}`` expansion -> ``--set`` overrides -> flat dotted keys -> validated ``Sweep``.
+
+A sweep file is nested YAML whose leaves map to dotted keys (``model.arch``). Any leaf under the trial sections
+may instead be a search domain (``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+``{int: [lo, hi]}``; bounds inclusive). Validation runs the pydantic schema once per value a domain can take,
+so a misspelt name inside a ``choice`` is caught before anything starts, with the file and key path named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.errors import SpecError, UnknownNameError, closest, unknown_name_message
+
+DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int")
+# Sections whose leaves become the trial's config (and so may be searched over).
+TRIAL_SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "trainer")
+SEARCHABLE_SECTIONS = ("model", "loss", "optimizer", "schedule", "trainer", "data.augment")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(kind: str, value: str | None, available: list[str]) -> str | None:
+    if value is not None and value not in available:
+        raise UnknownNameError(kind, value, available)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+class SyntheticSpec(Strict):
+    """Procedurally generated road scenes in the IDD-lite layout (``data.dataset: synthetic``)."""
+
+    train: int = Field(24, ge=2)
+    val: int = Field(8, ge=1)
+    height: int = Field(114, ge=16)
+    width: int = Field(160, ge=16)
+    seed: int = 0
+
+
+class AugmentSpec(Strict):
+    hflip: bool = True
+
+
+class DataSpec(Strict):
+    dataset: str
+    root: str
+    task: Literal["multiclass", "binary"] = "multiclass"
+    size: tuple[int, int] = Field(description="training size [height, width], each divisible by 32")
+    resize: Literal["pad", "resize"] = "pad"
+    val_split: str = "val"
+    val_fraction: float | None = Field(None, gt=0, lt=1)
+    limit_images: int | None = Field(None, ge=2)
+    synthetic: SyntheticSpec = SyntheticSpec()
+    augment: AugmentSpec = AugmentSpec()
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        from orchestrator.data import DATASETS
+
+        return _check_name("dataset", v, list(DATASETS))
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        bad = [n for n in v if n <= 0 or n % 32]
+        if bad:
+            raise ValueError(f"{list(v)} must be two positive multiples of 32 (e.g. [256, 320] or [224, 320])")
+        return v
+
+
+class ModelSpec(Strict):
+    arch: str
+    encoder: str | None = "mobilenet_v2"
+    encoder_weights: str | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        from models.registry import ARCHITECTURES
+
+        return _check_name("architecture", v, list(ARCHITECTURES))
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, v: str | None) -> str | None:
+        from models.registry import check_encoder
+
+        return check_encoder(v)
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        if v is None or v in ("imagenet", "ssl", "swsl", "advprop", "noisy-student") or v.startswith("tu:"):
+            return v
+        if not Path(v).is_file():
+            raise ValueError(f"'{v}' is neither a weights name (imagenet, ...) nor an existing weights file")
+        return v
+
+
+class LossSpec(Strict):
+    name: str
+    weights: tuple[float, float] = (1.0, 1.0)
+    alpha: float = Field(0.5, ge=0)
+    beta: float = Field(0.5, ge=0)
+    gamma: float | None = Field(None, ge=0, description="focal gamma (default 2) or Tversky gamma (default 1)")
+    smooth: float = Field(0.0, ge=0)
+    enet_c: float = Field(1.02, gt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from models.losses import LOSSES
+
+        for part in v.split("+"):
+            _check_name("loss", part.strip(), list(LOSSES))
+        if v.count("+") > 1:
+            raise ValueError(f"'{v}' combines more than two losses; write 'a+b' with loss.weights: [wa, wb]")
+        return v
+
+
+class OptimizerSpec(Strict):
+    name: str = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from models.optim import OPTIMIZERS
+
+        return _check_name("optimizer", v, list(OPTIMIZERS))
+
+
+class ScheduleSpec(Strict):
+    name: str = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    min_lr_factor: float = Field(0.0, ge=0, le=1)
+    power: float = Field(0.9, gt=0)
+    step_epochs: int = Field(10, ge=1)
+    step_gamma: float = Field(0.1, gt=0)
+    restart_epochs: int = Field(5, ge=1)
+    restart_mult: int = Field(1, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from models.optim import SCHEDULES
+
+        return _check_name("schedule", v, list(SCHEDULES))
+
+
+class TrainerSpec(Strict):
+    max_epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    seed: int = 0
+    limit_train_batches: int | None = Field(None, ge=1)
+    log_images: int = Field(4, ge=0, description="validation images with masks sent to W&B at the end")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
+
+
+class SchedulerSpec(Strict):
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SearchSpec(Strict):
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    num_samples: int = Field(8, ge=1)
+    metric: str = "val/miou"
+    mode: Literal["max", "min"] = "max"
+    scheduler: SchedulerSpec = SchedulerSpec()
+    seed: int = 0
+    max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
+
+
+class ResourcesSpec(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int = Field(0, ge=0, description="0: as many as the resources allow")
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"{v}: more than one GPU per trial must be a whole number")
+        return v
+
+
+class WandbSpec(Strict):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "segsweep"
+    entity: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class TrackingSpec(Strict):
+    wandb: WandbSpec = WandbSpec()
+
+
+class SweepSpec(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    data: DataSpec
+    model: ModelSpec
+    loss: LossSpec
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    trainer: TrainerSpec = TrainerSpec()
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+
+# ---------------------------------------------------------------------------------------------------- domains
+@dataclass(frozen=True)
+class Domain:
+    """A search domain from the YAML; ``values`` are the choices or the inclusive bounds."""
+
+    kind: str
+    values: tuple[Any, ...]
+
+    def probe_values(self) -> tuple[Any, ...]:
+        """Values the schema is checked with: every choice, or both bounds."""
+        return self.values
+
+    def to_yaml(self) -> dict[str, list[Any]]:
+        return {self.kind: list(self.values)}
+
+
+def is_domain(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) >= 1 and any(k in DOMAIN_KINDS for k in value)
+
+
+def parse_domain(key: str, value: dict[str, Any]) -> Domain:
+    """Turn ``{choice: [...]}`` etc. into a Domain, or raise ValueError saying what is wrong."""
+    if len(value) != 1:
+        raise ValueError(f"a search domain has exactly one of {', '.join(DOMAIN_KINDS)}; got keys {sorted(value)}")
+    (kind, values), = value.items()
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{kind} needs a non-empty list, got {values!r}")
+    if kind == "choice":
+        return Domain(kind, tuple(values))
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{kind} needs two numbers [lo, hi], got {values!r}")
+    lo, hi = values
+    if kind == "int" and not (isinstance(lo, int) and isinstance(hi, int)):
+        raise ValueError(f"int needs two integers [lo, hi], got {values!r}")
+    if lo > hi or (kind != "int" and lo == hi):
+        raise ValueError(f"{kind} bounds must satisfy lo < hi, got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ValueError(f"loguniform bounds must be > 0, got [{lo}, {hi}]")
+    return Domain(kind, (lo, hi))
+
+
+# ---------------------------------------------------------------------------------------------------- flat keys
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys. Search domains and lists are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not is_domain(value):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{dotted}: '{part}' is a value, not a section")
+        node[leaf] = value
+    return tree
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; an unset VAR without default is an error."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise SpecError(f"{where}: environment variable {name} is not set (export it or write ${{{name}:-default}})")
+
+    expanded = _ENV.sub(sub, value)
+    if expanded != value and _ENV.fullmatch(value):
+        return yaml.safe_load(expanded) if expanded else expanded  # "${EPOCHS:-3}" stays a number
+    return expanded
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as YAML (numbers, lists, ``{choice: [..]}``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {text}: expected key=value, e.g. --set optimizer.lr=0.001")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {text}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: ``spec`` holds every fixed value (domains at their first value); ``domains`` the searched keys."""
+
+    source: str
+    spec: SweepSpec
+    flat: dict[str, Any]
+    domains: dict[str, Domain] = field(default_factory=dict)
+
+    def trial_flat(self) -> dict[str, Any]:
+        """Every trial-section key with its fixed value or its Domain: the Tune param space before conversion."""
+        full = flatten(self.spec.model_dump(mode="json"))
+        return {k: self.domains.get(k, v) for k, v in full.items() if k.split(".")[0] in TRIAL_SECTIONS}
+
+    def resolved_yaml(self) -> str:
+        """The spec as run (after ``--set`` and ``${ENV}``), domains kept as written."""
+        tree = unflatten({k: (v.to_yaml() if isinstance(v, Domain) else v) for k, v in self.flat.items()})
+        return yaml.safe_dump(tree, sort_keys=False)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read, expand, override and validate a sweep file. Raises SpecError with a one-line message."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecError(f"{source}: cannot read sweep file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{source}:{line}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a sweep file is a YAML mapping (name:, data:, model:, ...)")
+    return build_sweep(raw, overrides, source)
+
+
+def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<spec>") -> Sweep:
+    try:
+        flat = flatten(expand_env(raw))
+    except SpecError as e:
+        raise SpecError(f"{source}: {e}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        # an override replaces a whole subtree (``--set model={arch: fpn}``) or one leaf
+        flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
+        flat.update(flatten({key: value}) if isinstance(value, dict) and not is_domain(value) else {key: value})
+    where = source + (" (with --set)" if overrides else "")
+
+    domains: dict[str, Domain] = {}
+    for key, value in flat.items():
+        if not is_domain(value):
+            continue
+        if not any(key == s or key.startswith(s + ".") for s in SEARCHABLE_SECTIONS):
+            raise SpecError(
+                f"{where}: {key}: search domains are allowed only under {', '.join(SEARCHABLE_SECTIONS)}"
+            )
+        try:
+            domains[key] = parse_domain(key, value)
+        except ValueError as e:
+            raise SpecError(f"{where}: {key}: {e}") from None
+
+    base = {k: (domains[k].values[0] if k in domains else v) for k, v in flat.items()}
+    spec = _validate(base, where)
+    for key, domain in domains.items():
+        for value in domain.probe_values():
+            _validate({**base, key: value}, where, key)
+    metrics = reported_metrics(spec.data.dataset, spec.data.task)
+    if spec.search.metric not in metrics:
+        raise SpecError(f"{where}: search.metric: {unknown_name_message('metric', spec.search.metric, metrics)}")
+    if spec.search.algorithm == "grid":
+        continuous = [k for k, d in domains.items() if d.kind != "choice"]
+        if continuous:
+            raise SpecError(
+                f"{where}: {continuous[0]}: grid search needs {{choice: [...]}} domains, got {domains[continuous[0]].kind}"
+            )
+    return Sweep(source=source, spec=spec, flat=flat, domains=domains)
+
+
+def reported_metrics(dataset: str, task: str) -> list[str]:
+    """Every metric a trial of this dataset and task reports (the names ``search.metric`` may use)."""
+    from orchestrator.data import DATASETS
+
+    adapter = DATASETS[dataset]
+    classes = adapter.binary_classes if task == "binary" else adapter.classes
+    scalar = ["miou", "dice", "pixel_acc", "precision", "recall", "specificity", "loss"]
+    return [f"val/{m}" for m in scalar] + [f"val/iou/{c}" for c in classes] + ["train/loss"]
+
+
+def _validate(flat: dict[str, Any], where: str, domain_key: str | None = None) -> SweepSpec:
+    try:
+        tree = unflatten(flat)
+    except ValueError as e:
+        raise SpecError(f"{where}: {e}") from None
+    try:
+        return SweepSpec.model_validate(tree)
+    except ValidationError as e:
+        raise SpecError(f"{where}: {format_validation_error(e, domain_key)}") from None
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = SweepSpec
+    for part in loc:
+        info = model.model_fields.get(str(part))
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def format_validation_error(error: ValidationError, domain_key: str | None = None) -> str:
+    """First pydantic error as ``key.path: what is wrong (allowed / closest)``, plus a count of the rest."""
+    errors = error.errors()
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not isinstance(p, int) or first["type"] != "extra_forbidden")
+    path = ".".join(str(p) for p in loc)
+    kind, value = first["type"], first.get("input")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        hint = closest(loc[-1], allowed)
+        msg = f"unknown key '{loc[-1]}' ({f'did you mean {hint!r}? ' if hint else ''}allowed: {', '.join(allowed)})"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "value_error":
+        msg = str(first["ctx"]["error"]) if "ctx" in first else first["msg"]
+    else:
+        msg = f"{first['msg'].rstrip('.')}, got {value!r}"
+    if domain_key and path == domain_key:
+        msg += " (in its search domain)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{path}: {msg}{more}"

@@ -1,0 +1,163 @@
+"""The results store: one SQLite file per run, written by the driver only, read by every report.
+
+Tables: ``meta`` (sweep name, metric, mode, ...), ``trials`` (one row per trial: flat config, status, error line,
+epochs done, best and last metrics, size, train time) and ``epochs`` (one row per trial and epoch). An epoch row is
+keyed by (trial, epoch), so a trial that restarts from a checkpoint after a crash overwrites rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STORE_FILE = "results.db"
+STATUSES = ("pending", "running", "completed", "early_stopped", "failed")
+TERMINAL = ("completed", "early_stopped", "failed")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'early_stopped', 'failed')),
+    config TEXT NOT NULL,
+    error TEXT,
+    epochs INTEGER NOT NULL DEFAULT 0,
+    best TEXT NOT NULL DEFAULT '{}',
+    last TEXT NOT NULL DEFAULT '{}',
+    params INTEGER,
+    size_mb REAL,
+    train_seconds REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    epoch INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (trial_id, epoch)
+);
+"""
+
+
+def metric_mode(name: str) -> str:
+    """Direction in which a metric improves: losses and latencies go down, everything else up."""
+    return "min" if "loss" in name or name.startswith("latency") else "max"
+
+
+def is_metric(key: str) -> bool:
+    """Reported metric keys are namespaced (``val/miou``, ``train/loss``); Tune's bookkeeping keys are not."""
+    return key.startswith(("val/", "train/"))
+
+
+@dataclass
+class TrialRow:
+    id: str
+    status: str
+    config: dict[str, Any]
+    error: str | None
+    epochs: int
+    best: dict[str, float]
+    last: dict[str, float]
+    params: int | None
+    size_mb: float | None
+    train_seconds: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:  # one transaction: committed on success, rolled back on error
+                yield db
+        finally:
+            db.close()
+
+    # ------------------------------------------------------------------ writing (driver only)
+    def set_meta(self, **values: Any) -> None:
+        with self._db() as db:
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+
+    def add_trial(self, trial_id: str, config: dict[str, Any], status: str = "pending") -> None:
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO trials (id, status, config, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at "
+                "WHERE trials.status NOT IN ('completed', 'early_stopped')",
+                (trial_id, status, json.dumps(config, default=str), now, now),
+            )
+
+    def record_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Store one reported epoch and refresh the trial's best/last metrics, size and train time."""
+        epoch = int(result["epoch"])
+        metrics = {k: float(v) for k, v in result.items() if is_metric(k) and _finite(v)}
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (trial_id, epoch, json.dumps(metrics)))
+            history = [json.loads(m) for (m,) in db.execute(
+                "SELECT metrics FROM epochs WHERE trial_id = ? ORDER BY epoch", (trial_id,))]
+            best: dict[str, float] = {}
+            for row in history:
+                for k, v in row.items():
+                    if k not in best or (v > best[k] if metric_mode(k) == "max" else v < best[k]):
+                        best[k] = v
+            db.execute(
+                "UPDATE trials SET status = 'running', epochs = ?, best = ?, last = ?, params = ?, size_mb = ?, "
+                "train_seconds = ?, updated_at = ? WHERE id = ?",
+                (len(history), json.dumps(best), json.dumps(metrics), _int(result.get("model/params")),
+                 result.get("model/size_mb"), result.get("time_total_s"), time.time(), trial_id),
+            )
+
+    def finish_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a final status")
+        with self._db() as db:
+            db.execute("UPDATE trials SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+                       (status, error, time.time(), trial_id))
+
+    # ------------------------------------------------------------------ reading
+    def meta(self) -> dict[str, Any]:
+        with self._db() as db:
+            return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+
+    def trials(self, history: bool = False) -> list[TrialRow]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, status, config, error, epochs, best, last, params, size_mb, train_seconds "
+                "FROM trials ORDER BY created_at, id").fetchall()
+            epochs: dict[str, list[dict[str, float]]] = {}
+            if history:
+                for trial_id, epoch, metrics in db.execute("SELECT trial_id, epoch, metrics FROM epochs ORDER BY epoch"):
+                    epochs.setdefault(trial_id, []).append({"epoch": epoch, **json.loads(metrics)})
+        return [
+            TrialRow(id=r[0], status=r[1], config=json.loads(r[2]), error=r[3], epochs=r[4], best=json.loads(r[5]),
+                     last=json.loads(r[6]), params=r[7], size_mb=r[8], train_seconds=r[9],
+                     history=epochs.get(r[0], []))
+            for r in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        with self._db() as db:
+            found = dict(db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
+        return {s: found.get(s, 0) for s in STATUSES}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if v is not None else None

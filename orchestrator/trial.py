@@ -1,0 +1,181 @@
+"""One trial: sampled flat config in, one ``tune.report`` per epoch out (metrics + a resumable checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.data.cache import PreparedData
+from orchestrator.spec import (
+    DataSpec,
+    LossSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ScheduleSpec,
+    TrainerSpec,
+    TRIAL_SECTIONS,
+    unflatten,
+)
+
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "loss": LossSpec, "optimizer": OptimizerSpec,
+            "schedule": ScheduleSpec, "trainer": TrainerSpec}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """The validated sections of one sampled configuration."""
+
+    data: DataSpec
+    model: ModelSpec
+    loss: LossSpec
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec
+    trainer: TrainerSpec
+
+    @classmethod
+    def from_flat(cls, config: dict[str, Any]) -> TrialConfig:
+        tree = unflatten({k: v for k, v in config.items() if k.split(".")[0] in TRIAL_SECTIONS})
+        return cls(**{name: model.model_validate(tree.get(name, {})) for name, model in SECTIONS.items()})
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the driver knows that every trial needs; passed with ``tune.with_parameters``."""
+
+    run_dir: str
+    sweep: str
+    metric: str
+    mode: str
+    data: PreparedData
+    wandb: dict[str, Any]
+    gpus_per_trial: float = 0.0
+
+
+def better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or not np.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+class TuneReporter:
+    """Per epoch: W&B log, best weights to ``trials/<id>/best.pt``, then ``tune.report`` with a checkpoint.
+
+    Before the last epoch's report the example masks are logged and the W&B run is finished: a scheduler may stop
+    the trial inside that report (ASHA does at ``max_t``), and nothing after it would run.
+    """
+
+    def __init__(self, ctx: TrialContext, trial_dir: Path, tracker, constants: dict[str, float], best: float | None,
+                 last_epoch: int, on_last_epoch=None):
+        self.ctx, self.trial_dir, self.tracker, self.constants, self.best = ctx, trial_dir, tracker, constants, best
+        self.last_epoch, self.on_last_epoch = last_epoch, on_last_epoch
+
+    def __call__(self, metrics: dict[str, float], module) -> None:
+        from ray import tune
+
+        epoch = int(metrics["epoch"])
+        self.tracker.log(metrics)
+        if better(metrics.get(self.ctx.metric), self.best, self.ctx.mode):
+            self.best = metrics[self.ctx.metric]
+            torch.save(module.model.state_dict(), self.trial_dir / "best.pt")
+        if epoch >= self.last_epoch and self.on_last_epoch is not None:
+            self.on_last_epoch(module)
+        with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as d:
+            torch.save({**module.training_state(), "epoch": epoch, "best": self.best}, Path(d) / "state.pt")
+            tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Train one configuration. Raises on failure; the runner records the reason. ASHA stops arrive as SystemExit."""
+    import lightning.pytorch as L
+    from ray import tune
+
+    from models.losses import create_loss, enet_weights, loss_needs_class_weights
+    from models.registry import create_model, model_size
+    from orchestrator.lit import CachedData, SegmentationModule
+    from orchestrator.tracking import Tracker
+
+    for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    cfg = TrialConfig.from_flat(config)
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(ctx.run_dir) / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+
+    data = ctx.data
+    model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
+                         encoder_weights=cfg.model.encoder_weights)
+    params, size_mb = model_size(model)
+    class_weights = None
+    if loss_needs_class_weights(cfg.loss.name):
+        class_weights = enet_weights(data.pixel_counts, cfg.loss.enet_c)
+    loss = create_loss(cfg.loss.name, data.task, data.ignore_index, weights=cfg.loss.weights,
+                       class_weights=class_weights, alpha=cfg.loss.alpha, beta=cfg.loss.beta, gamma=cfg.loss.gamma,
+                       smooth=cfg.loss.smooth)
+
+    state, best = None, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        best = state["best"]
+    done = state["epoch"] if state else 0
+    remaining = cfg.trainer.max_epochs - done
+    if remaining <= 0:
+        return
+
+    tracker = Tracker(ctx.wandb, trial_dir, trial_id, ctx.sweep, config)
+    tracker.summary({"model/params": params, "model/size_mb": size_mb})
+    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=cfg.data.augment.hflip)
+
+    def finish_tracking(module: SegmentationModule) -> None:
+        _log_examples(module, datamodule, tracker, cfg.trainer.log_images, data, cfg.trainer.max_epochs)
+        tracker.finish()
+
+    reporter = TuneReporter(ctx, trial_dir, tracker, {"model/params": params, "model/size_mb": size_mb}, best,
+                            last_epoch=cfg.trainer.max_epochs, on_last_epoch=finish_tracking)
+    module = SegmentationModule(
+        model, loss, data.classes, data.ignore_index, data.positive,
+        optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
+        report=reporter, epoch_offset=done,
+    )
+    module.resume_state = state
+    use_gpu = cfg.trainer.accelerator != "cpu" and ctx.gpus_per_trial > 0 and torch.cuda.is_available()
+    trainer = L.Trainer(
+        max_epochs=remaining, accelerator="gpu" if use_gpu else "cpu", devices=1,
+        precision=cfg.trainer.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=cfg.trainer.limit_train_batches,
+    )
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        failed = False
+    except SystemExit:  # the scheduler stopped this trial inside tune.report
+        failed = False
+        raise
+    finally:
+        tracker.finish(failed=failed)
+
+
+def _log_examples(module, datamodule, tracker, count: int, data: PreparedData, epoch: int) -> None:
+    from orchestrator.lit import predict
+
+    if count <= 0 or tracker.run is None:
+        return
+    images, labels = datamodule.val_set.images[:count], datamodule.val_set.labels[:count]
+    x, _ = datamodule.on_after_batch_transfer((torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels))), 0)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        preds = predict(module(x.to(module.device)), module.binary).cpu().numpy()
+    module.train(was_training)
+    tracker.log_masks(np.array(images), np.array(labels), preds, data.classes, data.ignore_index, epoch)

@@ -1,0 +1,96 @@
+"""``build_report(run_dir)``: report.md (model-wise comparison) and report.html (plotly charts), from the store."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from reports.collect import load_history, load_results, open_store
+from reports.figures import metric_by, training_curves
+from reports.tables import comparison_table, to_markdown, varying_keys
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def report_json(run_dir: str | Path) -> dict[str, Any]:
+    """The ``report --format json`` object: every trial with its config and best validation metrics."""
+    store = open_store(run_dir)
+    meta = store.meta()
+    trials = []
+    for t in store.trials():
+        trials.append({
+            "id": t.id, "status": t.status, "config": t.config, "epochs": t.epochs,
+            "metrics": {k: v for k, v in t.best.items() if k.startswith("val/")},
+            "error": t.error, "params_m": t.params / 1e6 if t.params is not None else None,
+            "size_mb": _num(t.size_mb), "train_seconds": _num(t.train_seconds),
+        })
+    return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials}
+
+
+def markdown_report(run_dir: str | Path) -> str:
+    store = open_store(run_dir)
+    meta, counts = store.meta(), store.counts()
+    metric, mode = meta["metric"], meta["mode"]
+    results = load_results(run_dir)
+    table = comparison_table(results, metric, mode, meta.get("classes", []))
+    lines = [
+        f"# {meta['sweep']}: model-wise comparison",
+        "",
+        f"Metric: `{metric}` ({mode}), best value over each trial's epochs. "
+        f"Trials: {sum(counts.values())} ({counts['completed']} completed, {counts['early_stopped']} early-stopped, "
+        f"{counts['failed']} failed, {counts['running'] + counts['pending']} unfinished). "
+        f"Data: {meta['data']['dataset']} ({meta['data']['task']}), train {meta['data']['train']['images']} / "
+        f"val {meta['data']['val']['images']} images.",
+        "",
+        to_markdown(table),
+    ]
+    failed = results[results["status"] == "failed"] if not results.empty else results
+    if not failed.empty:
+        lines += ["## Failed trials", ""] + [f"- `{r.id}`: {r.error}" for r in failed.itertuples()] + [""]
+    if not table.empty and table["rank"].notna().any():
+        best = results.set_index("id").loc[table.iloc[0]["trial"]]
+        searched = varying_keys(results)
+        lines += ["## Best trial", "", f"`{table.iloc[0]['trial']}`: {metric} = {table.iloc[0][metric]:.4f}; "
+                  "its searched values:", "", "```yaml", *[f"{k}: {best[f'config/{k}']}" for k in searched], "```", ""]
+    return "\n".join(lines)
+
+
+def html_report(run_dir: str | Path) -> str:
+    store = open_store(run_dir)
+    meta = store.meta()
+    metric = meta["metric"]
+    results, history = load_results(run_dir), load_history(run_dir)
+    figures = [
+        metric_by(results, metric, "loss.name", f"{metric} by loss"),
+        metric_by(results, metric, "model.arch", f"{metric} by architecture"),
+        training_curves(history, metric),
+        training_curves(history, "val/loss"),
+    ]
+    # plotly.js is embedded once, so the page works offline
+    parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
+    table = comparison_table(results, metric, meta["mode"], meta.get("classes", []))
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(meta['sweep'])} — segsweep</title>"
+        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>"
+        f"<h1>{html.escape(meta['sweep'])}: model-wise comparison</h1>"
+        f"{table.to_html(index=False, na_rep='–', float_format=lambda v: f'{v:.4g}') if not table.empty else ''}"
+        + "".join(parts) + "</body></html>"
+    )
+
+
+def build_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into the run directory (atomically) and return their paths."""
+    run_dir = Path(run_dir)
+    outputs = []
+    for name, text in (("report.md", markdown_report(run_dir)), ("report.html", html_report(run_dir))):
+        path = run_dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        outputs.append(path)
+    return outputs[0], outputs[1]
