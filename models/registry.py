@@ -95,9 +95,10 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     prefixed = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    missing, unexpected = model.encoder.load_state_dict(prefixed or state, strict=False)
-    if len(missing) == len(model.encoder.state_dict()):
+    state = prefixed or state
+    if not set(state) & set(model.encoder.state_dict()):
         raise SegsweepError(f"{path}: no tensor matches the encoder's parameters; is it this encoder's state_dict?")
+    model.encoder.load_state_dict(state, strict=False)
 
 
 def model_size(model: nn.Module) -> tuple[int, float]:

@@ -150,26 +150,13 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
 
 
 def main() -> None:
+    """Entry point: typer handles usage errors (exit 2); known segsweep errors become one line."""
     try:
-        app(standalone_mode=False)
+        app()
     except SegsweepError as e:
         if os.environ.get("SEGSWEEP_DEBUG"):
             raise
         fail(str(e), e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

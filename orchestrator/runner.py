@@ -6,6 +6,7 @@ goes on; ASHA stops become ``early_stopped``; a killed driver is resumed from Tu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -81,8 +82,11 @@ class StoreCallback(_tune_callback_base()):
         self.store.finish_trial(trial.trial_id, "completed" if epochs >= self.max_epochs else "early_stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        # Tune writes the error into the trial's driver-side staging folder first and syncs it to storage later
+        staged = Path(trial.error_file) if trial.error_file else None
+        trace = staged.read_text() if staged is not None and staged.is_file() else trial.get_error()
         self.store.add_trial(trial.trial_id, trial.config, "running")
-        self.store.finish_trial(trial.trial_id, "failed", error_line(trial.get_error()))
+        self.store.finish_trial(trial.trial_id, "failed", error_line(trace))
 
 
 class ProgressCallback(_tune_callback_base()):
@@ -186,7 +190,8 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
         searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed), storage=storage,
                                 study_name=spec.name)
     else:
-        searcher = BasicVariantGenerator(random_state=search.seed)
+        # Tune applies max_concurrent_trials to Searchers only; the basic generator takes its own limit
+        searcher = BasicVariantGenerator(random_state=search.seed, max_concurrent=spec.resources.max_concurrent)
     if search.scheduler.name == "asha":
         scheduler = ASHAScheduler(max_t=spec.trainer.max_epochs, grace_period=min(search.scheduler.grace_period,
                                   spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor)
@@ -199,7 +204,8 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=search.mode, search_alg=searcher, scheduler=scheduler,
             num_samples=1 if search.algorithm == "grid" else total,
-            max_concurrent_trials=spec.resources.max_concurrent or None, reuse_actors=True,
+            max_concurrent_trials=(spec.resources.max_concurrent or None) if search.algorithm == "optuna" else None,
+            reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
@@ -264,12 +270,26 @@ def resume_sweep(run_dir: str | Path, address: str | None = None) -> RunResult:
         raise SegsweepError(f"{run_dir}: Tune saved no experiment state before the driver stopped; start the sweep "
                             f"again with 'orchestrate run'")
     sweep = load_spec(run_dir / SPEC_FILE)
-    meta = Store(run_dir / STORE_FILE).meta()
+    store = Store(run_dir / STORE_FILE)
+    meta = store.meta()
+    dropped = store.drop_unfinished_except(saved_trial_ids(run_dir / TUNE_DIR))
+    if dropped:
+        print(f"[segsweep] {len(dropped)} trial(s) started after Tune's last snapshot will run again under new ids: "
+              f"{', '.join(dropped)}", file=sys.stderr, flush=True)
     prepared = prepare_data(sweep.spec.data, run_dir / "cache")
     init_ray(address, sweep.spec)
     print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
     tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), meta.get("trials", 0), restore=True)
     return _fit(tuner, run_dir)
+
+
+def saved_trial_ids(tune_dir: Path) -> set[str]:
+    """Trial ids in Tune's latest experiment snapshot: the trials that a restore brings back."""
+    snapshots = sorted(tune_dir.glob("experiment_state-*.json"))
+    if not snapshots:
+        return set()
+    state = json.loads(snapshots[-1].read_text())
+    return {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
 
 
 def _fit(tuner, run_dir: Path) -> RunResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from orchestrator.errors import SpecError, UnknownNameError, closest, unknown_name_message
 
@@ -68,6 +68,14 @@ class DataSpec(Strict):
         from orchestrator.data import DATASETS
 
         return _check_name("dataset", v, list(DATASETS))
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str, info: ValidationInfo) -> str:
+        # synthetic data is generated into its root; every other dataset must already be there
+        if info.data.get("dataset") != "synthetic" and not Path(v).is_dir():
+            raise ValueError(f"{v} does not exist (set data.root, or the environment variable it reads)")
+        return v
 
     @field_validator("size")
     @classmethod

@@ -128,6 +128,19 @@ class Store:
             db.execute("UPDATE trials SET status = ?, error = ?, updated_at = ? WHERE id = ?",
                        (status, error, time.time(), trial_id))
 
+    def drop_unfinished_except(self, keep: set[str]) -> list[str]:
+        """Delete unfinished trials not in ``keep`` (with their epochs); returns their ids.
+
+        After a hard kill, trials the driver started after Tune's last snapshot are unknown to the restored
+        experiment: Tune suggests their configurations again under new ids, so their rows would be duplicates.
+        """
+        with self._db() as db:
+            ids = [i for (i,) in db.execute("SELECT id FROM trials WHERE status IN ('pending', 'running')")
+                   if i not in keep]
+            db.executemany("DELETE FROM epochs WHERE trial_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM trials WHERE id = ?", [(i,) for i in ids])
+        return ids
+
     # ------------------------------------------------------------------ reading
     def meta(self) -> dict[str, Any]:
         with self._db() as db:

@@ -25,7 +25,7 @@ def ranked(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     if col not in frame:
         frame[col] = math.nan
     frame = frame.sort_values(col, ascending=mode == "min", na_position="last", kind="stable").reset_index(drop=True)
-    frame.insert(0, "rank", [i + 1 if pd.notna(v) else None for i, v in enumerate(frame[col])])
+    frame.insert(0, "rank", pd.array([i + 1 if pd.notna(v) else None for i, v in enumerate(frame[col])], dtype="Int64"))
     return frame
 
 
@@ -49,7 +49,7 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str, classes: lis
 
 
 def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
         # metrics in [0, 1] to 4 decimals; small values (learning rates) in 3 significant digits; others as rounded

@@ -56,5 +56,5 @@ def config(path: str | Path) -> dict[str, object]:
     for record in read_records(path):
         if record.WhichOneof("record_type") == "config":
             for item in record.config.update:
-                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+                out[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
     return out

@@ -86,6 +86,17 @@ def build_split_cache(adapter, pairs: list[Pair], size: tuple[int, int], mode: s
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _decode_into(tmp, adapter, pairs, size, mode, task)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _decode_into(tmp: Path, adapter, pairs: list[Pair], size: tuple[int, int], mode: str, task: str) -> None:
     n, (h, w) = len(pairs), size
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
     labels = open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, h, w))
@@ -105,9 +116,6 @@ def build_split_cache(adapter, pairs: list[Pair], size: tuple[int, int], mode: s
     labels.flush()
     del images, labels
     (tmp / "names.json").write_text(json.dumps([str(p.image) for p in pairs]))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 def class_pixel_stats(labels: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny synthetic data in the real IDD-lite layout, sweep files, one Ray instance per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def tiny_spec(root: Path, **sections) -> dict:
+    """A small valid sweep as a dict; ``sections`` replace whole top-level sections."""
+    spec = {
+        "name": "tiny",
+        "data": {"dataset": "synthetic", "root": str(root), "size": [32, 64], "resize": "resize",
+                 "synthetic": {"train": 8, "val": 4, "height": 40, "width": 72, "seed": 1}},
+        "model": {"arch": "unet", "encoder": "resnet18", "encoder_weights": None},
+        "loss": {"name": "dice"},
+        "optimizer": {"name": "adam", "lr": 0.003},
+        "trainer": {"max_epochs": 2, "batch_size": 4, "log_images": 1},
+        "search": {"algorithm": "optuna", "num_samples": 2, "metric": "val/miou", "mode": "max", "seed": 0},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+    }
+    spec.update(sections)
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    def write(spec: dict | str, name: str = "sweep.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from orchestrator.data.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate_synthetic(root, train=8, val=4, height=40, width=72, seed=1)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (2 CPUs, as on CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    yield ray
+    ray.shutdown()

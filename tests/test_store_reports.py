@@ -1,0 +1,92 @@
+"""Results store (real SQLite file) and the reports built from it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from orchestrator.store import Store
+from reports.build import build_report, report_json
+from reports.collect import load_history, load_results
+from reports.tables import comparison_table, ranked, to_markdown, varying_keys
+
+CLASSES = ["background", "road"]
+
+
+def epoch(n: int, miou: float, loss: float, road: float) -> dict:
+    return {"epoch": n, "val/miou": miou, "val/loss": loss, "val/iou/road": road, "val/iou/background": 0.9,
+            "train/loss": loss + 0.1, "model/params": 2_000_000, "model/size_mb": 8.0, "time_total_s": 10.0 * n,
+            "training_iteration": n, "lr": 0.001}
+
+
+@pytest.fixture
+def filled(tmp_path):
+    store = Store(tmp_path / "results.db")
+    data = {"dataset": "synthetic", "task": "binary", "train": {"images": 8}, "val": {"images": 4}}
+    store.set_meta(sweep="s", metric="val/miou", mode="max", trials=3, classes=CLASSES, data=data)
+    store.add_trial("t1", {"model.arch": "unet", "loss.name": "dice", "optimizer.lr": 0.001})
+    store.add_trial("t2", {"model.arch": "fpn", "loss.name": "focal", "optimizer.lr": 0.01})
+    store.add_trial("t3", {"model.arch": "fpn", "loss.name": "dice", "optimizer.lr": 1.0})
+    for n, (miou, loss) in enumerate([(0.5, 0.6), (0.7, 0.4), (0.6, 0.5)], start=1):
+        store.record_epoch("t1", epoch(n, miou, loss, miou - 0.1))
+    store.record_epoch("t2", epoch(1, 0.3, 0.9, 0.2))
+    store.finish_trial("t1", "completed")
+    store.finish_trial("t2", "early_stopped")
+    store.finish_trial("t3", "failed", "FloatingPointError: training loss is nan at epoch 1; lower optimizer.lr?")
+    return tmp_path, store
+
+
+def test_store_best_last_and_no_duplicate_epochs(filled):
+    run_dir, store = filled
+    t1 = {t.id: t for t in store.trials(history=True)}["t1"]
+    assert t1.status == "completed" and t1.epochs == 3 and t1.params == 2_000_000 and t1.train_seconds == 30.0
+    assert t1.best["val/miou"] == 0.7 and t1.best["val/loss"] == 0.4 and t1.last["val/miou"] == 0.6
+    assert "training_iteration" not in t1.best and "lr" not in t1.best
+    store.record_epoch("t1", epoch(2, 0.65, 0.45, 0.5))  # a restarted trial re-reports epoch 2
+    rows = sqlite3.connect(run_dir / "results.db").execute("SELECT COUNT(*) FROM epochs WHERE trial_id='t1'").fetchone()
+    assert rows == (3,)
+    assert store.counts() == {"pending": 0, "running": 1, "completed": 0, "early_stopped": 1, "failed": 1}
+    store.add_trial("t2", {"x": 1}, "running")  # a finished trial is never reopened
+    assert {t.id: t.status for t in store.trials()}["t2"] == "early_stopped"
+    with pytest.raises(ValueError):
+        store.finish_trial("t1", "running")
+
+
+def test_results_frame_and_comparison_table(filled):
+    run_dir, _ = filled
+    frame = load_results(run_dir)
+    assert list(frame["id"]) == ["t1", "t2", "t3"]
+    assert frame.loc[0, "metric/val/miou"] == 0.7 and frame.loc[0, "params_m"] == 2.0
+    table = comparison_table(frame, "val/miou", "max", CLASSES)
+    assert list(table["trial"]) == ["t1", "t2", "t3"] and list(table["rank"][:2]) == [1, 2]
+    assert table["rank"].isna().iloc[2] and table["status"].iloc[2] == "failed"
+    assert list(table.columns[:8]) == ["rank", "trial", "arch", "encoder", "loss", "schedule", "lr", "val/miou"]
+    assert table.loc[0, "IoU road"] == pytest.approx(0.6)
+    by_loss = ranked(frame, "val/loss", "min")
+    assert list(by_loss["id"]) == ["t1", "t2", "t3"]
+    assert varying_keys(frame) == ["model.arch", "loss.name", "optimizer.lr"]
+    md = to_markdown(table)
+    assert md.splitlines()[2].startswith("| 1 | t1 | unet | – | dice | – | 0.001 | 0.7000 |")
+    history = load_history(run_dir)
+    assert list(history[history["id"] == "t1"]["epoch"]) == [1, 2, 3]
+
+
+def test_build_report_and_json(filled):
+    run_dir, _ = filled
+    md_path, html_path = build_report(run_dir)
+    md = md_path.read_text()
+    assert "# s: model-wise comparison" in md and "1 completed, 1 early-stopped, 1 failed" in md
+    assert "`t3`: FloatingPointError: training loss is nan at epoch 1" in md
+    assert "## Best trial" in md and "loss.name: dice" in md
+    html = html_path.read_text()
+    assert html.count("plotly") > 10 and "t1" in html
+    obj = report_json(run_dir)
+    json.dumps(obj)
+    assert obj["sweep"] == "s" and obj["metric"] == "val/miou" and obj["mode"] == "max"
+    t1 = obj["trials"][0]
+    assert set(t1) == {"id", "status", "config", "epochs", "metrics", "error", "params_m", "size_mb", "train_seconds"}
+    assert t1["metrics"] == {"val/miou": 0.7, "val/loss": 0.4, "val/iou/road": pytest.approx(0.6),
+                             "val/iou/background": 0.9}
+    assert obj["trials"][2]["error"].startswith("FloatingPointError") and obj["trials"][2]["metrics"] == {}

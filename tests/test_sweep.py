@@ -1,0 +1,77 @@
+"""Real sweeps on CPU: Ray Tune + Lightning + smp trials, the SQLite store, W&B offline files, the report."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from orchestrator.runner import run_sweep
+from orchestrator.spec import load_spec
+from orchestrator.store import Store
+from reports.build import report_json
+from tests.conftest import tiny_spec
+from tests.wandb_files import config as wandb_config
+from tests.wandb_files import history
+
+pytestmark = pytest.mark.slow
+
+
+def test_grid_sweep_records_every_trial(ray_session, synthetic_root, write_spec, tmp_path):
+    """Binary road task; PAN cannot run at 32x64 (its pyramid pools to nothing): those trials must fail, recorded."""
+    spec = tiny_spec(
+        synthetic_root,
+        model={"arch": {"choice": ["unet", "pan"]}, "encoder": "resnet18"},
+        loss={"name": {"choice": ["dice", "bce_dice", "weighted_ce_enet"]}},
+        search={"algorithm": "grid", "metric": "val/iou/road", "mode": "max",
+                "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
+    )
+    spec["data"]["task"] = "binary"
+    spec["trainer"]["max_epochs"] = 3
+    result = run_sweep(load_spec(write_spec(spec)), out=tmp_path / "run")
+    run_dir = result.run_dir
+    trials = Store(run_dir / "results.db").trials(history=True)
+    assert len(trials) == 6 and not result.interrupted
+    for t in trials:
+        if t.config["model.arch"] == "pan":
+            assert t.status == "failed" and "Output size is too small" in t.error and "\n" not in t.error
+            continue
+        assert t.status in ("completed", "early_stopped"), t.error
+        assert (t.epochs == 3) == (t.status == "completed") and [h["epoch"] for h in t.history] == list(range(1, t.epochs + 1))
+        assert 0 <= t.best["val/iou/road"] <= 1 and t.best["val/iou/road"] == max(h["val/iou/road"] for h in t.history)
+        assert {"val/miou", "val/dice", "val/pixel_acc", "val/precision", "val/recall", "val/specificity",
+                "val/loss", "train/loss", "val/iou/background"} <= set(t.best)
+        assert t.params > 1e6 and t.size_mb > 1 and t.train_seconds > 0
+        # one W&B offline run per trial, holding the same per-epoch metrics as the store
+        (log,) = (run_dir / "trials" / t.id / "wandb").glob("offline-run-*/run-*.wandb")
+        rows = [r for r in history(log) if "val/iou/road" in r]
+        assert [r["epoch"] for r in rows] == [h["epoch"] for h in t.history]
+        assert [r["val/iou/road"] for r in rows] == pytest.approx([h["val/iou/road"] for h in t.history])
+        assert wandb_config(log)["loss.name"] == t.config["loss.name"]
+        assert (run_dir / "trials" / t.id / "best.pt").is_file()
+    completed = [t for t in trials if t.status == "completed"]
+    for t in completed:  # example masks are logged at the end of a full trial
+        assert list((run_dir / "trials" / t.id / "wandb").glob("offline-run-*/files/media/images/mask/val/*.png"))
+    md = (run_dir / "report.md").read_text()
+    assert all(t.id in md for t in trials) and (run_dir / "report.html").is_file()
+    assert len(report_json(run_dir)["trials"]) == 6
+    assert (run_dir / "spec.yaml").is_file() and not (run_dir / "optuna.db").exists()
+
+
+def test_optuna_sweep_stores_its_study(ray_session, synthetic_root, write_spec, tmp_path):
+    spec = tiny_spec(synthetic_root, loss={"name": {"choice": ["dice", "focal"]}},
+                     search={"algorithm": "optuna", "num_samples": 3, "seed": 1, "scheduler": {"name": "none"}})
+    spec["optimizer"]["lr"] = {"loguniform": [0.001, 0.01]}
+    spec["trainer"]["max_epochs"] = 1
+    spec["tracking"] = {"wandb": {"mode": "disabled"}}
+    result = run_sweep(load_spec(write_spec(spec)), out=tmp_path / "run")
+    trials = Store(result.run_dir / "results.db").trials()
+    assert [t.status for t in trials] == ["completed"] * 3
+    lrs = {t.config["optimizer.lr"] for t in trials}
+    assert len(lrs) == 3 and all(0.001 <= lr <= 0.01 for lr in lrs)
+    db = sqlite3.connect(result.run_dir / "optuna.db")
+    (study,) = db.execute("SELECT study_name FROM studies").fetchall()
+    assert study == ("tiny",)
+    assert db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone() == (3,)
+    assert not list(Path(result.run_dir, "trials").glob("*/wandb"))  # tracking disabled: no W&B files
