@@ -152,6 +152,7 @@ def init_ray(address: str | None, spec) -> None:
     import ray
 
     if ray.is_initialized():
+        check_resources(spec, ray.cluster_resources())
         return
     # a stopped trial gets time to finish its W&B run before its actor is reused or torn down
     env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")}
@@ -163,6 +164,17 @@ def init_ray(address: str | None, spec) -> None:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SegsweepError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
+    check_resources(spec, ray.cluster_resources())
+
+
+def check_resources(spec, available: dict[str, float]) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
+    for kind, amount in need.items():
+        if amount > available.get(kind, 0):
+            key = f"resources.{kind.lower()}s_per_trial"
+            raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
+                                f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
 
 
 def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool = False):
@@ -172,6 +184,7 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from orchestrator.space import to_tune_space
+    from orchestrator.tracking import WandbCallback
     from orchestrator.trial import run_trial
 
     spec = sweep.spec
@@ -212,7 +225,9 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
             name=TUNE_DIR, storage_path=str(run_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs), ProgressCallback(store_path, total)],
+            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs),
+                       WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name),
+                       ProgressCallback(store_path, total)],
         ),
     )
 
@@ -222,8 +237,7 @@ def _context(sweep: Sweep, run_dir: Path, prepared):
 
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
-                        data=prepared, wandb=spec.tracking.wandb.model_dump(mode="json"),
-                        gpus_per_trial=spec.resources.gpus_per_trial)
+                        data=prepared, gpus_per_trial=spec.resources.gpus_per_trial)
 
 
 def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None = None,

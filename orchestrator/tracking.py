@@ -1,29 +1,36 @@
-"""Weights & Biases, one run per trial, logged from the trial itself (so masks can be sent).
+"""Weights & Biases: one run per trial, logged by the driver from Tune's trial events.
 
-Offline by default: runs land in ``<run_dir>/trials/<trial>/wandb/offline-run-*`` and ``wandb sync`` uploads them
-later. Every W&B call goes through ``_guard``: a tracker failure is reported once on stderr and switches tracking
-off for that trial; it never fails the trial. ``finish_timeout`` bounds the upload wait at the end (and on Ctrl-C).
+Logging from the driver rather than from inside trials means a trial that ASHA stops (and whose Ray actor is torn
+down at once) still has every epoch in its run, and a tracker failure cannot touch a trial. Offline by default: runs
+land in ``<run_dir>/trials/<trial>/wandb/offline-run-*`` and ``wandb sync`` uploads them later. Every W&B call goes
+through ``_guard``: a failure is reported once on stderr and switches tracking off for that trial, never the sweep.
+``finish_timeout`` bounds the upload wait at the end of each run (and so on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray import tune
+
+from orchestrator.store import is_metric
 
 FINISH_TIMEOUT_S = 30.0
+EXAMPLES_FILE = "examples.npz"
 
 
 class Tracker:
-    def __init__(
-        self, wandb_spec: dict[str, Any], directory: Path, trial_id: str, group: str, config: dict[str, Any]
-    ) -> None:
+    """One trial's W&B run; every call guarded."""
+
+    def __init__(self, wandb_spec: dict[str, Any], directory: Path, trial_id: str, group: str,
+                 config: dict[str, Any]) -> None:
         self.run = None
-        self.mode = wandb_spec.get("mode", "offline")
-        if self.mode == "disabled":
+        self.trial_id = trial_id
+        if wandb_spec.get("mode", "offline") == "disabled":
             return
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -31,32 +38,24 @@ class Tracker:
             import wandb
 
             return wandb.init(
-                project=wandb_spec.get("project", "segsweep"),
-                entity=wandb_spec.get("entity"),
-                group=group,
-                name=trial_id,
-                id=trial_id,
-                resume="allow",
-                dir=str(directory),
-                config=config,
-                tags=list(wandb_spec.get("tags", ())),
-                mode=self.mode,
-                settings=wandb.Settings(
-                    silent=True, console="off", x_disable_stats=True, disable_git=True, save_code=False,
-                    finish_timeout=FINISH_TIMEOUT_S, init_timeout=60,
-                ),
+                project=wandb_spec.get("project", "segsweep"), entity=wandb_spec.get("entity"), group=group,
+                name=trial_id, id=trial_id, resume="allow", dir=str(directory), config=config,
+                tags=list(wandb_spec.get("tags", ())), mode=wandb_spec.get("mode", "offline"), reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True,
+                                        save_code=False, finish_timeout=FINISH_TIMEOUT_S, init_timeout=60),
             )
 
         self.run = self._guard("start", start)
         if self.run is not None:
-            # rows keyed by the logged "epoch" and committed at once: a trial torn down by its scheduler keeps them
+            # the logged "epoch" is the x-axis, so a resumed trial re-logging an epoch lines up with the first try
             self._guard("define_metric", lambda: self.run.define_metric("*", step_metric="epoch"))
 
     def _guard(self, what: str, call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except Exception as e:  # noqa: BLE001 - tracking must never fail a trial; reported, then switched off
-            print(f"segsweep: W&B {what} failed, tracking off for this trial: {type(e).__name__}: {e}", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - tracking must never stop a sweep; reported, then switched off
+            print(f"segsweep: W&B {what} failed for trial {self.trial_id}, tracking it no further: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
             self.run = None
             return None
 
@@ -65,33 +64,70 @@ class Tracker:
         if self.run is not None:
             self._guard("log", lambda: self.run.log(metrics))
 
-    def log_masks(
-        self, images: np.ndarray, truths: np.ndarray, preds: np.ndarray, classes: Sequence[str], ignore_index: int,
-        epoch: int,
-    ) -> None:
-        """A few validation images with predicted and true masks; the ignore value is shown as its own label."""
-        if self.run is None or len(images) == 0:
+    def log_examples(self, path: Path) -> None:
+        """Validation images with predicted and true masks (saved by the trial); ignore shown as its own label."""
+        if self.run is None or not path.is_file():
             return
 
         def send() -> None:
             import wandb
 
+            data = np.load(path)
+            classes = [str(c) for c in data["classes"]]
+            ignore = int(data["ignore_index"])
             labels = {i: name for i, name in enumerate(classes)} | {len(classes): "ignore"}
             panels = []
-            for image, truth, pred in zip(images, truths, preds, strict=True):
-                truth = np.where(truth == ignore_index, len(classes), truth).astype(np.uint8)
+            for image, truth, pred in zip(data["images"], data["truths"], data["preds"], strict=True):
+                truth = np.where(truth == ignore, len(classes), truth).astype(np.uint8)
                 masks = {"predictions": {"mask_data": pred.astype(np.uint8), "class_labels": labels},
                          "ground_truth": {"mask_data": truth, "class_labels": labels}}
                 panels.append(wandb.Image(image, masks=masks))
-            self.run.log({"val/examples": panels, "epoch": epoch})
+            self.run.log({"val/examples": panels, "epoch": int(data["epoch"])})
 
         self._guard("image log", send)
-
-    def summary(self, values: dict[str, Any]) -> None:
-        if self.run is not None:
-            self._guard("summary", lambda: self.run.summary.update(values))
 
     def finish(self, failed: bool = False) -> None:
         if self.run is not None:
             self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
             self.run = None
+
+
+class WandbCallback(tune.Callback):
+    """Driver-side: a Tracker per trial, fed by Tune's events. Picklable (Tune pickles callbacks for resume)."""
+
+    def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str) -> None:
+        self.wandb_spec, self.run_dir, self.group = wandb_spec, run_dir, group
+        self._trackers: dict[str, Tracker] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_trackers": {}}
+
+    def _tracker(self, trial) -> Tracker:
+        if trial.trial_id not in self._trackers:
+            directory = Path(self.run_dir) / "trials" / trial.trial_id
+            self._trackers[trial.trial_id] = Tracker(self.wandb_spec, directory, trial.trial_id, self.group,
+                                                     dict(trial.config))
+        return self._trackers[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._tracker(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if "epoch" in result:
+            row = {k: v for k, v in result.items() if is_metric(k) or k.startswith("model/") or k in ("epoch", "lr")}
+            self._tracker(trial).log(row)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        tracker = self._trackers.pop(trial.trial_id, None) or self._tracker(trial)
+        tracker.log_examples(Path(self.run_dir) / "trials" / trial.trial_id / EXAMPLES_FILE)
+        tracker.finish()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        tracker = self._trackers.pop(trial.trial_id, None)
+        if tracker is not None:
+            tracker.finish(failed=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for tracker in self._trackers.values():  # interrupted runs: close them, they resume under the same id
+            tracker.finish()
+        self._trackers.clear()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from orchestrator.data.cache import PreparedData
+from orchestrator.tracking import EXAMPLES_FILE
 from orchestrator.spec import (
     DataSpec,
     LossSpec,
@@ -54,7 +55,6 @@ class TrialContext:
     metric: str
     mode: str
     data: PreparedData
-    wandb: dict[str, Any]
     gpus_per_trial: float = 0.0
 
 
@@ -65,27 +65,26 @@ def better(value: float, best: float | None, mode: str) -> bool:
 
 
 class TuneReporter:
-    """Per epoch: W&B log, best weights to ``trials/<id>/best.pt``, then ``tune.report`` with a checkpoint.
+    """Per epoch: best weights to ``trials/<id>/best.pt``, then ``tune.report`` with a resumable checkpoint.
 
-    Before the last epoch's report the example masks are logged and the W&B run is finished: a scheduler may stop
-    the trial inside that report (ASHA does at ``max_t``), and nothing after it would run.
+    Before the last epoch's report the example masks are saved: a scheduler may stop the trial inside that report
+    (ASHA does at ``max_t``), and nothing after it would run.
     """
 
-    def __init__(self, ctx: TrialContext, trial_dir: Path, tracker, constants: dict[str, float], best: float | None,
+    def __init__(self, ctx: TrialContext, trial_dir: Path, constants: dict[str, float], best: float | None,
                  last_epoch: int, on_last_epoch=None):
-        self.ctx, self.trial_dir, self.tracker, self.constants, self.best = ctx, trial_dir, tracker, constants, best
+        self.ctx, self.trial_dir, self.constants, self.best = ctx, trial_dir, constants, best
         self.last_epoch, self.on_last_epoch = last_epoch, on_last_epoch
 
     def __call__(self, metrics: dict[str, float], module) -> None:
         from ray import tune
 
         epoch = int(metrics["epoch"])
-        self.tracker.log(metrics)
         if better(metrics.get(self.ctx.metric), self.best, self.ctx.mode):
             self.best = metrics[self.ctx.metric]
             torch.save(module.model.state_dict(), self.trial_dir / "best.pt")
         if epoch >= self.last_epoch and self.on_last_epoch is not None:
-            self.on_last_epoch(module)
+            self.on_last_epoch(module, epoch)
         with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as d:
             torch.save({**module.training_state(), "epoch": epoch, "best": self.best}, Path(d) / "state.pt")
             tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(d))
@@ -99,11 +98,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from models.losses import create_loss, enet_weights, loss_needs_class_weights
     from models.registry import create_model, model_size
     from orchestrator.lit import CachedData, SegmentationModule
-    from orchestrator.tracking import Tracker
 
     for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     cfg = TrialConfig.from_flat(config)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(ctx.run_dir) / "trials" / trial_id
@@ -133,16 +132,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if remaining <= 0:
         return
 
-    tracker = Tracker(ctx.wandb, trial_dir, trial_id, ctx.sweep, config)
-    tracker.summary({"model/params": params, "model/size_mb": size_mb})
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=cfg.data.augment.hflip)
-
-    def finish_tracking(module: SegmentationModule) -> None:
-        _log_examples(module, datamodule, tracker, cfg.trainer.log_images, data, cfg.trainer.max_epochs)
-        tracker.finish()
-
-    reporter = TuneReporter(ctx, trial_dir, tracker, {"model/params": params, "model/size_mb": size_mb}, best,
-                            last_epoch=cfg.trainer.max_epochs, on_last_epoch=finish_tracking)
+    reporter = TuneReporter(
+        ctx, trial_dir, {"model/params": params, "model/size_mb": size_mb}, best, last_epoch=cfg.trainer.max_epochs,
+        on_last_epoch=lambda module, epoch: save_examples(module, datamodule, cfg.trainer.log_images, data, epoch,
+                                                          trial_dir / EXAMPLES_FILE),
+    )
     module = SegmentationModule(
         model, loss, data.classes, data.ignore_index, data.positive,
         optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
@@ -155,27 +150,21 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         precision=cfg.trainer.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=cfg.trainer.limit_train_batches,
     )
-    failed = True
-    try:
-        trainer.fit(module, datamodule=datamodule)
-        failed = False
-    except SystemExit:  # the scheduler stopped this trial inside tune.report
-        failed = False
-        raise
-    finally:
-        tracker.finish(failed=failed)
+    trainer.fit(module, datamodule=datamodule)
 
 
-def _log_examples(module, datamodule, tracker, count: int, data: PreparedData, epoch: int) -> None:
+def save_examples(module, datamodule, count: int, data: PreparedData, epoch: int, path: Path) -> None:
+    """The first ``count`` validation images with true and predicted masks, for the driver to send to W&B."""
     from orchestrator.lit import predict
 
-    if count <= 0 or tracker.run is None:
+    if count <= 0:
         return
-    images, labels = datamodule.val_set.images[:count], datamodule.val_set.labels[:count]
-    x, _ = datamodule.on_after_batch_transfer((torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels))), 0)
+    images, labels = np.array(datamodule.val_set.images[:count]), np.array(datamodule.val_set.labels[:count])
+    x, _ = datamodule.on_after_batch_transfer((torch.from_numpy(images), torch.from_numpy(labels)), 0)
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        preds = predict(module(x.to(module.device)), module.binary).cpu().numpy()
+        preds = predict(module(x.to(module.device)), module.binary).cpu().numpy().astype(np.uint8)
     module.train(was_training)
-    tracker.log_masks(np.array(images), np.array(labels), preds, data.classes, data.ignore_index, epoch)
+    np.savez_compressed(path, images=images, truths=labels, preds=preds, classes=np.array(data.classes),
+                        ignore_index=data.ignore_index, epoch=epoch)

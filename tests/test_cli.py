@@ -106,3 +106,14 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
     assert sorted(t["id"] for t in report["trials"]) == sorted(after)
     status = cli("status", str(run_dir))
     assert "4/4 done (4 completed" in status.stdout
+
+
+def test_trials_larger_than_the_cluster_are_refused(ray_session, synthetic_root, write_spec, tmp_path):
+    from orchestrator.errors import SegsweepError
+    from orchestrator.runner import run_sweep
+    from orchestrator.spec import load_spec
+
+    spec = tiny_spec(synthetic_root)
+    spec["resources"]["gpus_per_trial"] = 0.5
+    with pytest.raises(SegsweepError, match=r"resources.gpus_per_trial: 0.5 per trial, but the Ray cluster has 0 GPU"):
+        run_sweep(load_spec(write_spec(spec)), out=tmp_path / "run")

@@ -52,9 +52,11 @@ def history(path: str | Path) -> list[dict[str, object]]:
 
 
 def config(path: str | Path) -> dict[str, object]:
+    """The run's config: the one it started with (run record) plus later updates (config records)."""
     out: dict[str, object] = {}
     for record in read_records(path):
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
-                out[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+        kind = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        for item in updates:
+            out[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
     return out
