@@ -117,3 +117,27 @@ def test_trials_larger_than_the_cluster_are_refused(ray_session, synthetic_root,
     spec["resources"]["gpus_per_trial"] = 0.5
     with pytest.raises(SegsweepError, match=r"resources.gpus_per_trial: 0.5 per trial, but the Ray cluster has 0 GPU"):
         run_sweep(load_spec(write_spec(spec)), out=tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_demo_sweep_end_to_end(tmp_path):
+    """The README's demo: every trial in report.md and in report --format json, some early-stopped, real metrics,
+    one W&B offline run per trial."""
+    repo = Path(__file__).parent.parent
+    run_dir = tmp_path / "demo"
+    env_root = {"SEGSWEEP_DEMO_DATA": str(tmp_path / "data")}
+    done = subprocess.run([*ORCHESTRATE, "run", str(repo / "sweeps" / "demo.yaml"), "--out", str(run_dir)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "WANDB_MODE": "offline", **env_root})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[segsweep] 8/8 done" in done.stderr
+    report = json.loads(cli("report", str(run_dir), "--format", "json").stdout)
+    trials = report["trials"]
+    assert report["sweep"] == "demo" and report["metric"] == "val/miou" and len(trials) == 8
+    statuses = {t["status"] for t in trials}
+    assert "early_stopped" in statuses and statuses <= {"completed", "early_stopped"}
+    assert len({t["config"]["model.arch"] for t in trials}) >= 1 and all(0 < t["metrics"]["val/miou"] <= 1 for t in trials)
+    md = (run_dir / "report.md").read_text()
+    assert all(t["id"] in md for t in trials)
+    assert all(len(list((run_dir / "trials" / t["id"] / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+               for t in trials)
