@@ -149,6 +149,61 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
         typer.echo(f"{name:<{width}}  {description}".rstrip())
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset as stored: class statistics, broken files.")
+app.add_typer(data_app, name="data")
+
+DatasetOption = Annotated[str, typer.Option("--dataset", help="dataset name (orchestrate list datasets)")]
+RootOption = Annotated[Path, typer.Option("--root", help="dataset root folder")]
+EncodingOption = Annotated[str, typer.Option(help="bdd100k_drivable label order: current | legacy_2018")]
+ClassMapOption = Annotated[Optional[str], typer.Option(
+    "--class-map", help="folder dataset classes as YAML, e.g. '[{name: bg, value: 0}, {name: road, value: 1}]'")]
+
+
+def _adapter(dataset: str, root: Path, encoding: str, class_map: str | None):
+    import yaml
+
+    from orchestrator.data import create_adapter
+    from orchestrator.data.adapters import DataError
+
+    if not root.is_dir():
+        raise DataError(f"--root {root}: does not exist")
+    return create_adapter(dataset, encoding, yaml.safe_load(class_map) if class_map else None)
+
+
+@data_app.command("stats")
+def data_stats(
+    dataset: DatasetOption,
+    root: RootOption,
+    split: Annotated[str, typer.Option(help="split to count")] = "train",
+    task: Annotated[str, typer.Option(help="multiclass | binary")] = "multiclass",
+    enet_c: Annotated[float, typer.Option(help="ENet weighting constant c")] = 1.02,
+    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    encoding: EncodingOption = "current",
+    class_map: ClassMapOption = None,
+) -> None:
+    """Class pixel counts and frequencies over a split, with ENet and median-frequency weights."""
+    from orchestrator.data.stats import split_stats, stats_table
+
+    adapter = _adapter(dataset, root, encoding, class_map)
+    stats = split_stats(adapter, adapter.pairs(root, split), task, enet_c, dataset, split)
+    typer.echo(json.dumps(stats, indent=2) if format == "json" else stats_table(stats))
+
+
+@data_app.command("check")
+def data_check(
+    dataset: DatasetOption, root: RootOption, encoding: EncodingOption = "current", class_map: ClassMapOption = None,
+) -> None:
+    """Scan every image/label pair; list each problem by file; exit 1 when any is found."""
+    from orchestrator.data.stats import check_dataset
+
+    checked, problems = check_dataset(_adapter(dataset, root, encoding, class_map), root)
+    for line in problems:
+        typer.echo(line)
+    typer.echo(f"{checked} pairs checked, {len(problems)} with problems", err=bool(problems))
+    if problems:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: typer handles usage errors (exit 2); known segsweep errors become one line."""
     try:

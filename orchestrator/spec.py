@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from orchestrator.errors import SpecError, UnknownNameError, closest, unknown_name_message
+from orchestrator.errors import SegsweepError, SpecError, UnknownNameError, closest, unknown_name_message
 
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int")
 # Sections whose leaves become the trial's config (and so may be searched over).
@@ -47,7 +47,26 @@ class SyntheticSpec(Strict):
 
 
 class AugmentSpec(Strict):
+    """Training-time augmentation, applied on the device to image and mask alike (nearest for masks)."""
+
     hflip: bool = True
+    scale: tuple[float, float] | None = Field(None, description="random scale range, then crop/pad back to size")
+    jitter: float = Field(0.0, ge=0, le=1, description="colour jitter strength (brightness, contrast, saturation)")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"{list(v)} must be [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.25]")
+        return v
+
+
+class ClassEntry(Strict):
+    """One class of a ``folder`` dataset: its mask index value or its RGB colour."""
+
+    name: str
+    value: int | None = Field(None, ge=0, le=254)
+    color: tuple[int, int, int] | None = None
 
 
 class DataSpec(Strict):
@@ -59,6 +78,8 @@ class DataSpec(Strict):
     val_split: str = "val"
     val_fraction: float | None = Field(None, gt=0, lt=1)
     limit_images: int | None = Field(None, ge=2)
+    encoding: str = Field("current", description="bdd100k_drivable label order: current | legacy_2018")
+    class_map: tuple[ClassEntry, ...] | None = Field(None, description="folder dataset: classes by value or colour")
     synthetic: SyntheticSpec = SyntheticSpec()
     augment: AugmentSpec = AugmentSpec()
 
@@ -68,6 +89,13 @@ class DataSpec(Strict):
         from orchestrator.data import DATASETS
 
         return _check_name("dataset", v, list(DATASETS))
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        from orchestrator.data.adapters import Bdd100kDrivable
+
+        return _check_name("encoding", v, list(Bdd100kDrivable.ENCODINGS))
 
     @field_validator("root")
     @classmethod
@@ -414,7 +442,10 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
     for key, domain in domains.items():
         for value in domain.probe_values():
             _validate({**base, key: value}, where, key)
-    metrics = reported_metrics(spec.data.dataset, spec.data.task)
+    try:
+        metrics = reported_metrics(spec.data)
+    except SegsweepError as e:
+        raise SpecError(f"{where}: {e}") from None
     if spec.search.metric not in metrics:
         raise SpecError(f"{where}: search.metric: {unknown_name_message('metric', spec.search.metric, metrics)}")
     if spec.search.algorithm == "grid":
@@ -426,12 +457,11 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
     return Sweep(source=source, spec=spec, flat=flat, domains=domains)
 
 
-def reported_metrics(dataset: str, task: str) -> list[str]:
+def reported_metrics(data: DataSpec) -> list[str]:
     """Every metric a trial of this dataset and task reports (the names ``search.metric`` may use)."""
-    from orchestrator.data import DATASETS
+    from orchestrator.data import adapter_for
 
-    adapter = DATASETS[dataset]
-    classes = adapter.binary_classes if task == "binary" else adapter.classes
+    classes = adapter_for(data).task_classes(data.task)
     scalar = ["miou", "dice", "pixel_acc", "precision", "recall", "specificity", "loss"]
     return [f"val/{m}" for m in scalar] + [f"val/iou/{c}" for c in classes] + ["train/loss"]
 

@@ -1,13 +1,15 @@
 """Datasets: on-disk adapters, the synthetic generator, the decode-once cache and the trial's data module."""
 
-from orchestrator.data.adapters import DataError, IddLite, Pair
-from orchestrator.data.prepare import DATASETS, dataset_sizes, list_datasets, prepare_data, resolve_pairs
+from orchestrator.data.adapters import DATASETS, Adapter, DataError, Pair, create_adapter, list_datasets
+from orchestrator.data.prepare import adapter_for, dataset_sizes, prepare_data, resolve_pairs
 
 __all__ = [
     "DATASETS",
+    "Adapter",
     "DataError",
-    "IddLite",
     "Pair",
+    "adapter_for",
+    "create_adapter",
     "dataset_sizes",
     "list_datasets",
     "prepare_data",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from PIL import Image
 
-from orchestrator.data.adapters import DataError, Pair, read_image, to_binary
+from orchestrator.data.adapters import DataError, Pair, load_pair, to_binary
 
 CACHE_VERSION = 1
 
@@ -31,6 +32,7 @@ class PreparedData:
     """What the driver hands to every trial about the data (small, picklable)."""
 
     dataset: str
+    native_size: tuple[int, int]  # (height, width) of the images as stored
     task: str
     classes: tuple[str, ...]
     ignore_index: int
@@ -100,15 +102,8 @@ def _decode_into(tmp: Path, adapter, pairs: list[Pair], size: tuple[int, int], m
     n, (h, w) = len(pairs), size
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
     labels = open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, h, w))
-    allowed = set(range(len(adapter.classes))) | {adapter.ignore_index}
     for i, pair in enumerate(pairs):
-        image, label = read_image(pair.image), adapter.read_label(pair.label)
-        if image.shape[:2] != label.shape:
-            raise DataError(f"{pair.label}: size {label.shape[::-1]} differs from its image's {image.shape[1::-1]}")
-        bad = set(np.unique(label).tolist()) - allowed
-        if bad:
-            raise DataError(f"{pair.label}: label values {sorted(bad)} are not classes 0..{len(adapter.classes) - 1} "
-                            f"or ignore {adapter.ignore_index}")
+        image, label = load_pair(adapter, pair)
         if task == "binary":
             label = to_binary(label, adapter.binary_foreground, adapter.ignore_index)
         images[i], labels[i] = fit_to_size(image, label, size, mode, adapter.ignore_index)
@@ -118,7 +113,7 @@ def _decode_into(tmp: Path, adapter, pairs: list[Pair], size: tuple[int, int], m
     (tmp / "names.json").write_text(json.dumps([str(p.image) for p in pairs]))
 
 
-def class_pixel_stats(labels: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+def class_pixel_stats(labels: Iterable[np.ndarray], num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
     """Per class: pixels over all images, and labelled pixels of the images that contain the class (for MFB)."""
     counts = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)

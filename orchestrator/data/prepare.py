@@ -6,18 +6,15 @@ import json
 import random
 from pathlib import Path
 
-from orchestrator.data.adapters import DataError, IddLite, Pair
+from orchestrator.data.adapters import Adapter, DataError, Pair, create_adapter
 from orchestrator.data.cache import PreparedData, SplitInfo, build_split_cache, cache_key, class_pixel_stats, load_split
 from orchestrator.data.synthetic import generate_synthetic
 
-DATASETS: dict[str, IddLite] = {
-    "idd_lite": IddLite(),
-    "synthetic": IddLite(name="synthetic", description="procedural road scenes in the IDD-lite layout (demo, tests)"),
-}
 
-
-def list_datasets() -> dict[str, str]:
-    return {name: adapter.description for name, adapter in DATASETS.items()}
+def adapter_for(spec) -> Adapter:
+    """The adapter a ``DataSpec`` describes."""
+    class_map = [c.model_dump() for c in spec.class_map] if spec.class_map else None
+    return create_adapter(spec.dataset, spec.encoding, class_map)
 
 
 def _ensure_root(spec) -> Path:
@@ -32,7 +29,7 @@ def _ensure_root(spec) -> Path:
 
 def resolve_pairs(spec, root: Path | None = None) -> tuple[list[Pair], list[Pair]]:
     """Train and val pairs. ``val_fraction`` holds out a seeded share of train (for datasets without a val split)."""
-    adapter = DATASETS[spec.dataset]
+    adapter = adapter_for(spec)
     root = Path(root or spec.root)
     train = adapter.pairs(root, "train")
     if spec.val_fraction:
@@ -63,7 +60,7 @@ def dataset_sizes(spec) -> dict[str, int]:
 
 def prepare_data(spec, cache_root: Path) -> PreparedData:
     """Decode both splits once into ``cache_root`` and compute the training split's class pixel counts."""
-    adapter = DATASETS[spec.dataset]
+    adapter = adapter_for(spec)
     root = _ensure_root(spec)
     train_pairs, val_pairs = resolve_pairs(spec, root)
     size = tuple(spec.size)
@@ -72,7 +69,7 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
         key = cache_key(adapter.name, adapter.version, pairs, size, spec.resize, spec.task)
         folder = Path(cache_root) / f"{adapter.name}-{split}-{size[0]}x{size[1]}-{spec.task}-{key}"
         folders[split] = build_split_cache(adapter, pairs, size, spec.resize, spec.task, folder)
-    classes = adapter.binary_classes if spec.task == "binary" else adapter.classes
+    classes = adapter.task_classes(spec.task)
     stats_file = folders["train"] / "stats.json"
     if stats_file.is_file():
         stats = json.loads(stats_file.read_text())
@@ -83,6 +80,7 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
         stats_file.write_text(json.dumps(stats))
     return PreparedData(
         dataset=spec.dataset,
+        native_size=native_size(train_pairs[0]),
         task=spec.task,
         classes=tuple(classes),
         ignore_index=adapter.ignore_index,
@@ -92,3 +90,11 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
         pixel_counts=tuple(stats["pixel_counts"]),
         image_pixels=tuple(stats["image_pixels"]),
     )
+
+
+def native_size(pair: Pair) -> tuple[int, int]:
+    """(height, width) of a dataset image as stored, read from its header only."""
+    from PIL import Image
+
+    with Image.open(pair.image) as im:
+        return im.height, im.width
