@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,13 +33,54 @@ class ArrayPairs(Dataset):
         return torch.from_numpy(np.array(self.images[i])), torch.from_numpy(np.array(self.labels[i]))
 
 
-class CachedData(L.LightningDataModule):
-    """Batches of uint8 from the cache; conversion, normalisation and flips happen on the device after transfer."""
+def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: tuple[float, float] | None = None,
+                  jitter: float = 0.0, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips, scale + crop and colour jitter of a batch, on its device, one draw per sample.
 
-    def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True, num_workers: int = 0) -> None:
+    ``x``: float images in [0, 1], Nx3xHxW; ``y``: long labels NxHxW. Geometry is applied identically to both
+    (bilinear for images, nearest for labels); where a zoomed-out sample leaves the frame, the image is black and
+    the label is ``ignore_index``. No host synchronisation.
+    """
+    n = x.shape[0]
+    if hflip:
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
+    if scale is not None and scale != (1.0, 1.0):
+        lo, hi = scale
+        s = lo + (hi - lo) * torch.rand(n, device=x.device)
+        inv = 1.0 / s  # the crop window's size relative to the frame
+        shift = (1.0 - inv).abs().unsqueeze(1) * (2 * torch.rand(n, 2, device=x.device) - 1)
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 1, 1] = inv, inv
+        theta[:, :, 2] = shift
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # labels shifted by one so that the zero padding marks "outside the frame"
+        moved = F.grid_sample((y + 1).unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False)[:, 0].long()
+        y = torch.where(moved == 0, ignore_index, moved - 1)
+    if jitter > 0:
+        factors = 1 + jitter * (2 * torch.rand(3, n, 1, 1, 1, device=x.device) - 1)
+        x = x * factors[0]  # brightness
+        gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x = (x - gray.mean((2, 3), keepdim=True)) * factors[1] + gray.mean((2, 3), keepdim=True)  # contrast
+        gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x = (gray + (x - gray) * factors[2]).clamp(0, 1)  # saturation
+    return x, y
+
+
+class CachedData(L.LightningDataModule):
+    """Batches of uint8 from the cache; conversion, augmentation and normalisation happen on the device after
+    transfer (augmentation in training only)."""
+
+    def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True,
+                 scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
+                 ignore_index: int = 255) -> None:
         super().__init__()
         self.train_dir, self.val_dir = train_dir, val_dir
-        self.batch_size, self.hflip, self.num_workers = batch_size, hflip, num_workers
+        self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
+        self.hflip, self.scale, self.jitter = hflip, scale, jitter
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set, self.val_set = ArrayPairs(self.train_dir), ArrayPairs(self.val_dir)
@@ -55,15 +97,12 @@ class CachedData(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         x = images.permute(0, 3, 1, 2).float().div_(255)
+        y = labels.long()
+        if self.trainer is not None and self.trainer.training:
+            x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        y = labels.long()
-        if self.hflip and self.trainer is not None and self.trainer.training:
-            flip = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
-        return x.contiguous(), y
+        return ((x - mean) / std).contiguous(), y
 
 
 def predict(logits: torch.Tensor, binary: bool) -> torch.Tensor:

@@ -132,7 +132,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if remaining <= 0:
         return
 
-    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=cfg.data.augment.hflip)
+    aug = cfg.data.augment
+    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
+                            jitter=aug.jitter, ignore_index=data.ignore_index)
     reporter = TuneReporter(
         ctx, trial_dir, {"model/params": params, "model/size_mb": size_mb}, best, last_epoch=cfg.trainer.max_epochs,
         on_last_epoch=lambda module, epoch: save_examples(module, datamodule, cfg.trainer.log_images, data, epoch,

@@ -56,3 +56,49 @@ def test_nan_training_loss_fails_with_the_epoch_named(synthetic_root, tmp_path):
     with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1; lower optimizer.lr"):
         trainer().fit(module, datamodule=data)
     assert history == []
+
+
+def blocks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels in 8x8 blocks; the image's red channel encodes the label, so geometry can be checked pixel by pixel."""
+    y = torch.arange(16).view(4, 4).repeat_interleave(8, 0).repeat_interleave(8, 1).unsqueeze(0).repeat(6, 1, 1) % 7
+    x = torch.stack([y.float() / 10, torch.zeros_like(y, dtype=torch.float), torch.ones_like(y, dtype=torch.float)], 1)
+    return x, y
+
+
+def test_augmentation_moves_image_and_mask_together():
+    from orchestrator.lit import augment_batch
+
+    torch.manual_seed(0)
+    x, y = blocks()
+    ax, ay = augment_batch(x, y, hflip=True, scale=(0.6, 1.6), jitter=0.0)
+    assert ax.shape == x.shape and ay.shape == y.shape and ay.dtype == torch.long
+    inside = ay != 255
+    # interior pixels (same label as their 4 neighbours) are away from bilinear seams: they must agree exactly
+    c = ay[:, 1:-1, 1:-1]
+    interior = (c == ay[:, :-2, 1:-1]) & (c == ay[:, 2:, 1:-1]) & (c == ay[:, 1:-1, :-2]) & (c == ay[:, 1:-1, 2:])
+    interior &= c != 255
+    decoded = torch.round(ax[:, 0, 1:-1, 1:-1] * 10).long()
+    assert interior.float().mean() > 0.5 and torch.equal(decoded[interior], c[interior])
+    assert (ax[:, 2][~inside] < 0.5).all()  # outside the frame: black image, ignored label
+    assert not torch.equal(ay, y) and set(ay.unique().tolist()) <= set(range(7)) | {255}
+
+
+def test_colour_jitter_keeps_geometry_and_range():
+    from orchestrator.lit import augment_batch
+
+    torch.manual_seed(1)
+    x, y = blocks()
+    ax, ay = augment_batch(x, y, hflip=False, scale=None, jitter=0.4)
+    assert torch.equal(ay, y) and not torch.allclose(ax, x) and ax.min() >= 0 and ax.max() <= 1
+    same_x, same_y = augment_batch(x, y, hflip=False, scale=None, jitter=0.0)
+    assert torch.equal(same_x, x) and torch.equal(same_y, y)
+
+
+def test_validation_batches_are_not_augmented(synthetic_root, tmp_path):
+    module, data, _ = module_and_data(synthetic_root, tmp_path, create_loss("ce", "multiclass"))
+    data.scale, data.jitter = (0.5, 2.0), 0.5
+    data.setup()
+    images, labels = next(iter(data.val_dataloader()))
+    x1, y1 = data.on_after_batch_transfer((images, labels), 0)  # no trainer attached: evaluation path
+    x2, y2 = data.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(x1, x2) and torch.equal(y1, labels.long())
