@@ -16,8 +16,30 @@ from orchestrator.errors import SegsweepError, UnknownNameError
 
 @dataclass(frozen=True)
 class Architecture:
+    """``build(encoder_name, encoder_weights, in_channels, classes)``; ``encoders`` None: any smp/timm encoder,
+    else the only ones it takes (an empty tuple: it has none of its own, ``model.encoder: null``)."""
+
     build: Callable[..., nn.Module]
     description: str
+    encoders: tuple[str, ...] | None = None
+
+
+def _enet(encoder_name=None, encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
+    from models.enet import ENet
+
+    return ENet(classes, in_channels)
+
+
+def _deeplab_atrous(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
+    from models.deeplab import AtrousDeepLabV3
+
+    return AtrousDeepLabV3(encoder_name, classes, in_channels)
+
+
+def _fcn(encoder_name="resnet50", encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
+    from models.deeplab import FCN
+
+    return FCN(classes, in_channels)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -31,7 +53,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "manet": Architecture(smp.MAnet, "MA-Net: multi-scale attention decoder"),
     "pan": Architecture(smp.PAN, "Pyramid Attention Network"),
     "upernet": Architecture(smp.UPerNet, "UPerNet: unified perceptual parsing decoder"),
-    "segformer": Architecture(smp.Segformer, "SegFormer all-MLP decoder (use with mit_b* encoders)"),
+    "segformer": Architecture(smp.Segformer, "SegFormer all-MLP decoder (use with mit_b0..mit_b5 encoders)"),
+    "enet": Architecture(_enet, "ENet (Paszke 2016), 0.35 M params; two-stage training with model.stage1_epochs", ()),
+    "deeplabv3_atrous": Architecture(_deeplab_atrous, "seed 001's DeepLabV3: ResNet-18/34 stem, atrous blocks, OS 8",
+                                     ("resnet18", "resnet34")),
+    "fcn": Architecture(_fcn, "FCN with torchvision's ResNet-50 backbone", ("resnet50",)),
 }
 
 WEIGHT_NAMES = ("imagenet", "ssl", "swsl", "advprop", "noisy-student")
@@ -61,21 +87,39 @@ def check_encoder(name: str | None) -> str | None:
     raise UnknownNameError("encoder", name, list_encoders())
 
 
+def check_arch_encoder(arch: str, encoder: str | None) -> None:
+    """Raise SegsweepError when ``arch`` does not take ``encoder`` (custom architectures have fixed ones)."""
+    allowed = ARCHITECTURES[arch].encoders
+    if allowed is None:
+        if encoder is None:
+            raise SegsweepError(f"{arch} needs an encoder (e.g. model.encoder: mobilenet_v2)")
+        check_encoder(encoder)
+    elif allowed == () and encoder is not None:
+        raise SegsweepError(f"{arch} has no separate encoder; set model.encoder: null")
+    elif allowed and encoder not in allowed:
+        raise SegsweepError(f"{arch} takes model.encoder {' or '.join(allowed)}, not {encoder}")
+
+
 def create_model(
     arch: str,
     encoder: str | None,
     classes: int,
     encoder_weights: str | None = None,
     in_channels: int = 3,
+    batchnorm: str = "running",
 ) -> nn.Module:
     """Build a model by registry name.
 
     ``encoder_weights`` is None (random, the offline default), a weights name smp knows (downloads at run time),
     or a local file holding an encoder ``state_dict`` (or a checkpoint with one under ``state_dict``).
+    ``batchnorm="batch"`` makes every BatchNorm normalise with the current batch's statistics, in training and in
+    evaluation (``track_running_stats=False``: seed 000's setting for ENet on one small GPU).
     """
     if arch not in ARCHITECTURES:
         raise UnknownNameError("architecture", arch, ARCHITECTURES)
-    check_encoder(encoder)
+    check_arch_encoder(arch, encoder)
+    if encoder_weights and ARCHITECTURES[arch].encoders is not None:
+        raise SegsweepError(f"{arch}: encoder_weights are for smp encoders; its own weights start random")
     local = encoder_weights if encoder_weights and encoder_weights not in WEIGHT_NAMES else None
     kwargs = {"encoder_name": encoder} if encoder else {}
     try:
@@ -87,7 +131,16 @@ def create_model(
         raise SegsweepError(f"model {arch} with encoder {encoder} cannot be built: {first}") from e
     if local:
         load_encoder_weights(model, Path(local))
+    if batchnorm == "batch":
+        use_batch_statistics(model)
     return model
+
+
+def use_batch_statistics(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
 
 
 def load_encoder_weights(model: nn.Module, path: Path) -> None:
@@ -99,10 +152,3 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     if not set(state) & set(model.encoder.state_dict()):
         raise SegsweepError(f"{path}: no tensor matches the encoder's parameters; is it this encoder's state_dict?")
     model.encoder.load_state_dict(state, strict=False)
-
-
-def model_size(model: nn.Module) -> tuple[int, float]:
-    """(parameter count, weight size in MB of the fp32 state_dict: parameters + buffers)."""
-    params = sum(p.numel() for p in model.parameters())
-    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return params, nbytes / 1e6

@@ -98,6 +98,33 @@ def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> No
         typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {t.error}" if t.error else ""))
 
 
+@app.command("model-info")
+def model_info(
+    arch: Annotated[str, typer.Argument(help="architecture (orchestrate list models)")],
+    classes: Annotated[int, typer.Option(min=1, help="output classes")],
+    size: Annotated[str, typer.Option(help="input HxW, e.g. 256x320")],
+    encoder: Annotated[Optional[str], typer.Option(help="encoder (smp name or tu-<timm model>)")] = None,
+    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+) -> None:
+    """Parameters, weight size in MB and GMACs at an input size, with the counter named."""
+    from models.complexity import complexity
+    from models.registry import ARCHITECTURES, create_model
+
+    try:
+        height, width = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise SegsweepError(f"--size {size}: expected HxW, e.g. 256x320") from None
+    if encoder is None and arch in ARCHITECTURES and ARCHITECTURES[arch].encoders:
+        encoder = ARCHITECTURES[arch].encoders[0]
+    info = complexity(create_model(arch, encoder, classes), (height, width))
+    if format == "json":
+        typer.echo(json.dumps({"params": info.params, "size_mb": info.size_mb, "gmacs": info.gmacs,
+                               "counter": info.counter}))
+    else:
+        typer.echo(f"{arch} {encoder or ''} at {height}x{width}, {classes} classes: {info.params / 1e6:.3f} M params, "
+                   f"{info.size_mb:.2f} MB, {info.gmacs:.3f} GMACs ({info.counter})")
+
+
 class ReportFormat(str, Enum):
     md = "md"
     html = "html"

@@ -128,9 +128,11 @@ class SegmentationModule(L.LightningModule):
         max_epochs: int,
         report: Callable[[dict[str, float], "SegmentationModule"], None] | None = None,
         epoch_offset: int = 0,
+        stage1_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.model, self.loss = model, loss
+        self.stage1_epochs = stage1_epochs
         self.classes, self.ignore_index, self.positive = classes, ignore_index, positive
         self.optim, self.schedule, self.max_epochs = optim, schedule, max_epochs
         self.report, self.epoch_offset = report, epoch_offset
@@ -144,13 +146,28 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @property
+    def in_stage1(self) -> bool:
+        """ENet's first stage: the encoder alone trains against labels downsampled x8 (nearest)."""
+        return self.epoch_offset + self.current_epoch < self.stage1_epochs
+
+    def _logits(self, x: torch.Tensor, y: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.in_stage1:
+            return self(x), y
+        logits = self.model.forward_encoder(x)
+        if training:
+            small = F.interpolate(y.unsqueeze(1).float(), size=logits.shape[-2:], mode="nearest")
+            return logits, small[:, 0].long()
+        # validation in stage 1 scores the encoder's output upsampled to full resolution, so curves stay comparable
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), y
+
     def on_train_epoch_start(self) -> None:
         self._train_loss = torch.zeros((), device=self.device)
         self._train_batches = 0
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = self.loss(self(x), y)
+        logits, y = self._logits(*batch, training=True)
+        loss = self.loss(logits, y)
         self._train_loss += loss.detach().float()
         self._train_batches += 1
         return loss
@@ -162,7 +179,7 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
+        logits, y = self._logits(x, y, training=False)
         self._val_loss += self.loss(logits, y).detach().float() * x.shape[0]
         self._val_items += x.shape[0]
         self._cm.update(predict(logits, self.binary), y)

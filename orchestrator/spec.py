@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from orchestrator.errors import SegsweepError, SpecError, UnknownNameError, closest, unknown_name_message
 
@@ -118,6 +118,21 @@ class ModelSpec(Strict):
     arch: str
     encoder: str | None = "mobilenet_v2"
     encoder_weights: str | None = None
+    batchnorm: Literal["running", "batch"] = "running"
+    stage1_epochs: int = Field(0, ge=0, description="ENet two-stage training: epochs of encoder-only training "
+                               "against labels downsampled x8, before the full network trains")
+
+    @model_validator(mode="after")
+    def _combination(self) -> ModelSpec:
+        from models.registry import check_arch_encoder
+
+        try:
+            check_arch_encoder(self.arch, self.encoder)
+        except SegsweepError as e:
+            raise ValueError(str(e)) from None
+        if self.stage1_epochs and self.arch != "enet":
+            raise ValueError(f"stage1_epochs is ENet's two-stage training; {self.arch} has no encoder-only stage")
+        return self
 
     @field_validator("arch")
     @classmethod

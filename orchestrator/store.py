@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS trials (
     last TEXT NOT NULL DEFAULT '{}',
     params INTEGER,
     size_mb REAL,
+    gmacs REAL,
     train_seconds REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
@@ -67,6 +68,7 @@ class TrialRow:
     last: dict[str, float]
     params: int | None
     size_mb: float | None
+    gmacs: float | None
     train_seconds: float | None
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -116,9 +118,10 @@ class Store:
                         best[k] = v
             db.execute(
                 "UPDATE trials SET status = 'running', epochs = ?, best = ?, last = ?, params = ?, size_mb = ?, "
-                "train_seconds = ?, updated_at = ? WHERE id = ?",
+                "gmacs = ?, train_seconds = ?, updated_at = ? WHERE id = ?",
                 (len(history), json.dumps(best), json.dumps(metrics), _int(result.get("model/params")),
-                 result.get("model/size_mb"), result.get("time_total_s"), time.time(), trial_id),
+                 result.get("model/size_mb"), result.get("model/gmacs"), result.get("time_total_s"), time.time(),
+                 trial_id),
             )
 
     def finish_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
@@ -149,7 +152,7 @@ class Store:
     def trials(self, history: bool = False) -> list[TrialRow]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT id, status, config, error, epochs, best, last, params, size_mb, train_seconds "
+                "SELECT id, status, config, error, epochs, best, last, params, size_mb, gmacs, train_seconds "
                 "FROM trials ORDER BY created_at, id").fetchall()
             epochs: dict[str, list[dict[str, float]]] = {}
             if history:
@@ -157,7 +160,7 @@ class Store:
                     epochs.setdefault(trial_id, []).append({"epoch": epoch, **json.loads(metrics)})
         return [
             TrialRow(id=r[0], status=r[1], config=json.loads(r[2]), error=r[3], epochs=r[4], best=json.loads(r[5]),
-                     last=json.loads(r[6]), params=r[7], size_mb=r[8], train_seconds=r[9],
+                     last=json.loads(r[6]), params=r[7], size_mb=r[8], gmacs=r[9], train_seconds=r[10],
                      history=epochs.get(r[0], []))
             for r in rows
         ]

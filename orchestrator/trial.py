@@ -96,7 +96,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     from models.losses import create_loss, enet_weights, loss_needs_class_weights
-    from models.registry import create_model, model_size
+    from models.complexity import complexity
+    from models.registry import create_model
     from orchestrator.lit import CachedData, SegmentationModule
 
     for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
@@ -111,8 +112,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     data = ctx.data
     model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
-                         encoder_weights=cfg.model.encoder_weights)
-    params, size_mb = model_size(model)
+                         encoder_weights=cfg.model.encoder_weights, batchnorm=cfg.model.batchnorm)
+    info = complexity(model, tuple(cfg.data.size))
     class_weights = None
     if loss_needs_class_weights(cfg.loss.name):
         class_weights = enet_weights(data.pixel_counts, cfg.loss.enet_c)
@@ -136,14 +137,15 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
                             jitter=aug.jitter, ignore_index=data.ignore_index)
     reporter = TuneReporter(
-        ctx, trial_dir, {"model/params": params, "model/size_mb": size_mb}, best, last_epoch=cfg.trainer.max_epochs,
+        ctx, trial_dir, {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs}, best,
+        last_epoch=cfg.trainer.max_epochs,
         on_last_epoch=lambda module, epoch: save_examples(module, datamodule, cfg.trainer.log_images, data, epoch,
                                                           trial_dir / EXAMPLES_FILE),
     )
     module = SegmentationModule(
         model, loss, data.classes, data.ignore_index, data.positive,
         optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
-        report=reporter, epoch_offset=done,
+        report=reporter, epoch_offset=done, stage1_epochs=cfg.model.stage1_epochs,
     )
     module.resume_state = state
     use_gpu = cfg.trainer.accelerator != "cpu" and ctx.gpus_per_trial > 0 and torch.cuda.is_available()

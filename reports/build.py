@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from models.complexity import COUNTER
 from reports.collect import load_history, load_results, open_store
 from reports.figures import metric_by, training_curves
 from reports.tables import comparison_table, to_markdown, varying_keys
@@ -26,7 +27,7 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "id": t.id, "status": t.status, "config": t.config, "epochs": t.epochs,
             "metrics": {k: v for k, v in t.best.items() if k.startswith("val/")},
             "error": t.error, "params_m": t.params / 1e6 if t.params is not None else None,
-            "size_mb": _num(t.size_mb), "train_seconds": _num(t.train_seconds),
+            "size_mb": _num(t.size_mb), "gmacs": _num(t.gmacs), "train_seconds": _num(t.train_seconds),
         })
     return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials}
 
@@ -44,7 +45,8 @@ def markdown_report(run_dir: str | Path) -> str:
         f"Trials: {sum(counts.values())} ({counts['completed']} completed, {counts['early_stopped']} early-stopped, "
         f"{counts['failed']} failed, {counts['running'] + counts['pending']} unfinished). "
         f"Data: {meta['data']['dataset']} ({meta['data']['task']}), train {meta['data']['train']['images']} / "
-        f"val {meta['data']['val']['images']} images.",
+        f"val {meta['data']['val']['images']} images. GMACs at the training size, counted by "
+        f"{COUNTER.split(' (')[0]} (conv and matmul only).",
         "",
         to_markdown(table),
     ]

@@ -19,13 +19,14 @@ def open_store(run_dir: str | Path) -> Store:
 
 
 def load_results(run_dir: str | Path) -> pd.DataFrame:
-    """One row per trial: ``id, status, epochs, error, params_m, size_mb, train_seconds, config/<key>, metric/<name>``
+    """One row per trial: ``id, status, epochs, error, params_m, size_mb, gmacs, train_seconds, config/<key>,
+    metric/<name>``
     where ``metric/*`` is the trial's best value of each metric over its epochs."""
     rows = []
     for t in open_store(run_dir).trials():
         row = {"id": t.id, "status": t.status, "epochs": t.epochs, "error": t.error,
                "params_m": t.params / 1e6 if t.params is not None else None, "size_mb": t.size_mb,
-               "train_seconds": t.train_seconds}
+               "gmacs": t.gmacs, "train_seconds": t.train_seconds}
         row |= {f"config/{k}": v for k, v in t.config.items()}
         row |= {f"metric/{k}": v for k, v in t.best.items()}
         rows.append(row)

@@ -30,7 +30,8 @@ def ranked(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
 
 
 def comparison_table(results: pd.DataFrame, metric: str, mode: str, classes: list[str] | tuple[str, ...]) -> pd.DataFrame:
-    """rank, arch, encoder, loss, schedule, lr, best metric, per-class IoU, params M, size MB, epochs, train time."""
+    """rank, arch, encoder, loss, schedule, lr, best metric, per-class IoU, params M, size MB, GMACs (at the training
+    size, counter in models/complexity.py), epochs, train time."""
     frame = ranked(results, metric, mode)
     if frame.empty:
         return pd.DataFrame()
@@ -42,6 +43,7 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str, classes: lis
         out[f"IoU {name}"] = frame.get(f"metric/val/iou/{name}")
     out["params M"] = frame["params_m"].astype(float).round(2)
     out["size MB"] = frame["size_mb"].astype(float).round(1)
+    out["GMACs"] = frame["gmacs"].astype(float).round(2)
     out["epochs"] = frame["epochs"]
     out["train s"] = frame["train_seconds"].astype(float).round(1)
     out["status"] = frame["status"]
