@@ -56,8 +56,10 @@ def run(
         sizes = dataset_sizes(s.data)
         typer.echo(f"sweep {s.name}: {total} trials, {s.search.algorithm} search on {s.search.metric} ({s.search.mode}), "
                    f"scheduler {s.search.scheduler.name}, {s.trainer.max_epochs} epochs max")
+        h, w = sizes["native"]
         typer.echo(f"data: {s.data.dataset} ({s.data.task}) at {s.data.root}: train {sizes['train']} / "
-                   f"val {sizes['val']} images at {s.data.size[0]}x{s.data.size[1]}")
+                   f"val {sizes['val']} images, native {h}x{w}, trained at {s.data.size[0]}x{s.data.size[1]} "
+                   f"({s.data.resize})")
         typer.echo("search space:" + ("".join(f"\n  {line}" for line in describe_space(sweep)) or " (none: fixed)"))
         return
     from orchestrator.runner import run_sweep

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SegsweepError
-from orchestrator.spec import Sweep, load_spec
+from orchestrator.spec import Sweep, expand_groups, load_spec
 from orchestrator.store import STORE_FILE, TERMINAL, Store
 
 # Tune snapshots its experiment state at most this often; small, so that a killed driver loses little.
@@ -51,8 +51,8 @@ def _tune_callback_base() -> type:
 class StoreCallback(_tune_callback_base()):
     """Writes every trial event to the results store. Picklable (holds a path), as Tune pickles it for resume."""
 
-    def __init__(self, store_path: str, max_epochs: int) -> None:
-        self.store_path, self.max_epochs = store_path, max_epochs
+    def __init__(self, store_path: str, max_epochs: int, groups: dict | None = None) -> None:
+        self.store_path, self.max_epochs, self.groups = store_path, max_epochs, groups or {}
         self._known: set[str] = set()
 
     @property
@@ -60,18 +60,21 @@ class StoreCallback(_tune_callback_base()):
         return Store(self.store_path)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"store_path": self.store_path, "max_epochs": self.max_epochs, "_known": set()}
+        return {**self.__dict__, "_known": set()}
+
+    def config(self, trial) -> dict[str, Any]:
+        return expand_groups(trial.config, self.groups)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         new = [t for t in trials if t.trial_id not in self._known]
         for trial in new:
             if trial.status == "PENDING":
-                self.store.add_trial(trial.trial_id, trial.config, "pending")
+                self.store.add_trial(trial.trial_id, self.config(trial), "pending")
             self._known.add(trial.trial_id)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._known.add(trial.trial_id)
-        self.store.add_trial(trial.trial_id, trial.config, "running")
+        self.store.add_trial(trial.trial_id, self.config(trial), "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if "epoch" in result:
@@ -85,7 +88,7 @@ class StoreCallback(_tune_callback_base()):
         # Tune writes the error into the trial's driver-side staging folder first and syncs it to storage later
         staged = Path(trial.error_file) if trial.error_file else None
         trace = staged.read_text() if staged is not None and staged.is_file() else trial.get_error()
-        self.store.add_trial(trial.trial_id, trial.config, "running")
+        self.store.add_trial(trial.trial_id, self.config(trial), "running")
         self.store.finish_trial(trial.trial_id, "failed", error_line(trace))
 
 
@@ -225,8 +228,9 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
             name=TUNE_DIR, storage_path=str(run_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs),
-                       WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name),
+            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
+                       WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
+                                     sweep.groups),
                        ProgressCallback(store_path, total)],
         ),
     )
@@ -237,7 +241,7 @@ def _context(sweep: Sweep, run_dir: Path, prepared):
 
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
-                        data=prepared, gpus_per_trial=spec.resources.gpus_per_trial)
+                        data=prepared, gpus_per_trial=spec.resources.gpus_per_trial, groups=sweep.groups)
 
 
 def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None = None,
@@ -264,8 +268,9 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None =
     store.set_meta(sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode, trials=total,
                    max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
                    data=prepared.to_json(), source=sweep.source, created=time.time())
+    h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
-          f"val {prepared.val.images} images", file=sys.stderr, flush=True)
+          f"val {prepared.val.images} images (native {h}x{w})", file=sys.stderr, flush=True)
     init_ray(address, spec)
     tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), total)
     return _fit(tuner, run_dir)

@@ -8,11 +8,13 @@ from typing import Any
 from ray import tune
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import Domain, Sweep
+from orchestrator.spec import Domain, Sweep, group_label
 
 
 def to_tune_domain(domain: Domain, grid: bool = False) -> Any:
     kind, values = domain.kind, list(domain.values)
+    if domain.grouped:  # searched by label: a scalar, so Optuna's categorical works too
+        values = [group_label(v) for v in values]
     if kind == "choice":
         return tune.grid_search(values) if grid else tune.choice(values)
     lo, hi = values
@@ -30,8 +32,8 @@ def to_tune_space(sweep: Sweep) -> dict[str, Any]:
     algorithm = sweep.spec.search.algorithm
     if algorithm == "optuna":
         for key, domain in sweep.domains.items():
-            if domain.kind == "choice" and not all(isinstance(v, (str, int, float, bool)) or v is None
-                                                   for v in domain.values):
+            if domain.kind == "choice" and not domain.grouped and not all(
+                    isinstance(v, (str, int, float, bool)) or v is None for v in domain.values):
                 raise SpecError(f"{sweep.source}: {key}: optuna choices must be scalars (str, number, bool, null); "
                                 f"use search.algorithm: random or grid for lists")
     return {
@@ -59,7 +61,9 @@ def describe_space(sweep: Sweep) -> list[str]:
     """Lines for ``--dry-run``: each searched key with its domain, inclusive bounds as written."""
     lines = []
     for key, d in sweep.domains.items():
-        if d.kind == "choice":
+        if d.grouped:
+            lines.append(f"{key}: choice of {len(d.values)} groups: {' | '.join(map(group_label, d.values))}")
+        elif d.kind == "choice":
             lines.append(f"{key}: choice {list(d.values)}")
         else:
             lines.append(f"{key}: {d.kind} [{d.values[0]}, {d.values[1]}] (inclusive)")

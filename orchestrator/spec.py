@@ -223,6 +223,7 @@ class TrainerSpec(Strict):
     seed: int = 0
     limit_train_batches: int | None = Field(None, ge=1)
     log_images: int = Field(4, ge=0, description="validation images with masks sent to W&B at the end")
+    best_worst: int = Field(3, ge=0, description="best and worst validation images (per-image mIoU) saved as panels")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -297,6 +298,29 @@ class Domain:
 
     def to_yaml(self) -> dict[str, list[Any]]:
         return {self.kind: list(self.values)}
+
+    @property
+    def grouped(self) -> bool:
+        """A choice between whole mappings (``model: {choice: [{arch: fcn, encoder: resnet50}, ...]}``): the keys of
+        each option go together, so linked values (an architecture and its encoder) are searched as one."""
+        return self.kind == "choice" and all(isinstance(v, dict) for v in self.values)
+
+    def options(self, key: str) -> dict[str, dict[str, Any]]:
+        """Grouped choice: option label (``arch=fcn,encoder=resnet50``) -> its dotted keys under ``key``."""
+        return {group_label(v): flatten(v, key + ".") for v in self.values}
+
+
+def group_label(option: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in flatten(option).items())
+
+
+def expand_groups(config: dict[str, Any], groups: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A sampled flat config with each grouped choice's label expanded into its dotted keys (label kept)."""
+    out = dict(config)
+    for key, options in groups.items():
+        if key in config:
+            out.update(options[config[key]])
+    return out
 
 
 def is_domain(value: Any) -> bool:
@@ -398,9 +422,19 @@ class Sweep:
     domains: dict[str, Domain] = field(default_factory=dict)
 
     def trial_flat(self) -> dict[str, Any]:
-        """Every trial-section key with its fixed value or its Domain: the Tune param space before conversion."""
+        """Every trial-section key with its fixed value or its Domain: the Tune param space before conversion.
+        A grouped choice stands as one key (its labels); the keys its options set are left to it."""
         full = flatten(self.spec.model_dump(mode="json"))
-        return {k: self.domains.get(k, v) for k, v in full.items() if k.split(".")[0] in TRIAL_SECTIONS}
+        grouped = {k for k, d in self.domains.items() if d.grouped}
+        covered = {sub for k in grouped for option in self.groups[k].values() for sub in option}
+        out = {k: self.domains.get(k, v) for k, v in full.items()
+               if k.split(".")[0] in TRIAL_SECTIONS and k not in covered}
+        return out | {k: self.domains[k] for k in grouped}
+
+    @property
+    def groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Grouped choices: key -> {option label -> dotted keys}; see ``expand_groups``."""
+        return {k: d.options(k) for k, d in self.domains.items() if d.grouped}
 
     def resolved_yaml(self) -> str:
         """The spec as run (after ``--set`` and ``${ENV}``), domains kept as written."""
@@ -452,11 +486,19 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
         except ValueError as e:
             raise SpecError(f"{where}: {key}: {e}") from None
 
-    base = {k: (domains[k].values[0] if k in domains else v) for k, v in flat.items()}
+    def with_value(values: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+        if not domains[key].grouped:
+            return {**values, key: value}
+        # a grouped option's keys join the fixed keys beside it (which act as defaults for every option)
+        return {**{k: v for k, v in values.items() if k != key}, **flatten(value, key + ".")}
+
+    base = {k: v for k, v in flat.items() if k not in domains}
+    for key, domain in domains.items():
+        base = with_value(base, key, domain.values[0])
     spec = _validate(base, where)
     for key, domain in domains.items():
         for value in domain.probe_values():
-            _validate({**base, key: value}, where, key)
+            _validate(with_value(base, key, value), where, key)
     try:
         metrics = reported_metrics(spec.data)
     except SegsweepError as e:

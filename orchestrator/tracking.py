@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from orchestrator.spec import expand_groups
 from orchestrator.store import is_metric
 
 FINISH_TIMEOUT_S = 30.0
@@ -86,6 +87,19 @@ class Tracker:
 
         self._guard("image log", send)
 
+    def log_panels(self, folder: Path, epoch: int) -> None:
+        """The best and worst validation images (image | truth | prediction panels saved by the trial)."""
+        panels = sorted(folder.glob("*.png")) if folder.is_dir() else []
+        if self.run is None or not panels:
+            return
+
+        def send() -> None:
+            import wandb
+
+            self.run.log({"val/best_worst": [wandb.Image(str(p), caption=p.stem) for p in panels], "epoch": epoch})
+
+        self._guard("panel log", send)
+
     def finish(self, failed: bool = False) -> None:
         if self.run is not None:
             self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
@@ -95,8 +109,8 @@ class Tracker:
 class WandbCallback(tune.Callback):
     """Driver-side: a Tracker per trial, fed by Tune's events. Picklable (Tune pickles callbacks for resume)."""
 
-    def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str) -> None:
-        self.wandb_spec, self.run_dir, self.group = wandb_spec, run_dir, group
+    def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str, groups: dict | None = None) -> None:
+        self.wandb_spec, self.run_dir, self.group, self.groups = wandb_spec, run_dir, group, groups or {}
         self._trackers: dict[str, Tracker] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -105,8 +119,8 @@ class WandbCallback(tune.Callback):
     def _tracker(self, trial) -> Tracker:
         if trial.trial_id not in self._trackers:
             directory = Path(self.run_dir) / "trials" / trial.trial_id
-            self._trackers[trial.trial_id] = Tracker(self.wandb_spec, directory, trial.trial_id, self.group,
-                                                     dict(trial.config))
+            config = expand_groups(dict(trial.config), self.groups)
+            self._trackers[trial.trial_id] = Tracker(self.wandb_spec, directory, trial.trial_id, self.group, config)
         return self._trackers[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -119,7 +133,9 @@ class WandbCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         tracker = self._trackers.pop(trial.trial_id, None) or self._tracker(trial)
-        tracker.log_examples(Path(self.run_dir) / "trials" / trial.trial_id / EXAMPLES_FILE)
+        trial_dir = Path(self.run_dir) / "trials" / trial.trial_id
+        tracker.log_examples(trial_dir / EXAMPLES_FILE)
+        tracker.log_panels(trial_dir / "best_worst", int((trial.last_result or {}).get("epoch", 0)))
         tracker.finish()
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:

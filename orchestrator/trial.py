@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from orchestrator.spec import (
     ScheduleSpec,
     TrainerSpec,
     TRIAL_SECTIONS,
+    expand_groups,
     unflatten,
 )
 
@@ -41,8 +43,9 @@ class TrialConfig:
     trainer: TrainerSpec
 
     @classmethod
-    def from_flat(cls, config: dict[str, Any]) -> TrialConfig:
-        tree = unflatten({k: v for k, v in config.items() if k.split(".")[0] in TRIAL_SECTIONS})
+    def from_flat(cls, config: dict[str, Any], groups: dict[str, dict[str, dict[str, Any]]] | None = None) -> TrialConfig:
+        config = expand_groups(config, groups or {})
+        tree = unflatten({k: v for k, v in config.items() if k.split(".")[0] in TRIAL_SECTIONS and k not in (groups or {})})
         return cls(**{name: model.model_validate(tree.get(name, {})) for name, model in SECTIONS.items()})
 
 
@@ -56,6 +59,7 @@ class TrialContext:
     mode: str
     data: PreparedData
     gpus_per_trial: float = 0.0
+    groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def better(value: float, best: float | None, mode: str) -> bool:
@@ -104,7 +108,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    cfg = TrialConfig.from_flat(config)
+    cfg = TrialConfig.from_flat(config, ctx.groups)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(ctx.run_dir) / "trials" / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +143,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     reporter = TuneReporter(
         ctx, trial_dir, {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs}, best,
         last_epoch=cfg.trainer.max_epochs,
-        on_last_epoch=lambda module, epoch: save_examples(module, datamodule, cfg.trainer.log_images, data, epoch,
-                                                          trial_dir / EXAMPLES_FILE),
+        on_last_epoch=lambda module, epoch: save_visuals(module, datamodule, cfg, data, epoch, trial_dir),
     )
     module = SegmentationModule(
         model, loss, data.classes, data.ignore_index, data.positive,
@@ -157,18 +160,34 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trainer.fit(module, datamodule=datamodule)
 
 
-def save_examples(module, datamodule, count: int, data: PreparedData, epoch: int, path: Path) -> None:
-    """The first ``count`` validation images with true and predicted masks, for the driver to send to W&B."""
+def save_visuals(module, datamodule, cfg: TrialConfig, data: PreparedData, epoch: int, trial_dir: Path) -> None:
+    """At the end of a full trial: the first ``log_images`` validation images with their masks (for W&B), and the
+    ``best_worst`` best and worst validation images by per-image mIoU as image | truth | prediction panels."""
     from orchestrator.lit import predict
+    from orchestrator.visuals import rank_images, save_panels
 
-    if count <= 0:
+    count = max(cfg.trainer.log_images, 1 if cfg.trainer.best_worst else 0)
+    if count == 0:
         return
-    images, labels = np.array(datamodule.val_set.images[:count]), np.array(datamodule.val_set.labels[:count])
-    x, _ = datamodule.on_after_batch_transfer((torch.from_numpy(images), torch.from_numpy(labels)), 0)
+    images, labels = datamodule.val_set.images, datamodule.val_set.labels
+    n = len(labels) if cfg.trainer.best_worst else min(count, len(labels))
+    preds = []
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        preds = predict(module(x.to(module.device)), module.binary).cpu().numpy().astype(np.uint8)
+        for start in range(0, n, cfg.trainer.batch_size):
+            chunk = slice(start, min(n, start + cfg.trainer.batch_size))
+            x, _ = datamodule.on_after_batch_transfer(
+                (torch.from_numpy(np.array(images[chunk])), torch.from_numpy(np.array(labels[chunk]))), 0)
+            preds.append(predict(module(x.to(module.device)), module.binary).cpu().numpy().astype(np.uint8))
     module.train(was_training)
-    np.savez_compressed(path, images=images, truths=labels, preds=preds, classes=np.array(data.classes),
-                        ignore_index=data.ignore_index, epoch=epoch)
+    preds = np.concatenate(preds)
+    k = cfg.trainer.log_images
+    if k:
+        np.savez_compressed(trial_dir / EXAMPLES_FILE, images=np.array(images[:k]), truths=np.array(labels[:k]),
+                            preds=preds[:k], classes=np.array(data.classes), ignore_index=data.ignore_index, epoch=epoch)
+    if cfg.trainer.best_worst:
+        names = json.loads((Path(data.val.path) / "names.json").read_text())
+        scores = rank_images(np.asarray(labels[:n]), preds, data.classes, data.ignore_index)
+        save_panels(trial_dir / "best_worst", scores, cfg.trainer.best_worst, images, labels, preds, names,
+                    data.palette, data.ignore_index)

@@ -21,7 +21,7 @@ def tiny_spec(root: Path, **sections) -> dict:
         "model": {"arch": "unet", "encoder": "resnet18", "encoder_weights": None},
         "loss": {"name": "dice"},
         "optimizer": {"name": "adam", "lr": 0.003},
-        "trainer": {"max_epochs": 2, "batch_size": 4, "log_images": 1},
+        "trainer": {"max_epochs": 2, "batch_size": 4, "log_images": 1, "best_worst": 1},
         "search": {"algorithm": "optuna", "num_samples": 2, "metric": "val/miou", "mode": "max", "seed": 0},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
     }

@@ -56,7 +56,7 @@ def test_validate_dry_run_and_list(write_spec, tmp_path):
     result = runner.invoke(app, ["run", str(path), "--dry-run", "--max-trials", "1"])
     assert result.exit_code == 0, result.output
     assert "sweep tiny: 1 trials, optuna search on val/miou (max)" in result.output
-    assert "train 8 / val 4 images at 32x64" in result.output and "loss.name: choice ['dice', 'focal']" in result.output
+    assert "train 8 / val 4 images, native 40x72, trained at 32x64 (resize)" in result.output and "loss.name: choice ['dice', 'focal']" in result.output
     assert not (tmp_path / "data").exists(), "a dry run writes nothing"
     for what, expected in [("models", "deeplabv3plus"), ("losses", "weighted_ce_enet"), ("schedules", "onecycle"),
                            ("datasets", "idd_lite"), ("encoders", "mobilenet_v2")]:

@@ -102,3 +102,25 @@ def test_validation_batches_are_not_augmented(synthetic_root, tmp_path):
     x1, y1 = data.on_after_batch_transfer((images, labels), 0)  # no trainer attached: evaluation path
     x2, y2 = data.on_after_batch_transfer((images, labels), 0)
     assert torch.equal(x1, x2) and torch.equal(y1, labels.long())
+
+
+def test_best_and_worst_images_by_per_image_miou(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from orchestrator.visuals import image_miou, rank_images, save_panels
+
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]], np.uint8)
+    assert image_miou(truth, truth, ["a", "b"], 255) == 1.0
+    half = np.array([[0, 0, 0, 0], [0, 0, 1, 1]], np.uint8)  # a: tp 4, fp 2 -> 4/6; b: tp 1, fn 2 -> 1/3
+    assert image_miou(truth, half, ["a", "b"], 255) == pytest.approx((4 / 6 + 1 / 3) / 2)
+    truths = np.stack([truth, truth, truth])
+    preds = np.stack([half, truth, np.zeros_like(truth)])
+    scores = rank_images(truths, preds, ["a", "b"], 255)
+    images = np.zeros((3, 2, 4, 3), np.uint8)
+    paths = save_panels(tmp_path, scores, 1, images, truths, preds, ["x/a.jpg", "x/b.jpg", "x/c.jpg"],
+                        [(10, 10, 10), (200, 0, 0)], 255)
+    # c predicts all a: a tp 4, fp 3 -> 4/7; b -> 0
+    assert [p.name for p in paths] == ["best_1_b_miou1.000.png", f"worst_1_c_miou{(4 / 7) / 2:.3f}.png"]
+    panel = np.asarray(Image.open(paths[0]))
+    assert panel.shape == (2, 4 * 3 + 8, 3) and tuple(panel[0, 4 + 4 + 2]) == (200, 0, 0)

@@ -55,3 +55,33 @@ def test_optuna_rejects_list_choices(write_spec, tmp_path):
     sweep = load_spec(write_spec(spec))
     with pytest.raises(SpecError, match="optuna choices must be scalars"):
         to_tune_space(sweep)
+
+
+def test_grouped_choice_searches_linked_values_as_one(write_spec, tmp_path):
+    from orchestrator.spec import expand_groups
+    from orchestrator.trial import TrialConfig
+
+    spec = tiny_spec(tmp_path, search={"algorithm": "optuna"})
+    spec["model"] = {"choice": [{"arch": "fcn", "encoder": "resnet50"}, {"arch": "segformer", "encoder": "mit_b3"},
+                                {"arch": "enet", "encoder": None, "stage1_epochs": 1}]}
+    sweep = load_spec(write_spec(spec), ["model.batchnorm=batch"])  # a key beside the group is a default for all
+    space = to_tune_space(sweep)
+    assert isinstance(space["model"], Categorical)
+    labels = space["model"].categories
+    assert labels == ["arch=fcn,encoder=resnet50", "arch=segformer,encoder=mit_b3",
+                      "arch=enet,encoder=None,stage1_epochs=1"]
+    assert "model.arch" not in space and space["model.batchnorm"] == "batch"
+    dist = OptunaSearch.convert_search_space({"model": space["model"]})["model"]
+    assert list(dist.choices) == labels  # scalar labels: Optuna's categorical takes them
+    config = {**{k: v for k, v in space.items() if k != "model"}, "model": labels[2]}
+    cfg = TrialConfig.from_flat(config, sweep.groups)
+    assert (cfg.model.arch, cfg.model.encoder, cfg.model.stage1_epochs, cfg.model.batchnorm) == ("enet", None, 1, "batch")
+    assert expand_groups({"model": labels[0]}, sweep.groups) == {"model": labels[0], "model.arch": "fcn",
+                                                                   "model.encoder": "resnet50"}
+
+
+def test_grouped_choice_options_are_validated(write_spec, tmp_path):
+    spec = tiny_spec(tmp_path)
+    spec["model"] = {"choice": [{"arch": "fcn", "encoder": "resnet50"}, {"arch": "fcn", "encoder": "mit_b3"}]}
+    with pytest.raises(SpecError, match="model: fcn takes model.encoder resnet50, not mit_b3"):
+        load_spec(write_spec(spec))

@@ -115,9 +115,11 @@ def test_parse_domain_kinds():
 def test_every_shipped_sweep_validates(monkeypatch, tmp_path):
     from pathlib import Path
 
-    monkeypatch.setenv("IDD_LITE_ROOT", str(tmp_path))
+    for var in ("IDD_LITE_ROOT", "CAMVID_ROOT", "BDD100K_ROOT", "COMMA10K_ROOT", "CITYSCAPES_ROOT"):
+        monkeypatch.setenv(var, str(tmp_path))
     files = sorted(Path(__file__).parent.parent.joinpath("sweeps").glob("*.yaml"))
-    assert len(files) >= 3
+    assert {f.stem for f in files} >= {"demo", "idd_lite_loss", "idd_lite_heads", "camvid_enet", "bdd100k_drivable",
+                                       "comma10k_deeplabv3", "cityscapes_unet_encoders", "cityscapes_edgeailite"}
     for path in files:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# Run: ") and "orchestrate run sweeps/" in first, f"{path}: first line says how to run it"

@@ -51,8 +51,9 @@ def test_grid_sweep_records_every_trial(ray_session, synthetic_root, write_spec,
         assert wandb_config(log)["loss.name"] == t.config["loss.name"]
         assert (run_dir / "trials" / t.id / "best.pt").is_file()
     completed = [t for t in trials if t.status == "completed"]
-    for t in completed:  # example masks are logged at the end of a full trial
+    for t in completed:  # example masks and the best / worst panels at the end of a full trial
         assert list((run_dir / "trials" / t.id / "wandb").glob("offline-run-*/files/media/images/mask/val/*.png"))
+        assert len(list((run_dir / "trials" / t.id / "best_worst").glob("*.png"))) == 2  # best_worst: 1 in tiny_spec
     md = (run_dir / "report.md").read_text()
     assert all(t.id in md for t in trials) and (run_dir / "report.html").is_file()
     assert len(report_json(run_dir)["trials"]) == 6

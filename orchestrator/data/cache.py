@@ -35,6 +35,7 @@ class PreparedData:
     native_size: tuple[int, int]  # (height, width) of the images as stored
     task: str
     classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]  # one RGB colour per class, for mask panels
     ignore_index: int
     positive: int | None  # foreground index for the binary task
     train: SplitInfo

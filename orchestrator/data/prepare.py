@@ -48,14 +48,15 @@ def resolve_pairs(spec, root: Path | None = None) -> tuple[list[Pair], list[Pair
     return train, val
 
 
-def dataset_sizes(spec) -> dict[str, int]:
-    """Image counts per split without decoding anything (``--dry-run``); synthetic data is not generated."""
+def dataset_sizes(spec) -> dict[str, object]:
+    """Image counts per split and the native image size, without decoding (``--dry-run``); synthetic data is not
+    generated."""
     if spec.dataset == "synthetic" and not Path(spec.root, "idd20k_lite").is_dir():
         s = spec.synthetic
         n_val = round(s.train * spec.val_fraction) if spec.val_fraction else s.val
-        return {"train": s.train - (n_val if spec.val_fraction else 0), "val": n_val}
+        return {"train": s.train - (n_val if spec.val_fraction else 0), "val": n_val, "native": (s.height, s.width)}
     train, val = resolve_pairs(spec)
-    return {"train": len(train), "val": len(val)}
+    return {"train": len(train), "val": len(val), "native": native_size(train[0])}
 
 
 def prepare_data(spec, cache_root: Path) -> PreparedData:
@@ -83,6 +84,7 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
         native_size=native_size(train_pairs[0]),
         task=spec.task,
         classes=tuple(classes),
+        palette=task_palette(adapter, spec.task),
         ignore_index=adapter.ignore_index,
         positive=1 if spec.task == "binary" else None,
         train=SplitInfo(str(folders["train"]), len(train_pairs)),
@@ -90,6 +92,13 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
         pixel_counts=tuple(stats["pixel_counts"]),
         image_pixels=tuple(stats["image_pixels"]),
     )
+
+
+def task_palette(adapter: Adapter, task: str) -> tuple[tuple[int, int, int], ...]:
+    """Class colours for the task: the dataset's palette, or black + the first foreground class's colour."""
+    if task == "binary":
+        return (0, 0, 0), tuple(adapter.palette[adapter.binary_foreground[0]]) if adapter.palette else (255, 255, 255)
+    return tuple(tuple(c) for c in adapter.palette)
 
 
 def native_size(pair: Pair) -> tuple[int, int]:
