@@ -112,10 +112,7 @@ def model_info(
     from models.complexity import complexity
     from models.registry import ARCHITECTURES, create_model
 
-    try:
-        height, width = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise SegsweepError(f"--size {size}: expected HxW, e.g. 256x320") from None
+    height, width = _hw(size, "--size")
     if encoder is None and arch in ARCHITECTURES and ARCHITECTURES[arch].encoders:
         encoder = ARCHITECTURES[arch].encoders[0]
     info = complexity(create_model(arch, encoder, classes), (height, width))
@@ -125,6 +122,105 @@ def model_info(
     else:
         typer.echo(f"{arch} {encoder or ''} at {height}x{width}, {classes} classes: {info.params / 1e6:.3f} M params, "
                    f"{info.size_mb:.2f} MB, {info.gmacs:.3f} GMACs ({info.counter})")
+
+
+def _hw(text: str, option: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SegsweepError(f"{option} {text}: expected HxW, e.g. 256x320") from None
+    return height, width
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    trial: Annotated[str, typer.Option(help="best, or a trial id")] = "best",
+    size: Annotated[Optional[str], typer.Option(help="input HxW (default: the training size)")] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="free batch, height and width")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+) -> None:
+    """Export a trial's best weights to ONNX (RUN_DIR/exports/), checked, with onnxruntime parity reported."""
+    import torch
+
+    from models.export import export_onnx, onnx_parity
+    from orchestrator.runs import open_run, pick_trial, trial_model, validation_inputs
+
+    row = pick_trial(open_run(run_dir), trial)
+    model, cfg = trial_model(run_dir, row)
+    hw = _hw(size, "--size") if size else tuple(cfg.data.size)
+    path = export_onnx(model, Path(run_dir) / "exports" / f"{row.id}.onnx", hw, opset=opset, dynamic=dynamic)
+    random_diff = onnx_parity(model, path, torch.randn(1, 3, *hw))
+    real = validation_inputs(run_dir, 1)
+    real_diff = onnx_parity(model, path, real) if tuple(real.shape[-2:]) == hw else None
+    typer.echo(f"{path}: trial {row.id}, {hw[0]}x{hw[1]}{' dynamic' if dynamic else ''}, opset {opset}; max abs diff "
+               f"to PyTorch: random {random_diff:.2e}" + (f", validation image {real_diff:.2e}" if real_diff is not None
+                                                         else ""))
+    if max(random_diff, real_diff or 0) > 1e-3:
+        typer.echo("warning: difference above 1e-3", err=True)
+
+
+@app.command()
+def bench(
+    source: Annotated[Optional[Path], typer.Argument(help="MODEL.onnx or a run directory")] = None,
+    backend: Annotated[str, typer.Option(help="torch, torch-compile, ort-cpu, ort-cuda, ort-tensorrt, trtexec")] = "ort-cpu",
+    trial: Annotated[str, typer.Option(help="with a run directory: best, or a trial id")] = "best",
+    arch: Annotated[Optional[str], typer.Option(help="benchmark a registry model (random weights) instead")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="with --arch")] = None,
+    classes: Annotated[int, typer.Option(help="with --arch")] = 2,
+    shape: Annotated[str, typer.Option(help="input NxCxHxW")] = "1x3x256x320",
+    warmup: Annotated[int, typer.Option(min=0)] = 10,
+    iters: Annotated[int, typer.Option(min=1)] = 100,
+    fp16: Annotated[bool, typer.Option("--fp16")] = False,
+    target: Annotated[Optional[str], typer.Option(help="ssh://user@host[:port] to measure on a remote device")] = None,
+    remote_python: Annotated[str, typer.Option(help="interpreter on the target")] = "python3",
+    ssh_option: Annotated[Optional[list[str]], typer.Option(help="passed to ssh as -o KEY=VALUE (repeatable)")] = None,
+    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+) -> None:
+    """Latency of a model: warm-up, timed iterations, mean / p50 / p90 / p99, throughput, versions, device."""
+    import tempfile
+
+    from orchestrator.latency.bench import check_backend, format_result, measure_onnx, measure_torch, parse_shape
+
+    check_backend(backend)
+    dims = parse_shape(shape)
+    model = onnx_path = None
+    if arch:
+        from models.registry import ARCHITECTURES, create_model
+
+        if encoder is None and arch in ARCHITECTURES and ARCHITECTURES[arch].encoders:
+            encoder = ARCHITECTURES[arch].encoders[0]
+        model = create_model(arch, encoder, classes).eval()
+    elif source is not None and source.suffix == ".onnx":
+        onnx_path = source
+        if not source.is_file():
+            raise SegsweepError(f"{source}: no such ONNX file")
+    elif source is not None:
+        from orchestrator.runs import open_run, pick_trial, trial_model
+
+        model, _ = trial_model(source, pick_trial(open_run(source), trial))
+    else:
+        raise SegsweepError("give MODEL.onnx, a run directory, or --arch NAME")
+    if backend.startswith("torch"):
+        if model is None:
+            raise SegsweepError(f"{backend} needs the PyTorch model: give a run directory or --arch, not an ONNX file")
+        if target:
+            raise SegsweepError(f"{backend}: remote targets run onnxruntime or trtexec; use --backend ort-cpu or trtexec")
+        result = measure_torch(model, dims, warmup, iters, fp16, compile=backend == "torch-compile")
+    else:
+        with tempfile.TemporaryDirectory(prefix="segsweep-bench-") as tmp:
+            if onnx_path is None:
+                from models.export import export_onnx
+
+                onnx_path = export_onnx(model, Path(tmp) / "model.onnx", (dims[2], dims[3]))
+            if target:
+                from orchestrator.latency.remote import measure_remote
+
+                result = measure_remote(target, backend, onnx_path, dims, warmup, iters, fp16, remote_python,
+                                        ssh_option or [])
+            else:
+                result = measure_onnx(backend, onnx_path, dims, warmup, iters, fp16)
+    typer.echo(json.dumps(result.to_json(), indent=2) if format == "json" else format_result(result))
 
 
 class ReportFormat(str, Enum):

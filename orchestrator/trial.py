@@ -45,7 +45,9 @@ class TrialConfig:
     @classmethod
     def from_flat(cls, config: dict[str, Any], groups: dict[str, dict[str, dict[str, Any]]] | None = None) -> TrialConfig:
         config = expand_groups(config, groups or {})
-        tree = unflatten({k: v for k, v in config.items() if k.split(".")[0] in TRIAL_SECTIONS and k not in (groups or {})})
+        # a grouped choice's label (``model``) stands beside the keys it expands to; only those keys are read
+        labels = {k for k in config if any(other.startswith(k + ".") for other in config)}
+        tree = unflatten({k: v for k, v in config.items() if k.split(".")[0] in TRIAL_SECTIONS and k not in labels})
         return cls(**{name: model.model_validate(tree.get(name, {})) for name, model in SECTIONS.items()})
 
 

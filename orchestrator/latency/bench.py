@@ -1,0 +1,186 @@
+"""Latency backends and the benchmark protocol: warm-up, then timed iterations with device synchronisation.
+
+Backends: ``torch`` (eager), ``torch-compile`` (CUDA graphs on a GPU), ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``
+(onnxruntime execution providers) and ``trtexec`` (TensorRT's own tool). Each reports mean / p50 / p90 / p99 in ms,
+throughput, versions and the device; torch backends on a GPU also report compute alone (transfers excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import SegsweepError, UnknownNameError
+from orchestrator.latency.agent import measure_onnxruntime, summarize
+from orchestrator.latency.trtexec import parse_trtexec, trtexec_command
+
+BACKENDS = {
+    "torch": "PyTorch eager (GPU if there is one); transfers included and excluded",
+    "torch-compile": "torch.compile (mode reduce-overhead: CUDA graphs on a GPU)",
+    "ort-cpu": "onnxruntime CPUExecutionProvider",
+    "ort-cuda": "onnxruntime CUDAExecutionProvider (where installed)",
+    "ort-tensorrt": "onnxruntime TensorrtExecutionProvider (where installed)",
+    "trtexec": "TensorRT's trtexec (Host Latency and GPU Compute Time parsed)",
+}
+ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                 "ort-tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass
+class LatencyResult:
+    backend: str
+    target: str
+    shape: list[int]
+    fp16: bool
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput_fps: float
+    transfer: str  # "included" / "excluded" / "host (trtexec Latency)"
+    device: str
+    versions: dict[str, str]
+    compute: dict[str, float] | None = None  # transfers excluded, where the backend allows
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. trtexec's parsed summary, device facts
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_shape(text: str) -> list[int]:
+    try:
+        shape = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        shape = []
+    if len(shape) != 4 or min(shape) <= 0:
+        raise SegsweepError(f"--shape {text}: expected NxCxHxW, e.g. 1x3x256x320")
+    return shape
+
+
+def check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise UnknownNameError("latency backend", name, BACKENDS)
+
+
+def _timed(step: Callable[[], Any], warmup: int, iters: int, sync: Callable[[], None]) -> list[float]:
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool = False, compile: bool = False) -> LatencyResult:
+    """Eager or compiled PyTorch. On a GPU: end to end (host input copied in, output copied out) and compute alone."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
+    model = model.eval().to(device=device, dtype=dtype)
+    extra: dict[str, Any] = {}
+    if compile:
+        start = time.perf_counter()
+        try:
+            model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
+            with torch.no_grad():
+                model(torch.zeros(shape, device=device, dtype=dtype))
+        except Exception as e:  # noqa: BLE001 - inductor raises many types; reported as this backend's failure
+            raise SegsweepError(f"torch-compile: compilation failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        extra["compile_seconds"] = round(time.perf_counter() - start, 2)
+    host = torch.randn(shape, dtype=dtype).pin_memory() if device.type == "cuda" else torch.randn(shape, dtype=dtype)
+    on_device = host.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        end_to_end = _timed(lambda: model(host.to(device, non_blocking=True)).cpu(), warmup, iters, sync)
+        compute = _timed(lambda: model(on_device), warmup, iters, sync) if device.type == "cuda" else None
+    stats = summarize(end_to_end)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    if device.type == "cpu":
+        from orchestrator.latency.agent import device_name
+
+        name = device_name("CPUExecutionProvider")
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        versions["cuda"] = torch.version.cuda or ""
+    return LatencyResult(
+        backend="torch-compile" if compile else "torch", target="local", shape=shape, fp16=dtype == torch.float16,
+        **stats, throughput_fps=shape[0] * 1000 / stats["mean_ms"], transfer="included", device=name,
+        versions=versions, compute=summarize(compute) if compute else None, extra=extra,
+    )
+
+
+def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int, fp16: bool = False) -> LatencyResult:
+    """onnxruntime backends through the agent's code, or trtexec, on this machine."""
+    if backend == "trtexec":
+        return run_trtexec_local(onnx_path, shape, warmup, iters, fp16)
+    if not Path(onnx_path).is_file():
+        raise SegsweepError(f"{onnx_path}: no such ONNX file")
+    import onnxruntime as ort
+
+    if ORT_PROVIDERS[backend] not in ort.get_available_providers():
+        raise SegsweepError(f"{backend}: not available here (onnxruntime {ort.__version__} has "
+                            f"{', '.join(ort.get_available_providers())})")
+    try:
+        raw = measure_onnxruntime(str(onnx_path), shape, warmup, iters, ORT_PROVIDERS[backend], fp16)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors are untyped; a corrupt or mismatched model
+        raise SegsweepError(f"{backend}: onnxruntime cannot load it or run it on {onnx_path}: "
+                            f"{str(e).strip().splitlines()[0]}") from None
+    return result_from_agent(backend, "local", shape, fp16, raw)
+
+
+def result_from_agent(backend: str, target: str, shape: list[int], fp16: bool, raw: dict) -> LatencyResult:
+    keys = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer", "device", "versions")
+    return LatencyResult(backend=backend, target=target, shape=shape, fp16=fp16, **{k: raw[k] for k in keys})
+
+
+def find_trtexec() -> str | None:
+    return shutil.which("trtexec") or next((p for p in ("/usr/src/tensorrt/bin/trtexec",) if Path(p).is_file()), None)
+
+
+def result_from_trtexec(target: str, shape: list[int], fp16: bool, text: str, device: str,
+                        versions: dict[str, str]) -> LatencyResult:
+    parsed = parse_trtexec(text)
+    host = parsed["host_latency"]
+    p50 = host.get("median", host.get("mean"))
+    stats = {"mean_ms": host.get("mean", p50), "p50_ms": p50, "p90_ms": host.get("p90", host.get("p99", p50)),
+             "p99_ms": host.get("p99", p50)}
+    gpu = parsed.get("gpu_compute")
+    compute = ({"mean_ms": gpu.get("mean"), "p50_ms": gpu.get("median"), "p90_ms": gpu.get("p90"),
+                "p99_ms": gpu.get("p99")} if gpu else None)
+    throughput = parsed.get("throughput_qps", 1000 / stats["mean_ms"]) * shape[0]
+    return LatencyResult(backend="trtexec", target=target, shape=shape, fp16=fp16, **stats, throughput_fps=throughput,
+                         transfer="host (trtexec Latency: H2D + compute + D2H)", device=device, versions=versions,
+                         compute=compute, extra={"trtexec": parsed})
+
+
+def run_trtexec_local(onnx_path: Path, shape: list[int], warmup: int, iters: int, fp16: bool) -> LatencyResult:
+    trtexec = find_trtexec()
+    if trtexec is None:
+        raise SegsweepError("trtexec: not available here (TensorRT's trtexec is not on PATH nor in /usr/src/tensorrt/bin)")
+    done = subprocess.run(trtexec_command(trtexec, str(onnx_path), 200, iters, fp16), capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise SegsweepError(f"trtexec failed (exit {done.returncode}): {last[0]}")
+    return result_from_trtexec("local", shape, fp16, done.stdout, "local GPU", {"trtexec": trtexec})
+
+
+def format_result(result: LatencyResult) -> str:
+    line = (f"{result.backend} on {result.target} ({result.device}), shape {'x'.join(map(str, result.shape))}"
+            f"{' fp16' if result.fp16 else ''}: mean {result.mean_ms:.3f} ms, p50 {result.p50_ms:.3f}, "
+            f"p90 {result.p90_ms:.3f}, p99 {result.p99_ms:.3f} ms, {result.throughput_fps:.1f} img/s "
+            f"(transfers {result.transfer})")
+    if result.compute and result.compute.get("p50_ms") is not None:
+        line += f"; compute alone p50 {result.compute['p50_ms']:.3f} ms"
+    return line + f"; {json.dumps(result.versions)}"
