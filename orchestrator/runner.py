@@ -197,20 +197,24 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
         return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
     search = spec.search
+    multi = len(search.objectives) > 1
     if search.algorithm == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / OPTUNA_FILE}")
+        # several objectives: Optuna gets them all; Tune itself and ASHA keep the single search.metric
+        objectives = {"metric": [o.metric for o in search.objectives], "mode": [o.mode for o in search.objectives]}
         searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed), storage=storage,
-                                study_name=spec.name)
+                                study_name=spec.name, **(objectives if multi else {}))
     else:
         # Tune applies max_concurrent_trials to Searchers only; the basic generator takes its own limit
         searcher = BasicVariantGenerator(random_state=search.seed, max_concurrent=spec.resources.max_concurrent)
     if search.scheduler.name == "asha":
+        own = {"metric": search.metric, "mode": search.mode} if multi else {}
         scheduler = ASHAScheduler(max_t=spec.trainer.max_epochs, grace_period=min(search.scheduler.grace_period,
-                                  spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor)
+                                  spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor, **own)
     else:
         scheduler = FIFOScheduler()
     store_path = str(run_dir / STORE_FILE)
@@ -218,7 +222,8 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
         trainable,
         param_space=to_tune_space(sweep),
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=search.mode, search_alg=searcher, scheduler=scheduler,
+            metric=None if multi else search.metric, mode=None if multi else search.mode, search_alg=searcher,
+            scheduler=scheduler,
             num_samples=1 if search.algorithm == "grid" else total,
             max_concurrent_trials=(spec.resources.max_concurrent or None) if search.algorithm == "optuna" else None,
             reuse_actors=True,
@@ -241,7 +246,8 @@ def _context(sweep: Sweep, run_dir: Path, prepared):
 
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
-                        data=prepared, gpus_per_trial=spec.resources.gpus_per_trial, groups=sweep.groups)
+                        data=prepared, gpus_per_trial=spec.resources.gpus_per_trial, groups=sweep.groups,
+                        latency_proxy=spec.search.latency_proxy.model_dump() if spec.search.latency_proxy else None)
 
 
 def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None = None,
@@ -267,13 +273,14 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None =
     store = Store(run_dir / STORE_FILE)
     store.set_meta(sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode, trials=total,
                    max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
-                   data=prepared.to_json(), source=sweep.source, created=time.time())
+                   data=prepared.to_json(), source=sweep.source, created=time.time(),
+                   objectives=[o.model_dump() for o in spec.search.objectives])
     h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
           f"val {prepared.val.images} images (native {h}x{w})", file=sys.stderr, flush=True)
     init_ray(address, spec)
     tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), total)
-    return _fit(tuner, run_dir)
+    return _fit(tuner, run_dir, sweep)
 
 
 def resume_sweep(run_dir: str | Path, address: str | None = None) -> RunResult:
@@ -299,7 +306,7 @@ def resume_sweep(run_dir: str | Path, address: str | None = None) -> RunResult:
     init_ray(address, sweep.spec)
     print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
     tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), meta.get("trials", 0), restore=True)
-    return _fit(tuner, run_dir)
+    return _fit(tuner, run_dir, sweep)
 
 
 def saved_trial_ids(tune_dir: Path) -> set[str]:
@@ -311,7 +318,9 @@ def saved_trial_ids(tune_dir: Path) -> set[str]:
     return {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
 
 
-def _fit(tuner, run_dir: Path) -> RunResult:
+def _fit(tuner, run_dir: Path, sweep: Sweep) -> RunResult:
+    from orchestrator.latency.sweep import measure_exports
+    from orchestrator.tracking import log_summary_run
     from reports.build import build_report
 
     tuner.fit()
@@ -319,6 +328,10 @@ def _fit(tuner, run_dir: Path) -> RunResult:
     counts = store.counts()
     interrupted = any(t.status not in TERMINAL for t in store.trials()) or sum(
         counts[s] for s in TERMINAL) < store.meta().get("trials", 0)
+    if sweep.spec.export is not None and not interrupted:
+        measure_exports(run_dir, sweep.spec, store)
     build_report(run_dir)
+    if not interrupted:
+        log_summary_run(run_dir, sweep.spec.tracking.wandb.model_dump(mode="json"), sweep.spec.name)
     print(progress_line(store), file=sys.stderr, flush=True)
     return RunResult(run_dir=run_dir, counts=counts, interrupted=interrupted)

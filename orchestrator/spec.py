@@ -237,6 +237,31 @@ class SchedulerSpec(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class ObjectiveSpec(Strict):
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class LatencyProxySpec(Strict):
+    """Latency measured inside every trial before it trains (it does not depend on the weights), reported as
+    ``latency/p50_ms`` etc. in every result: what a multi-objective search reads."""
+
+    backend: str = "torch"
+    target: str | None = Field(None, description="ssh://user@host for onnxruntime/trtexec backends; None: the trial's machine")
+    warmup: int = Field(3, ge=0)
+    iters: int = Field(20, ge=1)
+    fp16: bool = False
+    ssh_options: tuple[str, ...] = ()
+    remote_python: str = "python3"
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from orchestrator.latency.bench import BACKENDS
+
+        return _check_name("latency backend", v, list(BACKENDS))
+
+
 class SearchSpec(Strict):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     num_samples: int = Field(8, ge=1)
@@ -245,6 +270,42 @@ class SearchSpec(Strict):
     scheduler: SchedulerSpec = SchedulerSpec()
     seed: int = 0
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
+    objectives: tuple[ObjectiveSpec, ...] = Field((), description="several: Optuna searches multi-objectively; "
+                                                  "ASHA still stops on search.metric")
+    latency_proxy: LatencyProxySpec | None = None
+
+
+class ExportSpec(Strict):
+    """After training: export chosen trials to ONNX and measure them on each backend and target."""
+
+    backends: tuple[str, ...] = ("ort-cpu",)
+    targets: tuple[str, ...] = ("local",)
+    size: tuple[int, int] | None = Field(None, description="input HxW (default: data.size)")
+    trials: Literal["all", "top_k"] = "top_k"
+    top_k: int = Field(3, ge=1)
+    warmup: int = Field(10, ge=0)
+    iters: int = Field(100, ge=1)
+    fp16: bool = False
+    opset: int = Field(17, ge=11)
+    ssh_options: tuple[str, ...] = ()
+    remote_python: str = "python3"
+
+    @field_validator("backends")
+    @classmethod
+    def _backends(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from orchestrator.latency.bench import BACKENDS
+
+        for name in v:
+            _check_name("latency backend", name, list(BACKENDS))
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for target in v:
+            if target != "local" and not target.startswith("ssh://"):
+                raise ValueError(f"'{target}' is neither 'local' nor ssh://user@host[:port]")
+        return v
 
 
 class ResourcesSpec(Strict):
@@ -282,6 +343,7 @@ class SweepSpec(Strict):
     search: SearchSpec = SearchSpec()
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
+    export: ExportSpec | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- domains
@@ -505,6 +567,7 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
         raise SpecError(f"{where}: {e}") from None
     if spec.search.metric not in metrics:
         raise SpecError(f"{where}: search.metric: {unknown_name_message('metric', spec.search.metric, metrics)}")
+    _check_objectives(spec, metrics, where)
     if spec.search.algorithm == "grid":
         continuous = [k for k, d in domains.items() if d.kind != "choice"]
         if continuous:
@@ -512,6 +575,25 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
                 f"{where}: {continuous[0]}: grid search needs {{choice: [...]}} domains, got {domains[continuous[0]].kind}"
             )
     return Sweep(source=source, spec=spec, flat=flat, domains=domains)
+
+
+LATENCY_METRICS = ["latency/mean_ms", "latency/p50_ms", "latency/p90_ms", "latency/p99_ms"]
+
+
+def _check_objectives(spec: SweepSpec, metrics: list[str], where: str) -> None:
+    objectives = spec.search.objectives
+    if not objectives:
+        return
+    allowed = metrics + LATENCY_METRICS + ["model/gmacs", "model/params", "model/size_mb"]
+    for i, objective in enumerate(objectives):
+        if objective.metric not in allowed:
+            raise SpecError(f"{where}: search.objectives.{i}.metric: "
+                            f"{unknown_name_message('metric', objective.metric, allowed)}")
+    if len(objectives) > 1 and spec.search.algorithm != "optuna":
+        raise SpecError(f"{where}: search.objectives: several objectives need search.algorithm: optuna")
+    if any(o.metric.startswith("latency/") for o in objectives) and spec.search.latency_proxy is None:
+        raise SpecError(f"{where}: search.objectives: a latency objective needs search.latency_proxy "
+                        f"(e.g. {{backend: torch}}: measured in each trial before it trains)")
 
 
 def reported_metrics(data: DataSpec) -> list[str]:

@@ -38,6 +38,17 @@ CREATE TABLE IF NOT EXISTS trials (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS latency (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    backend TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    p50_ms REAL,
+    result TEXT,
+    error TEXT,
+    measured_at REAL NOT NULL,
+    PRIMARY KEY (trial_id, backend, target)
+);
 CREATE TABLE IF NOT EXISTS epochs (
     trial_id TEXT NOT NULL REFERENCES trials(id),
     epoch INTEGER NOT NULL,
@@ -53,8 +64,9 @@ def metric_mode(name: str) -> str:
 
 
 def is_metric(key: str) -> bool:
-    """Reported metric keys are namespaced (``val/miou``, ``train/loss``); Tune's bookkeeping keys are not."""
-    return key.startswith(("val/", "train/"))
+    """Reported metric keys are namespaced (``val/miou``, ``train/loss``, ``latency/p50_ms`` from a trial's latency
+    proxy); Tune's bookkeeping keys are not."""
+    return key.startswith(("val/", "train/", "latency/"))
 
 
 @dataclass
@@ -143,6 +155,22 @@ class Store:
             db.executemany("DELETE FROM epochs WHERE trial_id = ?", [(i,) for i in ids])
             db.executemany("DELETE FROM trials WHERE id = ?", [(i,) for i in ids])
         return ids
+
+    def record_latency(self, trial_id: str, backend: str, target: str, result: dict[str, Any] | None,
+                       error: str | None = None) -> None:
+        """One measurement of a trial's exported model (``result``: LatencyResult JSON), or its failure."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (trial_id, backend, target, "ok" if result else "failed",
+                        result["p50_ms"] if result else None, json.dumps(result) if result else None, error,
+                        time.time()))
+
+    def latencies(self) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT trial_id, backend, target, status, p50_ms, result, error FROM latency "
+                              "ORDER BY trial_id, backend, target").fetchall()
+        return [{"trial_id": r[0], "backend": r[1], "target": r[2], "status": r[3], "p50_ms": r[4],
+                 "result": json.loads(r[5]) if r[5] else None, "error": r[6]} for r in rows]
 
     # ------------------------------------------------------------------ reading
     def meta(self) -> dict[str, Any]:

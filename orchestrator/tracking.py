@@ -147,3 +147,21 @@ class WandbCallback(tune.Callback):
         for tracker in self._trackers.values():  # interrupted runs: close them, they resume under the same id
             tracker.finish()
         self._trackers.clear()
+
+
+def log_summary_run(run_dir: Path, wandb_spec: dict[str, Any], sweep: str) -> None:
+    """One more run in the sweep's group holding the model-wise comparison as a ``wandb.Table``."""
+    from reports.build import comparison_frame
+
+    tracker = Tracker(wandb_spec, Path(run_dir) / "summary", f"{sweep}-summary", sweep, {"sweep": sweep})
+    if tracker.run is None:
+        return
+
+    def send() -> None:
+        import wandb
+
+        table = comparison_frame(run_dir)
+        tracker.run.log({"comparison": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
+
+    tracker._guard("summary table", send)
+    tracker.finish()

@@ -61,6 +61,7 @@ class TrialContext:
     mode: str
     data: PreparedData
     gpus_per_trial: float = 0.0
+    latency_proxy: dict[str, Any] | None = None
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -120,6 +121,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
                          encoder_weights=cfg.model.encoder_weights, batchnorm=cfg.model.batchnorm)
     info = complexity(model, tuple(cfg.data.size))
+    constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs}
+    if ctx.latency_proxy:
+        constants |= proxy_latency(model, ctx.latency_proxy, tuple(cfg.data.size), trial_dir)
     class_weights = None
     if loss_needs_class_weights(cfg.loss.name):
         class_weights = enet_weights(data.pixel_counts, cfg.loss.enet_c)
@@ -143,8 +147,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
                             jitter=aug.jitter, ignore_index=data.ignore_index)
     reporter = TuneReporter(
-        ctx, trial_dir, {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs}, best,
-        last_epoch=cfg.trainer.max_epochs,
+        ctx, trial_dir, constants, best, last_epoch=cfg.trainer.max_epochs,
         on_last_epoch=lambda module, epoch: save_visuals(module, datamodule, cfg, data, epoch, trial_dir),
     )
     module = SegmentationModule(
@@ -160,6 +163,32 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=cfg.trainer.limit_train_batches,
     )
     trainer.fit(module, datamodule=datamodule)
+
+
+def proxy_latency(model, proxy: dict[str, Any], size: tuple[int, int], trial_dir: Path) -> dict[str, float]:
+    """The spec's latency proxy, measured before training (latency does not depend on the weights):
+    ``latency/mean_ms``, ``latency/p50_ms``, ``latency/p90_ms``, ``latency/p99_ms``."""
+    import copy
+
+    from orchestrator.latency.bench import measure_onnx, measure_torch
+
+    shape = [1, 3, *size]
+    backend, warmup, iters, fp16 = proxy["backend"], proxy["warmup"], proxy["iters"], proxy["fp16"]
+    probe = copy.deepcopy(model)
+    if backend.startswith("torch"):
+        result = measure_torch(probe, shape, warmup, iters, fp16, compile=backend == "torch-compile")
+    else:
+        from models.export import export_onnx
+
+        path = export_onnx(probe, trial_dir / "proxy.onnx", size)
+        if proxy.get("target"):
+            from orchestrator.latency.remote import measure_remote
+
+            result = measure_remote(proxy["target"], backend, path, shape, warmup, iters, fp16,
+                                    proxy["remote_python"], list(proxy["ssh_options"]))
+        else:
+            result = measure_onnx(backend, path, shape, warmup, iters, fp16)
+    return {f"latency/{k}": getattr(result, k) for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")}
 
 
 def save_visuals(module, datamodule, cfg: TrialConfig, data: PreparedData, epoch: int, trial_dir: Path) -> None:

@@ -9,7 +9,10 @@ from typing import Any
 
 from models.complexity import COUNTER
 from reports.collect import load_history, load_results, open_store
-from reports.figures import metric_by, training_curves
+import pandas as pd
+
+from reports.figures import latency_bars, metric_by, speed_frame, speed_vs_accuracy, training_curves
+from reports.summary import latency_columns, pareto_front
 from reports.tables import comparison_table, to_markdown, varying_keys
 
 
@@ -21,6 +24,9 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
     """The ``report --format json`` object: every trial with its config and best validation metrics."""
     store = open_store(run_dir)
     meta = store.meta()
+    latencies: dict[str, list[dict]] = {}
+    for r in store.latencies():
+        latencies.setdefault(r["trial_id"], []).append(r)
     trials = []
     for t in store.trials():
         trials.append({
@@ -28,8 +34,38 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "metrics": {k: v for k, v in t.best.items() if k.startswith("val/")},
             "error": t.error, "params_m": t.params / 1e6 if t.params is not None else None,
             "size_mb": _num(t.size_mb), "gmacs": _num(t.gmacs), "train_seconds": _num(t.train_seconds),
+            "latency": [{k: r[k] for k in ("backend", "target", "status", "p50_ms", "error")} | (
+                {k: r["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
+                if r["result"] else {}) for r in latencies.get(t.id, [])],
         })
     return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials}
+
+
+def objectives(meta: dict) -> list[tuple[str, str]]:
+    """The sweep's objectives as (results column, mode); one: its metric."""
+    found = meta.get("objectives") or [{"metric": meta["metric"], "mode": meta["mode"]}]
+    return [(f"metric/{o['metric']}", o["mode"]) for o in found]
+
+
+def comparison_frame(run_dir: str | Path) -> pd.DataFrame:
+    """The comparison table with latency columns and, for several objectives, the Pareto front marked."""
+    store = open_store(run_dir)
+    meta = store.meta()
+    results = load_results(run_dir)
+    table = comparison_table(results, meta["metric"], meta["mode"], meta.get("classes", []))
+    if table.empty:
+        return table
+    if "metric/latency/p50_ms" in results:
+        proxy = results.set_index("id")["metric/latency/p50_ms"]
+        table.insert(table.columns.get_loc("epochs"), "latency p50 ms (proxy)", table["trial"].map(proxy).round(3))
+    latency = latency_columns(store.latencies())
+    for column in latency.columns:
+        table.insert(table.columns.get_loc("epochs"), column, table["trial"].map(latency[column]))
+    goals = objectives(meta)
+    if len(goals) > 1:
+        front = pareto_front(results, goals)
+        table.insert(1, "pareto", table["trial"].map(dict(zip(results["id"], front))).map({True: "*", False: ""}))
+    return table
 
 
 def markdown_report(run_dir: str | Path) -> str:
@@ -37,7 +73,7 @@ def markdown_report(run_dir: str | Path) -> str:
     meta, counts = store.meta(), store.counts()
     metric, mode = meta["metric"], meta["mode"]
     results = load_results(run_dir)
-    table = comparison_table(results, metric, mode, meta.get("classes", []))
+    table = comparison_frame(run_dir)
     lines = [
         f"# {meta['sweep']}: model-wise comparison",
         "",
@@ -50,6 +86,14 @@ def markdown_report(run_dir: str | Path) -> str:
         "",
         to_markdown(table),
     ]
+    goals = objectives(meta)
+    if len(goals) > 1:
+        named = ", ".join(f"{column.removeprefix('metric/')} ({mode})" for column, mode in goals)
+        lines += [f"`pareto` marks the trials no other trial beats in every objective: {named}.", ""]
+    failed_latency = [r for r in store.latencies() if r["status"] == "failed"]
+    if failed_latency:
+        lines += ["## Failed latency measurements", ""] + [
+            f"- `{r['trial_id']}` {r['backend']} on {r['target']}: {r['error']}" for r in failed_latency] + [""]
     failed = results[results["status"] == "failed"] if not results.empty else results
     if not failed.empty:
         lines += ["## Failed trials", ""] + [f"- `{r.id}`: {r.error}" for r in failed.itertuples()] + [""]
@@ -72,9 +116,13 @@ def html_report(run_dir: str | Path) -> str:
         training_curves(history, metric),
         training_curves(history, "val/loss"),
     ]
+    speed = speed_frame(results, store.latencies())
+    if not speed.empty:
+        front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])
+        figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
     # plotly.js is embedded once, so the page works offline
     parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
-    table = comparison_table(results, metric, meta["mode"], meta.get("classes", []))
+    table = comparison_frame(run_dir)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(meta['sweep'])} — segsweep</title>"
         "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"

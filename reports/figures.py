@@ -23,3 +23,37 @@ def training_curves(history: pd.DataFrame, metric: str) -> go.Figure:
     fig = px.line(frame, x="epoch", y=metric if metric in frame else None, color="id", markers=True,
                   title=f"{metric} per epoch")
     return fig.update_layout(legend_title="trial")
+
+
+def speed_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
+    """Trials with a latency: measured rows (one per backend@target) or, without any, the trial's proxy."""
+    label = results.get("config/model.arch", pd.Series("", index=results.index)).astype(str) + " " + results.get(
+        "config/model.encoder", pd.Series("", index=results.index)).astype(str)
+    base = results.assign(model=label.str.replace(" None", "").str.strip())
+    measured = [r for r in latencies if r["status"] == "ok"]
+    if measured:
+        lat = pd.DataFrame([{"id": r["trial_id"], "latency_ms": r["p50_ms"], "where": f"{r['backend']}@{r['target']}"}
+                            for r in measured])
+        return base.merge(lat, on="id")
+    if "metric/latency/p50_ms" in base:
+        return base.dropna(subset=["metric/latency/p50_ms"]).assign(latency_ms=lambda f: f["metric/latency/p50_ms"],
+                                                                     where="proxy")
+    return base.iloc[0:0]
+
+
+def speed_vs_accuracy(speed: pd.DataFrame, metric: str) -> go.Figure:
+    """Seed 000's speed-vs-accuracy chart: p50 latency against the metric, the Pareto front joined by a line."""
+    col = f"metric/{metric}"
+    fig = px.scatter(speed, x="latency_ms", y=col, color="where", symbol="pareto", hover_data=["id", "model"],
+                     title=f"{metric} vs p50 latency (Pareto front joined)")
+    front = speed[speed["pareto"]].sort_values("latency_ms")
+    fig.add_trace(go.Scatter(x=front["latency_ms"], y=front[col], mode="lines", name="Pareto front",
+                             line={"dash": "dash"}))
+    return fig.update_layout(xaxis_title="p50 latency (ms)", yaxis_title=metric)
+
+
+def latency_bars(speed: pd.DataFrame) -> go.Figure:
+    """p50 latency per model (trial), one bar per backend@target."""
+    frame = speed.assign(label=speed["model"] + " (" + speed["id"] + ")")
+    fig = px.bar(frame, x="label", y="latency_ms", color="where", barmode="group", title="p50 latency per model")
+    return fig.update_layout(xaxis_title="model (trial)", yaxis_title="p50 latency (ms)")

@@ -87,7 +87,31 @@ def test_build_report_and_json(filled):
     assert obj["sweep"] == "s" and obj["metric"] == "val/miou" and obj["mode"] == "max"
     t1 = obj["trials"][0]
     assert set(t1) == {"id", "status", "config", "epochs", "metrics", "error", "params_m", "size_mb", "gmacs",
-                       "train_seconds"}
+                       "train_seconds", "latency"}
     assert t1["metrics"] == {"val/miou": 0.7, "val/loss": 0.4, "val/iou/road": pytest.approx(0.6),
                              "val/iou/background": 0.9}
     assert obj["trials"][2]["error"].startswith("FloatingPointError") and obj["trials"][2]["metrics"] == {}
+
+
+def test_pareto_front_by_hand():
+    import pandas as pd
+
+    from reports.summary import pareto_front
+
+    frame = pd.DataFrame({"acc": [0.9, 0.8, 0.7, 0.85, None], "ms": [40.0, 10.0, 12.0, 40.0, 1.0]})
+    front = pareto_front(frame, [("acc", "max"), ("ms", "min")])
+    # 0.9@40 best accuracy; 0.8@10 fastest; 0.7@12 dominated by 0.8@10; 0.85@40 dominated by 0.9@40; NaN never
+    assert front.tolist() == [True, True, False, False, False]
+
+
+def test_latency_rows_in_store_and_report(filled):
+    run_dir, store = filled
+    result = {"p50_ms": 3.21, "mean_ms": 3.3, "p90_ms": 3.5, "p99_ms": 4.0, "throughput_fps": 300.0, "device": "cpu"}
+    store.record_latency("t1", "ort-cpu", "local", result)
+    store.record_latency("t1", "trtexec", "ssh://jetson", None, "ssh://jetson: cannot connect (timed out)")
+    md = (build_report(run_dir)[0]).read_text()
+    assert "ort-cpu@local p50 ms" in md and "| 3.21 |" in md
+    assert "`t1` trtexec on ssh://jetson: ssh://jetson: cannot connect (timed out)" in md
+    latency = report_json(run_dir)["trials"][0]["latency"]
+    assert {r["backend"]: r["status"] for r in latency} == {"ort-cpu": "ok", "trtexec": "failed"}
+    assert latency[0]["throughput_fps"] == 300.0

@@ -76,3 +76,49 @@ def test_optuna_sweep_stores_its_study(ray_session, synthetic_root, write_spec, 
     assert study == ("tiny",)
     assert db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone() == (3,)
     assert not list(Path(result.run_dir, "trials").glob("*/wandb"))  # tracking disabled: no W&B files
+
+
+def test_multi_objective_sweep_marks_the_pareto_front_and_measures_exports(ray_session, synthetic_root, write_spec,
+                                                                          tmp_path):
+    """Optuna on (val/miou max, latency/p50_ms min) with the in-trial proxy, ASHA on val/miou, then the export
+    block: the best trials exported to ONNX and timed; the report marks the Pareto front. Then export and bench
+    read the run directory."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    spec = tiny_spec(
+        synthetic_root,
+        model={"choice": [{"arch": "unet", "encoder": "resnet18"}, {"arch": "enet", "encoder": None}]},
+        search={"algorithm": "optuna", "num_samples": 4, "seed": 2, "metric": "val/miou", "mode": "max",
+                "objectives": [{"metric": "val/miou", "mode": "max"}, {"metric": "latency/p50_ms", "mode": "min"}],
+                "latency_proxy": {"backend": "torch", "warmup": 1, "iters": 5},
+                "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
+        export={"backends": ["ort-cpu"], "targets": ["local"], "trials": "top_k", "top_k": 2, "warmup": 1, "iters": 5},
+    )
+    result = run_sweep(load_spec(write_spec(spec)), out=tmp_path / "run")
+    run_dir = result.run_dir
+    store = Store(run_dir / "results.db")
+    trials = store.trials()
+    assert all(t.best["latency/p50_ms"] > 0 for t in trials)
+    measured = store.latencies()
+    assert len(measured) == 2 and all(r["status"] == "ok" and r["p50_ms"] > 0 for r in measured)
+    assert all((run_dir / "exports" / f"{r['trial_id']}.onnx").is_file() for r in measured)
+    md = (run_dir / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| rank"))
+    assert "| pareto |" in header and "ort-cpu@local p50 ms" in header and "latency p50 ms (proxy)" in header
+    assert "| * |" in md and "`pareto` marks the trials" in md
+    assert "Pareto front" in (run_dir / "report.html").read_text()
+    assert list((run_dir / "summary" / "wandb").glob("offline-run-*/run-*.wandb"))  # the W&B summary run
+
+    runner = CliRunner()
+    exported = runner.invoke(app, ["export", str(run_dir)], catch_exceptions=False)
+    assert exported.exit_code == 0 and "max abs diff to PyTorch: random" in exported.output
+    diffs = [float(v) for v in exported.output.split("random ")[1].replace(", validation image", "").split()[:2]]
+    assert max(diffs) <= 1e-3
+    bench = runner.invoke(app, ["bench", str(run_dir), "--backend", "torch", "--shape", "1x3x32x64", "--iters", "5",
+                                "--warmup", "1", "--format", "json"], catch_exceptions=False)
+    data = json.loads(bench.output)
+    assert data["backend"] == "torch" and data["p50_ms"] <= data["p90_ms"] <= data["p99_ms"]
