@@ -27,6 +27,29 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
     return {"mean_ms": sum(ordered) / len(ordered), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99)}
 
 
+MIN_WARMUP_S, MIN_TIMED_S = 1.0, 2.0  # like trtexec (200 ms warm-up, 3 s run): clocks ramp, short runs drift
+
+
+def timed_loop(step, warmup: int, iters: int, sync=lambda: None, min_warmup_s: float = MIN_WARMUP_S,
+               min_timed_s: float = MIN_TIMED_S) -> list[float]:
+    """Warm up for at least ``warmup`` calls and ``min_warmup_s``; then time at least ``iters`` calls and
+    ``min_timed_s``, synchronising after each call. Returns milliseconds per call."""
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < min_warmup_s:
+        step()
+        done += 1
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - start < min_timed_s:
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def measure_onnxruntime(model: str, shape: list[int], warmup: int, iters: int, provider: str = "CPUExecutionProvider",
                         fp16: bool = False) -> dict:
     import numpy as np
@@ -39,13 +62,8 @@ def measure_onnxruntime(model: str, shape: list[int], warmup: int, iters: int, p
     session = ort.InferenceSession(model, providers=[(provider, options)] if options else [provider])
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float16 if fp16 and provider == "CPUExecutionProvider" else np.float32)
-    for _ in range(warmup):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        session.run(None, {name: x})  # host input and output: data transfer included
-        times.append((time.perf_counter() - start) * 1000)
+    # host input and output: data transfer included
+    times = timed_loop(lambda: session.run(None, {name: x}), warmup, iters)
     stats = summarize(times)
     return {**stats, "throughput_fps": shape[0] * 1000 / stats["mean_ms"], "transfer": "included",
             "versions": {"onnxruntime": ort.__version__, "python": platform.python_version()},

@@ -1,4 +1,5 @@
-"""Latency backends and the benchmark protocol: warm-up, then timed iterations with device synchronisation.
+"""Latency backends and the benchmark protocol: warm-up (at least N calls and 1 s), then timed calls (at least N and
+2 s) with device synchronisation after each; p50/p90/p99 over the timed calls.
 
 Backends: ``torch`` (eager), ``torch-compile`` (CUDA graphs on a GPU), ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``
 (onnxruntime execution providers) and ``trtexec`` (TensorRT's own tool). Each reports mean / p50 / p90 / p99 in ms,
@@ -8,17 +9,18 @@ throughput, versions and the device; torch backends on a GPU also report compute
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SegsweepError, UnknownNameError
-from orchestrator.latency.agent import measure_onnxruntime, summarize
+from orchestrator.latency.agent import measure_onnxruntime, summarize, timed_loop
 from orchestrator.latency.trtexec import parse_trtexec, trtexec_command
 
 BACKENDS = {
@@ -69,17 +71,17 @@ def check_backend(name: str) -> None:
         raise UnknownNameError("latency backend", name, BACKENDS)
 
 
-def _timed(step: Callable[[], Any], warmup: int, iters: int, sync: Callable[[], None]) -> list[float]:
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+@contextmanager
+def _pinned_to_one_core(enabled: bool):
+    """Launch-bound GPU timing moves with the host thread's migrations between cores: keep it on one."""
+    allowed = os.sched_getaffinity(0) if enabled and hasattr(os, "sched_getaffinity") else None
+    if allowed:
+        os.sched_setaffinity(0, {max(allowed)})
+    try:
+        yield
+    finally:
+        if allowed:
+            os.sched_setaffinity(0, allowed)
 
 
 def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool = False, compile: bool = False) -> LatencyResult:
@@ -102,9 +104,16 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
     host = torch.randn(shape, dtype=dtype).pin_memory() if device.type == "cuda" else torch.randn(shape, dtype=dtype)
     on_device = host.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.inference_mode():
-        end_to_end = _timed(lambda: model(host.to(device, non_blocking=True)).cpu(), warmup, iters, sync)
-        compute = _timed(lambda: model(on_device), warmup, iters, sync) if device.type == "cuda" else None
+    with torch.inference_mode(), _pinned_to_one_core(device.type == "cuda"):
+        if device.type == "cuda":
+            # output copied into a preallocated pinned buffer, as a deployed pipeline does: a fresh pageable
+            # tensor per call would time the host's page faults
+            out = torch.empty_like(model(on_device), device="cpu").pin_memory()
+            end_to_end = timed_loop(lambda: out.copy_(model(host.to(device, non_blocking=True)), non_blocking=True),
+                                    warmup, iters, sync)
+            compute = timed_loop(lambda: model(on_device), warmup, iters, sync)
+        else:
+            end_to_end, compute = timed_loop(lambda: model(host), warmup, iters, sync), None
     stats = summarize(end_to_end)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     if device.type == "cpu":
