@@ -54,13 +54,16 @@ class StoreCallback(_tune_callback_base()):
     def __init__(self, store_path: str, max_epochs: int, groups: dict | None = None) -> None:
         self.store_path, self.max_epochs, self.groups = store_path, max_epochs, groups or {}
         self._known: set[str] = set()
+        self._store: Store | None = None
 
     @property
     def store(self) -> Store:
-        return Store(self.store_path)
+        if self._store is None:
+            self._store = Store(self.store_path)
+        return self._store
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_known": set()}
+        return {**self.__dict__, "_known": set(), "_store": None}
 
     def config(self, trial) -> dict[str, Any]:
         return expand_groups(trial.config, self.groups)

@@ -47,11 +47,11 @@ def objectives(meta: dict) -> list[tuple[str, str]]:
     return [(f"metric/{o['metric']}", o["mode"]) for o in found]
 
 
-def comparison_frame(run_dir: str | Path) -> pd.DataFrame:
+def comparison_frame(run_dir: str | Path, results: pd.DataFrame | None = None) -> pd.DataFrame:
     """The comparison table with latency columns and, for several objectives, the Pareto front marked."""
     store = open_store(run_dir)
     meta = store.meta()
-    results = load_results(run_dir)
+    results = load_results(run_dir) if results is None else results
     table = comparison_table(results, meta["metric"], meta["mode"], meta.get("classes", []))
     if table.empty:
         return table
@@ -73,7 +73,7 @@ def markdown_report(run_dir: str | Path) -> str:
     meta, counts = store.meta(), store.counts()
     metric, mode = meta["metric"], meta["mode"]
     results = load_results(run_dir)
-    table = comparison_frame(run_dir)
+    table = comparison_frame(run_dir, results)
     lines = [
         f"# {meta['sweep']}: model-wise comparison",
         "",
@@ -122,7 +122,7 @@ def html_report(run_dir: str | Path) -> str:
         figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
     # plotly.js is embedded once, so the page works offline
     parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
-    table = comparison_frame(run_dir)
+    table = comparison_frame(run_dir, results)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(meta['sweep'])} — segsweep</title>"
         "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"

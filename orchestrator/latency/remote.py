@@ -7,6 +7,7 @@ no argument reaches the remote shell unquoted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -140,7 +141,5 @@ def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], wa
         result.extra["device_facts"] = facts
         return result
     finally:
-        try:
+        with contextlib.suppress(SegsweepError):  # cleanup is best effort; the measurement (or its error) matters
             _ssh(target, options, ["rm", "-rf", folder], timeout=60)
-        except SegsweepError:
-            pass  # cleanup is best effort; the measurement (or its error) is what the caller needs
