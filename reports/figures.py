@@ -10,7 +10,9 @@ import plotly.graph_objects as go
 def metric_by(results: pd.DataFrame, metric: str, key: str, title: str) -> go.Figure:
     """Best ``metric`` of each trial grouped by a config key (box + points)."""
     col, by = f"metric/{metric}", f"config/{key}"
-    frame = results.dropna(subset=[col]) if col in results else results.iloc[0:0]
+    if col not in results or results[col].isna().all():
+        return go.Figure().update_layout(title=f"{title}: no results yet")
+    frame = results.dropna(subset=[col])
     if by not in frame:
         frame = frame.assign(**{by: "(fixed)"})
     fig = px.box(frame, x=by, y=col, points="all", hover_data=["id", "status"], title=title)

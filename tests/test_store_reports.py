@@ -115,3 +115,16 @@ def test_latency_rows_in_store_and_report(filled):
     latency = report_json(run_dir)["trials"][0]["latency"]
     assert {r["backend"]: r["status"] for r in latency} == {"ort-cpu": "ok", "trtexec": "failed"}
     assert latency[0]["throughput_fps"] == 300.0
+
+
+def test_report_of_a_run_interrupted_before_any_result(tmp_path):
+    """Ctrl-C during the first epoch: trials exist, no metric yet; the report still builds."""
+    store = Store(tmp_path / "results.db")
+    data = {"dataset": "synthetic", "task": "multiclass", "train": {"images": 8}, "val": {"images": 4}}
+    store.set_meta(sweep="s", metric="val/miou", mode="max", trials=2, classes=["a", "b"], data=data)
+    store.add_trial("t1", {"model.arch": "unet"}, "running")
+    store.add_trial("t2", {"model.arch": "fpn"}, "pending")
+    md, html = build_report(tmp_path)
+    assert "t1" in md.read_text() and "2 unfinished" in md.read_text()
+    assert "no results yet" in html.read_text()
+    assert [t["metrics"] for t in report_json(tmp_path)["trials"]] == [{}, {}]
