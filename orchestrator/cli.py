@@ -90,9 +90,9 @@ def _finish(result) -> None:
 def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Trials done / running / failed and the best so far."""
     from orchestrator.runner import progress_line
-    from reports.collect import open_store
+    from orchestrator.store import Store
 
-    store = open_store(run_dir)
+    store = Store.of_run(run_dir)
     typer.echo(progress_line(store))
     for t in store.trials():
         metric = store.meta()["metric"]
@@ -144,9 +144,10 @@ def export(
     import torch
 
     from models.export import export_onnx, onnx_parity
-    from orchestrator.runs import open_run, pick_trial, trial_model, validation_inputs
+    from orchestrator.runs import pick_trial, trial_model, validation_inputs
+    from orchestrator.store import Store
 
-    row = pick_trial(open_run(run_dir), trial)
+    row = pick_trial(Store.of_run(run_dir), trial)
     model, cfg = trial_model(run_dir, row)
     hw = _hw(size, "--size") if size else tuple(cfg.data.size)
     path = export_onnx(model, Path(run_dir) / "exports" / f"{row.id}.onnx", hw, opset=opset, dynamic=dynamic)
@@ -196,9 +197,10 @@ def bench(
         if not source.is_file():
             raise SegsweepError(f"{source}: no such ONNX file")
     elif source is not None:
-        from orchestrator.runs import open_run, pick_trial, trial_model
+        from orchestrator.runs import pick_trial, trial_model
+        from orchestrator.store import Store
 
-        model, _ = trial_model(source, pick_trial(open_run(source), trial))
+        model, _ = trial_model(source, pick_trial(Store.of_run(source), trial))
     else:
         raise SegsweepError("give MODEL.onnx, a run directory, or --arch NAME")
     if backend.startswith("torch"):

@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.errors import SegsweepError
 from orchestrator.spec import Sweep, expand_groups, load_spec
-from orchestrator.store import STORE_FILE, TERMINAL, Store
+from orchestrator.store import STORE_FILE, TERMINAL, Store, best_of
 
 # Tune snapshots its experiment state at most this often; small, so that a killed driver loses little.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -119,18 +119,11 @@ def progress_line(store: Store, total: int | None = None) -> str:
     meta, counts = store.meta(), store.counts()
     metric, mode = meta.get("metric", "val/miou"), meta.get("mode", "max")
     done = counts["completed"] + counts["early_stopped"] + counts["failed"]
-    best = best_trial(store, metric, mode)
-    best_text = f", best {metric} {best[1]:.4f} ({best[0]})" if best else ""
+    best = best_of(store.trials(), metric, mode)
+    best_text = f", best {metric} {best.best[metric]:.4f} ({best.id})" if best else ""
     return (f"[segsweep] {done}/{total or meta.get('trials', '?')} done ({counts['completed']} completed, "
             f"{counts['early_stopped']} early-stopped, {counts['failed']} failed), {counts['running']} running"
             f"{best_text}")
-
-
-def best_trial(store: Store, metric: str, mode: str) -> tuple[str, float] | None:
-    scored = [(t.id, t.best[metric]) for t in store.trials() if metric in t.best]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda item: item[1])
 
 
 # ---------------------------------------------------------------------------------------------------- driver

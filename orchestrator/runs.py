@@ -8,14 +8,7 @@ import numpy as np
 import torch
 
 from orchestrator.errors import SegsweepError
-from orchestrator.store import STORE_FILE, Store, TrialRow
-
-
-def open_run(run_dir: str | Path) -> Store:
-    path = Path(run_dir) / STORE_FILE
-    if not path.is_file():
-        raise SegsweepError(f"{run_dir}: no {STORE_FILE}; is this a segsweep run directory?")
-    return Store(path)
+from orchestrator.store import Store, TrialRow, best_of
 
 
 def pick_trial(store: Store, trial: str = "best") -> TrialRow:
@@ -26,11 +19,10 @@ def pick_trial(store: Store, trial: str = "best") -> TrialRow:
         if not found:
             raise SegsweepError(f"--trial {trial}: no such trial (trials: {', '.join(t.id for t in trials)})")
         return found[0]
-    metric, mode = meta["metric"], meta["mode"]
-    scored = [t for t in trials if metric in t.best]
-    if not scored:
-        raise SegsweepError(f"no trial of this run has a {metric} yet")
-    return (max if mode == "max" else min)(scored, key=lambda t: t.best[metric])
+    best = best_of(trials, meta["metric"], meta["mode"])
+    if best is None:
+        raise SegsweepError(f"no trial of this run has a {meta['metric']} yet")
+    return best
 
 
 def trial_model(run_dir: str | Path, row: TrialRow) -> tuple[torch.nn.Module, object]:
@@ -42,7 +34,7 @@ def trial_model(run_dir: str | Path, row: TrialRow) -> tuple[torch.nn.Module, ob
     if not weights.is_file():
         raise SegsweepError(f"{weights}: missing; trial {row.id} ({row.status}) saved no weights")
     cfg = TrialConfig.from_flat(row.config)
-    data = open_run(run_dir).meta()["data"]
+    data = Store.of_run(run_dir).meta()["data"]
     classes = 1 if data["task"] == "binary" else len(data["classes"])
     model = create_model(cfg.model.arch, cfg.model.encoder, classes, batchnorm=cfg.model.batchnorm)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -53,7 +45,7 @@ def validation_inputs(run_dir: str | Path, count: int = 2) -> torch.Tensor:
     """The first ``count`` validation images from the run's cache, normalised as in training."""
     from orchestrator.lit import IMAGENET_MEAN, IMAGENET_STD
 
-    val = open_run(run_dir).meta()["data"]["val"]["path"]
+    val = Store.of_run(run_dir).meta()["data"]["val"]["path"]
     images = np.load(Path(val) / "images.npy", mmap_mode="r")[:count]
     x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

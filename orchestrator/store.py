@@ -86,6 +86,16 @@ class TrialRow:
 
 
 class Store:
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> Store:
+        """The store of a run directory; a folder without one is a one-line error."""
+        path = Path(run_dir) / STORE_FILE
+        if not path.is_file():
+            from orchestrator.errors import SegsweepError
+
+            raise SegsweepError(f"{run_dir}: no {STORE_FILE}; is this a segsweep run directory?")
+        return cls(path)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         with self._db() as db:
@@ -197,6 +207,14 @@ class Store:
         with self._db() as db:
             found = dict(db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
         return {s: found.get(s, 0) for s in STATUSES}
+
+
+def best_of(trials: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
+    """The trial with the best ``metric`` (over its epochs), or None when no trial has it yet."""
+    scored = [t for t in trials if metric in t.best]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda t: t.best[metric])
 
 
 def _finite(v: Any) -> bool:

@@ -14,18 +14,18 @@ import numpy as np
 import torch
 
 from orchestrator.data.cache import PreparedData
-from orchestrator.tracking import EXAMPLES_FILE
 from orchestrator.spec import (
+    TRIAL_SECTIONS,
     DataSpec,
     LossSpec,
     ModelSpec,
     OptimizerSpec,
     ScheduleSpec,
     TrainerSpec,
-    TRIAL_SECTIONS,
     expand_groups,
     unflatten,
 )
+from orchestrator.tracking import EXAMPLES_FILE
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "loss": LossSpec, "optimizer": OptimizerSpec,
             "schedule": ScheduleSpec, "trainer": TrainerSpec}
@@ -102,8 +102,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import lightning.pytorch as L
     from ray import tune
 
-    from models.losses import create_loss, enet_weights, loss_needs_class_weights
     from models.complexity import complexity
+    from models.losses import create_loss, enet_weights, loss_needs_class_weights
     from models.registry import create_model
     from orchestrator.lit import CachedData, SegmentationModule
 

@@ -7,10 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from models.complexity import COUNTER
-from reports.collect import load_history, load_results, open_store
 import pandas as pd
 
+from models.complexity import COUNTER
+from orchestrator.store import Store
+from reports.collect import load_history, load_results
 from reports.figures import latency_bars, metric_by, speed_frame, speed_vs_accuracy, training_curves
 from reports.summary import latency_columns, pareto_front
 from reports.tables import comparison_table, to_markdown, varying_keys
@@ -22,7 +23,7 @@ def _num(value: Any) -> float | None:
 
 def report_json(run_dir: str | Path) -> dict[str, Any]:
     """The ``report --format json`` object: every trial with its config and best validation metrics."""
-    store = open_store(run_dir)
+    store = Store.of_run(run_dir)
     meta = store.meta()
     latencies: dict[str, list[dict]] = {}
     for r in store.latencies():
@@ -49,7 +50,7 @@ def objectives(meta: dict) -> list[tuple[str, str]]:
 
 def comparison_frame(run_dir: str | Path, results: pd.DataFrame | None = None) -> pd.DataFrame:
     """The comparison table with latency columns and, for several objectives, the Pareto front marked."""
-    store = open_store(run_dir)
+    store = Store.of_run(run_dir)
     meta = store.meta()
     results = load_results(run_dir) if results is None else results
     table = comparison_table(results, meta["metric"], meta["mode"], meta.get("classes", []))
@@ -69,7 +70,7 @@ def comparison_frame(run_dir: str | Path, results: pd.DataFrame | None = None) -
 
 
 def markdown_report(run_dir: str | Path) -> str:
-    store = open_store(run_dir)
+    store = Store.of_run(run_dir)
     meta, counts = store.meta(), store.counts()
     metric, mode = meta["metric"], meta["mode"]
     results = load_results(run_dir)
@@ -106,7 +107,7 @@ def markdown_report(run_dir: str | Path) -> str:
 
 
 def html_report(run_dir: str | Path) -> str:
-    store = open_store(run_dir)
+    store = Store.of_run(run_dir)
     meta = store.meta()
     metric = meta["metric"]
     results, history = load_results(run_dir), load_history(run_dir)

@@ -6,16 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.store import STORE_FILE, Store
-
-
-def open_store(run_dir: str | Path) -> Store:
-    path = Path(run_dir) / STORE_FILE
-    if not path.is_file():
-        from orchestrator.errors import SegsweepError
-
-        raise SegsweepError(f"{run_dir}: no {STORE_FILE}; is this a segsweep run directory?")
-    return Store(path)
+from orchestrator.store import Store
 
 
 def load_results(run_dir: str | Path) -> pd.DataFrame:
@@ -23,7 +14,7 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     metric/<name>``
     where ``metric/*`` is the trial's best value of each metric over its epochs."""
     rows = []
-    for t in open_store(run_dir).trials():
+    for t in Store.of_run(run_dir).trials():
         row = {"id": t.id, "status": t.status, "epochs": t.epochs, "error": t.error,
                "params_m": t.params / 1e6 if t.params is not None else None, "size_mb": t.size_mb,
                "gmacs": t.gmacs, "train_seconds": t.train_seconds}
@@ -35,5 +26,5 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
 
 def load_history(run_dir: str | Path) -> pd.DataFrame:
     """One row per trial and epoch: ``id, epoch, <metric>...``."""
-    rows = [{"id": t.id, **epoch} for t in open_store(run_dir).trials(history=True) for epoch in t.history]
+    rows = [{"id": t.id, **epoch} for t in Store.of_run(run_dir).trials(history=True) for epoch in t.history]
     return pd.DataFrame(rows)

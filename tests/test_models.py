@@ -9,7 +9,6 @@ from models.complexity import model_size
 from models.registry import ARCHITECTURES, create_model, list_encoders
 from orchestrator.errors import SegsweepError, UnknownNameError
 
-
 # the encoder each contract test builds an architecture with (smp ones: a small common encoder)
 ENCODER = {"enet": None, "deeplabv3_atrous": "resnet18", "fcn": "resnet50", "segformer": "mit_b0"}
 
