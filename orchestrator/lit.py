@@ -20,6 +20,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NxHxWx3 -> float Nx3xHxW in [0, 1] (augmentation works here; ``normalise`` follows)."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
 class ArrayPairs(Dataset):
     """uint8 image HxWx3 and label HxW tensors straight from the memory-mapped cache."""
 
@@ -96,13 +107,10 @@ class CachedData(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        x = images.permute(0, 3, 1, 2).float().div_(255)
-        y = labels.long()
+        x, y = to_model_input(images), labels.long()
         if self.trainer is not None and self.trainer.training:
             x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous(), y
+        return normalise(x), y
 
 
 def predict(logits: torch.Tensor, binary: bool) -> torch.Tensor:

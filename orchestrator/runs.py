@@ -43,9 +43,8 @@ def trial_model(run_dir: str | Path, row: TrialRow) -> tuple[torch.nn.Module, ob
 
 def validation_inputs(run_dir: str | Path, count: int = 2) -> torch.Tensor:
     """The first ``count`` validation images from the run's cache, normalised as in training."""
-    from orchestrator.lit import IMAGENET_MEAN, IMAGENET_STD
+    from orchestrator.data.cache import load_split
+    from orchestrator.lit import normalise, to_model_input
 
-    val = Store.of_run(run_dir).meta()["data"]["val"]["path"]
-    images = np.load(Path(val) / "images.npy", mmap_mode="r")[:count]
-    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    images, _ = load_split(Store.of_run(run_dir).meta()["data"]["val"]["path"])
+    return normalise(to_model_input(torch.from_numpy(np.array(images[:count]))))

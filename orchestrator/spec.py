@@ -354,10 +354,6 @@ class Domain:
     kind: str
     values: tuple[Any, ...]
 
-    def probe_values(self) -> tuple[Any, ...]:
-        """Values the schema is checked with: every choice, or both bounds."""
-        return self.values
-
     def to_yaml(self) -> dict[str, list[Any]]:
         return {self.kind: list(self.values)}
 
@@ -559,7 +555,7 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
         base = with_value(base, key, domain.values[0])
     spec = _validate(base, where)
     for key, domain in domains.items():
-        for value in domain.probe_values():
+        for value in domain.values:  # every choice, or both bounds
             _validate(with_value(base, key, value), where, key)
     try:
         metrics = reported_metrics(spec.data)

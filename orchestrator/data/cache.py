@@ -125,6 +125,6 @@ def class_pixel_stats(labels: Iterable[np.ndarray], num_classes: int, ignore_ind
     return counts, image_pixels
 
 
-def load_split(folder: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    mode = "r" if mmap else None
-    return np.load(Path(folder) / "images.npy", mmap_mode=mode), np.load(Path(folder) / "labels.npy", mmap_mode=mode)
+def load_split(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A cached split's images and labels, memory-mapped read-only."""
+    return np.load(Path(folder) / "images.npy", mmap_mode="r"), np.load(Path(folder) / "labels.npy", mmap_mode="r")
