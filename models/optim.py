@@ -19,27 +19,23 @@ class Entry:
     description: str
 
 
-def _fused(params: Iterable[torch.nn.Parameter]) -> dict[str, bool]:
-    # fused kernels exist for CUDA tensors only
-    return {"fused": True} if any(p.is_cuda for p in params) else {}
-
-
 OPTIMIZERS: dict[str, Entry] = {
     "adam": Entry(
-        lambda params, lr, weight_decay, momentum: torch.optim.Adam(
-            params, lr=lr, weight_decay=weight_decay, **_fused(params)
+        lambda params, lr, weight_decay, momentum, fast: torch.optim.Adam(
+            params, lr=lr, weight_decay=weight_decay, **fast
         ),
         "Adam (L2 weight decay)",
     ),
     "adamw": Entry(
-        lambda params, lr, weight_decay, momentum: torch.optim.AdamW(
-            params, lr=lr, weight_decay=weight_decay, **_fused(params)
+        lambda params, lr, weight_decay, momentum, fast: torch.optim.AdamW(
+            params, lr=lr, weight_decay=weight_decay, **fast
         ),
         "AdamW (decoupled weight decay)",
     ),
     "sgd": Entry(
-        lambda params, lr, weight_decay, momentum: torch.optim.SGD(
-            params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0
+        lambda params, lr, weight_decay, momentum, fast: torch.optim.SGD(
+            params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0,
+            **{k: v for k, v in fast.items() if k != "capturable"}
         ),
         "SGD with Nesterov momentum",
     ),
@@ -47,11 +43,19 @@ OPTIMIZERS: dict[str, Entry] = {
 
 
 def create_optimizer(
-    name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+    fused: bool = False, capturable: bool = False,
 ) -> torch.optim.Optimizer:
+    """``fused``: one fused kernel per step (CUDA parameters only); ``capturable``: optimizer state on the device,
+    so that the step can be captured in a CUDA graph (Adam/AdamW; SGD needs none)."""
     if name not in OPTIMIZERS:
         raise UnknownNameError("optimizer", name, OPTIMIZERS)
-    return OPTIMIZERS[name].build(list(params), lr, weight_decay, momentum)
+    params = list(params)
+    on_cuda = any(p.is_cuda for p in params)
+    fast = {"fused": True} if fused and on_cuda else {}
+    if capturable and on_cuda:
+        fast["capturable"] = True
+    return OPTIMIZERS[name].build(params, lr, weight_decay, momentum, fast)
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,38 @@ def bench(
     typer.echo(json.dumps(result.to_json(), indent=2) if format == "json" else format_result(result))
 
 
+@app.command("bench-train")
+def bench_train(
+    arch: Annotated[str, typer.Option(help="registry architecture")] = "unet",
+    encoder: Annotated[str, typer.Option(help="encoder of the architecture")] = "mobilenet_v2",
+    size: Annotated[str, typer.Option(help="training HxW")] = "224x320",
+    batch: Annotated[int, typer.Option(min=1)] = 16,
+    images: Annotated[int, typer.Option(min=8, help="synthetic training images (validation: a quarter)")] = 256,
+    epochs: Annotated[int, typer.Option(min=2, help="epochs of the seeds and trial parts (the first warms up)")] = 3,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the seeds' pipeline")] = 8,
+    trials: Annotated[int, typer.Option(min=1, help="trials of the sweep part")] = 8,
+    sweep_epochs: Annotated[int, typer.Option(min=1)] = 3,
+    quality_epochs: Annotated[int, typer.Option(min=1)] = 8,
+    parts: Annotated[str, typer.Option(help="comma-separated: seeds, trial, levers, sweep, quality")] = "seeds,trial,sweep",
+    out: Annotated[Path, typer.Option(help="where data, cache, runs and bench_train.{json,md} go")] = Path("bench-train"),
+    format: Annotated[str, typer.Option("--format", help="md | json")] = "md",
+) -> None:
+    """Training throughput: the seeds' pipeline, one segsweep trial (and each lever off), a whole sweep."""
+    from orchestrator.throughput import PARTS, BenchSettings, markdown, run_bench
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in PARTS]
+    if unknown or not chosen:
+        raise SegsweepError(f"--parts {parts}: choose from {', '.join(PARTS)}")
+    if format not in ("md", "json"):
+        raise SegsweepError(f"--format {format}: md or json")
+    settings = BenchSettings(arch=arch, encoder=encoder, size=_hw(size, "--size"), batch=batch, images=images,
+                             epochs=epochs, workers=workers, trials=trials, sweep_epochs=sweep_epochs,
+                             quality_epochs=quality_epochs, parts=chosen)
+    result = run_bench(settings, out)
+    typer.echo(json.dumps(result, indent=1, default=str) if format == "json" else markdown(result))
+
+
 class ReportFormat(str, Enum):
     md = "md"
     html = "html"

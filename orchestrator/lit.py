@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from models.metrics import ConfusionMatrix, metrics_from_confusion
 from models.optim import create_optimizer, create_schedule
 from orchestrator.data.cache import load_split
+from orchestrator.perf import Levers
+
+log = logging.getLogger("segsweep.trial")
+CPU_LEVERS = Levers(precision="32", channels_last=False, fused_optimizer=False, cuda_graphs=False, device_augment=True)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,10 +32,11 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255)
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
+def normalise(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return ((x - mean) / std).contiguous(memory_format=layout)
 
 
 class ArrayPairs(Dataset):
@@ -87,30 +95,153 @@ class CachedData(L.LightningDataModule):
 
     def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True,
                  scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = 255, levers: Levers = CPU_LEVERS, train_set: Dataset | None = None,
+                 val_set: Dataset | None = None) -> None:
         super().__init__()
         self.train_dir, self.val_dir = train_dir, val_dir
         self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
         self.hflip, self.scale, self.jitter = hflip, scale, jitter
+        self.levers = levers
+        self.given = (train_set, val_set)
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set, self.val_set = ArrayPairs(self.train_dir), ArrayPairs(self.val_dir)
+        train, val = self.given
+        # the decode-once cache, or (data.cache: false) datasets that decode files in the workers
+        self.train_set = train if train is not None else ArrayPairs(self.train_dir)
+        self.val_set = val if val is not None else ArrayPairs(self.val_dir)
 
     def train_dataloader(self) -> DataLoader:
         n = len(self.train_set)
         # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          drop_last=n % self.batch_size == 1 and n > 1)
+                          drop_last=n % self.batch_size == 1 and n > 1, pin_memory=self.num_workers > 0,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, batch: Any, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch -> normalised float input and long labels, where the batch is; augmented when ``augment``
+        (default: while the trainer trains)."""
         images, labels = batch
         x, y = to_model_input(images), labels.long()
-        if self.trainer is not None and self.trainer.training:
+        if augment is None:
+            augment = self.trainer is not None and self.trainer.training
+        if augment:
             x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index)
-        return normalise(x), y
+        return normalise(x, self.levers.channels_last), y
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch if self.levers.device_augment else self.prepare(batch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prepare(batch) if self.levers.device_augment else batch
+
+
+class TrainStep:
+    """One optimizer step per batch: eager, or (``levers.cuda_graphs``) replayed from a CUDA graph of the whole step:
+    forward, loss, backward and optimizer, captured once the shapes are known.
+
+    Full batches of one shape are graphed after ``WARMUP`` eager steps on a side stream (cuDNN and cuBLAS set up
+    outside capture); other shapes (a short last batch) run eagerly beside the graph. The learning rate reaches the
+    graph through a device tensor filled after each schedule step, so schedules keep working and nothing reads the
+    host. A configuration that cannot be captured (a loss with data-dependent shapes, a non-capturable optimizer)
+    falls back to eager for the rest of the trial, with the reason logged and kept in ``fallback``.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, module: SegmentationModule, levers: Levers, batch_size: int) -> None:
+        self.module, self.batch_size = module, batch_size
+        self.dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(levers.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if levers.precision == "16-mixed" else None
+        self.use_graphs = levers.cuda_graphs
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.key: tuple | None = None
+        self.seen = 0
+        self.graphed = 0  # replays so far
+        self.fallback: str | None = None
+        self.lr: list[torch.Tensor] = []
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        # graphs must not keep autocast's weight-cast cache across captures
+        return torch.autocast(self.module.device.type, dtype=self.dtype, cache_enabled=not self.use_graphs)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            logits, y = self.module._logits(x, y, training=True)
+        return self.module.loss(logits.float(), y)
+
+    def eager(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(x, y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        if not self.use_graphs or x.shape[0] != self.batch_size:
+            return self.eager(x, y, optimizer)
+        key = (tuple(x.shape), tuple(y.shape), x.is_contiguous(memory_format=torch.channels_last),
+               self.module.in_stage1)
+        if key != self.key:
+            self.key, self.seen, self.graph = key, 0, None
+        if self.graph is None:
+            if self.seen < self.WARMUP:
+                self.seen += 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    loss = self.eager(x, y, optimizer)
+                torch.cuda.current_stream().wait_stream(side)
+                return loss
+            try:
+                self.capture(x, y, optimizer)
+            except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
+                self.use_graphs, self.graph = False, None
+                self.fallback = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:200]
+                log.warning("CUDA graph capture failed, training eagerly: %s", self.fallback)
+                torch.cuda.synchronize()
+                return self.eager(x, y, optimizer)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        self.graphed += 1
+        return self.static_loss.clone()
+
+    def capture(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        groups = optimizer.param_groups
+        self.static_x, self.static_y = x.clone(), y.clone()
+        self.lr = [torch.tensor(float(g["lr"]), device=x.device) for g in groups]
+        floats = [g["lr"] for g in groups]
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            for g, t in zip(groups, self.lr, strict=True):
+                g["lr"] = t  # captured by address; schedules keep stepping the float
+            with torch.cuda.graph(graph):
+                loss = self.loss(self.static_x, self.static_y)
+                loss.backward()
+                optimizer.step()
+        finally:
+            for g, f in zip(groups, floats, strict=True):
+                g["lr"] = f
+        self.static_loss, self.graph = loss.detach(), graph
+        torch.cuda.empty_cache()  # the warm-up's cached blocks: packed trials can use them
+
+    def sync_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """After a schedule step: the graph's learning-rate tensors follow (no host read)."""
+        if self.graph is not None:
+            for g, t in zip(optimizer.param_groups, self.lr, strict=True):
+                t.fill_(g["lr"])
 
 
 def predict(logits: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -137,8 +268,13 @@ class SegmentationModule(L.LightningModule):
         report: Callable[[dict[str, float], "SegmentationModule"], None] | None = None,
         epoch_offset: int = 0,
         stage1_epochs: int = 0,
+        levers: Levers = CPU_LEVERS,
+        batch_size: int = 8,
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False  # TrainStep runs the step (eager or a CUDA graph), schedules step here
+        self.levers = levers
+        self.step = TrainStep(self, levers, batch_size)
         self.model, self.loss = model, loss
         self.stage1_epochs = stage1_epochs
         self.classes, self.ignore_index, self.positive = classes, ignore_index, positive
@@ -146,6 +282,8 @@ class SegmentationModule(L.LightningModule):
         self.report, self.epoch_offset = report, epoch_offset
         self.resume_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
+        self.started = time.time()  # the trial's start (wall clock), for perf/startup_s
+        self.startup_s: float | None = None
 
     @property
     def binary(self) -> bool:
@@ -172,13 +310,22 @@ class SegmentationModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_loss = torch.zeros((), device=self.device)
         self._train_batches = 0
+        self._train_items = 0
+        self._epoch_start = time.perf_counter()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits, y = self._logits(*batch, training=True)
-        loss = self.loss(logits, y)
-        self._train_loss += loss.detach().float()
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        if self.startup_s is None:
+            self.startup_s = time.time() - self.started
+        x, y = batch
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        loss = self.step(x, y, optimizer)
+        scheduler = self.lr_schedulers()
+        scheduler.step()
+        self.step.sync_lr(optimizer)
+        self._train_loss += loss.float()
         self._train_batches += 1
-        return loss
+        self._train_items += x.shape[0]
 
     def on_validation_epoch_start(self) -> None:
         self._cm = ConfusionMatrix(len(self.classes), self.ignore_index, self.device)
@@ -187,7 +334,9 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, y = self._logits(x, y, training=False)
+        with self.step.autocast():
+            logits, y = self._logits(x, y, training=False)
+        logits = logits.float()
         self._val_loss += self.loss(logits, y).detach().float() * x.shape[0]
         self._val_items += x.shape[0]
         self._cm.update(predict(logits, self.binary), y)
@@ -204,14 +353,26 @@ class SegmentationModule(L.LightningModule):
         train_loss = float(self._train_loss) / max(1, self._train_batches)
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch}; lower optimizer.lr?")
-        metrics = {"epoch": epoch, "train/loss": train_loss, "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
+        seconds = time.perf_counter() - self._epoch_start  # the loss read above waited for the GPU
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        metrics = {"epoch": epoch, "train/loss": train_loss, "lr": lr,
+                   "perf/images_per_s": self._train_items / max(seconds, 1e-9), "perf/epoch_s": seconds,
+                   "perf/cuda_graphs": float(self.step.graphed > 0)}
+        if self.startup_s is not None:
+            metrics["perf/startup_s"] = self.startup_s
+        if self.device.type == "cuda":
+            metrics["perf/gpu_peak_gb"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         metrics |= getattr(self, "_val_metrics", {})
         self.history.append(metrics)
         if self.report is not None:
             self.report(metrics, self)
 
+    def build_optimizer(self, levers: Levers) -> torch.optim.Optimizer:
+        return create_optimizer(params=self.model.parameters(), fused=levers.fused_optimizer,
+                                capturable=levers.cuda_graphs, **self.optim)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = create_optimizer(params=self.model.parameters(), **self.optim)
+        optimizer = self.build_optimizer(self.levers)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
         scheduler = create_schedule(
             optimizer=optimizer, steps_per_epoch=steps_per_epoch, max_epochs=self.max_epochs,

@@ -166,9 +166,17 @@ def init_ray(address: str | None, spec) -> None:
     check_resources(spec, ray.cluster_resources())
 
 
+def cluster_gpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0.0
+
+
 def check_resources(spec, available: dict[str, float]) -> None:
     """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
-    need = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
+    from orchestrator.perf import gpus_per_trial
+
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": gpus_per_trial(spec.resources, available.get("GPU", 0))}
     for kind, amount in need.items():
         if amount > available.get(kind, 0):
             key = f"resources.{kind.lower()}s_per_trial"
@@ -182,12 +190,15 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from orchestrator.perf import TrialResources
     from orchestrator.space import to_tune_space
     from orchestrator.tracking import WandbCallback
     from orchestrator.trial import run_trial
 
     spec = sweep.spec
-    resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    res = spec.resources
+    resources = TrialResources(res.cpus_per_trial, context.gpus_per_trial, res.memory_aware, str(run_dir),
+                               sweep.groups, res.trial_gpu_memory_gb, res.gpu_memory_gb, len(context.data.classes))
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources)
     if restore:
         return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False,
@@ -222,7 +233,7 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
             scheduler=scheduler,
             num_samples=1 if search.algorithm == "grid" else total,
             max_concurrent_trials=(spec.resources.max_concurrent or None) if search.algorithm == "optuna" else None,
-            reuse_actors=True,
+            reuse_actors=spec.resources.reuse_actors,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
@@ -238,11 +249,13 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
 
 
 def _context(sweep: Sweep, run_dir: Path, prepared):
+    from orchestrator.perf import gpus_per_trial
     from orchestrator.trial import TrialContext
 
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
-                        data=prepared, gpus_per_trial=spec.resources.gpus_per_trial, groups=sweep.groups,
+                        data=prepared, gpus_per_trial=gpus_per_trial(spec.resources, cluster_gpus()),
+                        groups=sweep.groups,
                         latency_proxy=spec.search.latency_proxy.model_dump() if spec.search.latency_proxy else None)
 
 
@@ -319,8 +332,10 @@ def _fit(tuner, run_dir: Path, sweep: Sweep) -> RunResult:
     from orchestrator.tracking import log_summary_run
     from reports.build import build_report
 
+    started = time.perf_counter()
     tuner.fit()
     store = Store(run_dir / STORE_FILE)
+    store.set_meta(fit_seconds=store.meta().get("fit_seconds", 0) + time.perf_counter() - started)
     counts = store.counts()
     interrupted = any(t.status not in TERMINAL for t in store.trials()) or sum(
         counts[s] for s in TERMINAL) < store.meta().get("trials", 0)

@@ -82,6 +82,9 @@ class DataSpec(Strict):
     class_map: tuple[ClassEntry, ...] | None = Field(None, description="folder dataset: classes by value or colour")
     synthetic: SyntheticSpec = SyntheticSpec()
     augment: AugmentSpec = AugmentSpec()
+    cache: bool = Field(True, description="decode once per sweep into a shared uint8 cache; false: every trial "
+                                          "decodes the files in DataLoader workers, every epoch")
+    workers: int = Field(4, ge=0, description="DataLoader workers per trial when cache is false")
 
     @field_validator("dataset")
     @classmethod
@@ -218,8 +221,16 @@ class ScheduleSpec(Strict):
 class TrainerSpec(Strict):
     max_epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
-    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on a GPU that has bf16, else 32 (also for 16-mixed without a GPU)")
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    # speed levers: each is on by default where it helps (a GPU) and can be turned off here
+    channels_last: bool = Field(True, description="NHWC model and input on a GPU")
+    fused_optimizer: bool = Field(True, description="fused Adam/AdamW/SGD kernels on a GPU")
+    cuda_graphs: bool = Field(True, description="capture the whole training step (static shapes) on a GPU; "
+                                                "falls back to eager where capture is not possible")
+    device_augment: bool = Field(True, description="conversion and augmentation on the device after transfer; "
+                                                   "false: on the host before transfer")
     seed: int = 0
     limit_train_batches: int | None = Field(None, ge=1)
     log_images: int = Field(4, ge=0, description="validation images with masks sent to W&B at the end")
@@ -310,12 +321,23 @@ class ExportSpec(Strict):
 
 class ResourcesSpec(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
+    gpus_per_trial: float | Literal["auto"] = Field(
+        "auto", description="auto: 1/trials_per_gpu where the cluster has GPUs, else 0")
+    trials_per_gpu: int = Field(4, ge=1, description="packing for gpus_per_trial: auto")
     max_concurrent: int = Field(0, ge=0, description="0: as many as the resources allow")
+    memory_aware: bool = Field(True, description="measure a trial's peak GPU memory before packing it and give it a "
+                                                 "larger share (alone on a GPU if need be) when it would not fit")
+    trial_gpu_memory_gb: float | None = Field(None, gt=0, description="a trial's peak GPU memory; None: measured")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="one GPU's memory; None: read from the GPU")
+    reuse_actors: bool = Field(True, description="keep trial processes (and their imports) for the next trial")
 
     @field_validator("gpus_per_trial")
     @classmethod
-    def _gpus(cls, v: float) -> float:
+    def _gpus(cls, v: float | str) -> float | str:
+        if v == "auto":
+            return v
+        if v < 0:
+            raise ValueError(f"{v}: must be >= 0 (or auto)")
         if v > 1 and v != int(v):
             raise ValueError(f"{v}: more than one GPU per trial must be a whole number")
         return v
@@ -488,6 +510,11 @@ class Sweep:
         out = {k: self.domains.get(k, v) for k, v in full.items()
                if k.split(".")[0] in TRIAL_SECTIONS and k not in covered}
         return out | {k: self.domains[k] for k in grouped}
+
+    def fixed_config(self) -> dict[str, Any]:
+        """One trial's flat config with every searched key at its first value (benchmarks)."""
+        full = flatten(self.spec.model_dump(mode="json"))
+        return {k: v for k, v in full.items() if k.split(".")[0] in TRIAL_SECTIONS}
 
     @property
     def groups(self) -> dict[str, dict[str, dict[str, Any]]]:

@@ -65,8 +65,8 @@ def metric_mode(name: str) -> str:
 
 def is_metric(key: str) -> bool:
     """Reported metric keys are namespaced (``val/miou``, ``train/loss``, ``latency/p50_ms`` from a trial's latency
-    proxy); Tune's bookkeeping keys are not."""
-    return key.startswith(("val/", "train/", "latency/"))
+    proxy, ``perf/images_per_s`` from the speed levers); Tune's bookkeeping keys are not."""
+    return key.startswith(("val/", "train/", "latency/", "perf/"))
 
 
 @dataclass

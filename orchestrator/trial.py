@@ -97,72 +97,149 @@ class TuneReporter:
             tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Train one configuration. Raises on failure; the runner records the reason. ASHA stops arrive as SystemExit."""
-    import lightning.pytorch as L
-    from ray import tune
+@dataclass
+class TrialRun:
+    """One trial's built pieces, ready for ``trainer.fit(module, datamodule=datamodule)``."""
 
-    from models.complexity import complexity
+    cfg: TrialConfig
+    levers: Any
+    module: Any
+    datamodule: Any
+    trainer: Any
+    constants: dict[str, float]
+
+
+def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
+                groups: dict[str, dict[str, dict[str, Any]]] | None = None, state: dict[str, Any] | None = None
+                ) -> TrialRun:
+    """Model, loss, data, Lightning module and trainer of one configuration, with the speed levers resolved for the
+    device. ``state``: a checkpoint to continue from. Shared by ``run_trial`` and ``orchestrate bench-train``."""
+    import lightning.pytorch as L
+
     from models.losses import create_loss, enet_weights, loss_needs_class_weights
     from models.registry import create_model
     from orchestrator.lit import CachedData, SegmentationModule
+    from orchestrator.perf import resolve_levers
 
-    for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    cfg = TrialConfig.from_flat(config, ctx.groups)
-    trial_id = tune.get_context().get_trial_id()
-    trial_dir = Path(ctx.run_dir) / "trials" / trial_id
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    cfg = TrialConfig.from_flat(config, groups)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-
-    data = ctx.data
+    use_gpu = use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    levers = resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported())
+    if use_gpu:
+        torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
     model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
                          encoder_weights=cfg.model.encoder_weights, batchnorm=cfg.model.batchnorm)
-    info = complexity(model, tuple(cfg.data.size))
-    constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs}
-    if ctx.latency_proxy:
-        constants |= proxy_latency(model, ctx.latency_proxy, tuple(cfg.data.size), trial_dir)
+    info = model_complexity(model, cfg)
+    constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs,
+                 **levers.as_metrics()}
     class_weights = None
     if loss_needs_class_weights(cfg.loss.name):
         class_weights = enet_weights(data.pixel_counts, cfg.loss.enet_c)
     loss = create_loss(cfg.loss.name, data.task, data.ignore_index, weights=cfg.loss.weights,
                        class_weights=class_weights, alpha=cfg.loss.alpha, beta=cfg.loss.beta, gamma=cfg.loss.gamma,
                        smooth=cfg.loss.smooth)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    done = state["epoch"] if state else 0
+    if levers.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    aug = cfg.data.augment
+    sets = {} if cfg.data.cache else file_datasets(cfg, data)
+    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
+                            jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
+                            num_workers=0 if cfg.data.cache else cfg.data.workers, **sets)
+    module = SegmentationModule(
+        model, loss, data.classes, data.ignore_index, data.positive,
+        optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
+        epoch_offset=done, stage1_epochs=cfg.model.stage1_epochs, levers=levers, batch_size=cfg.trainer.batch_size,
+    )
+    module.resume_state = state
+    module.started = started
+    # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree
+    trainer = L.Trainer(
+        max_epochs=max(1, cfg.trainer.max_epochs - done), accelerator="gpu" if use_gpu else "cpu", devices=1,
+        benchmark=use_gpu, precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=cfg.trainer.limit_train_batches,
+    )
+    return TrialRun(cfg, levers, module, datamodule, trainer, constants)
 
-    state, best = None, None
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Train one configuration. Raises on failure; the runner records the reason. ASHA stops arrive as SystemExit."""
+    import time
+
+    from ray import tune
+
+    started = trial_origin()
+    for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(ctx.run_dir) / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        best = state["best"]
-    done = state["epoch"] if state else 0
-    remaining = cfg.trainer.max_epochs - done
-    if remaining <= 0:
+    if state is not None and state["epoch"] >= TrialConfig.from_flat(config, ctx.groups).trainer.max_epochs:
         return
+    run = build_trial(config, ctx.data, ctx.gpus_per_trial > 0, started, ctx.groups, state)
+    cfg, constants = run.cfg, run.constants
+    if ctx.latency_proxy:
+        constants |= proxy_latency(run.module.model, ctx.latency_proxy, tuple(cfg.data.size), trial_dir)
+    run.module.report = TuneReporter(
+        ctx, trial_dir, constants, state["best"] if state else None, last_epoch=cfg.trainer.max_epochs,
+        on_last_epoch=lambda module, epoch: save_visuals(module, run.datamodule, cfg, ctx.data, epoch, trial_dir),
+    )
+    try:
+        run.trainer.fit(run.module, datamodule=run.datamodule)
+    finally:
+        _PROCESS["last_end"] = time.time()
 
-    aug = cfg.data.augment
-    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
-                            jitter=aug.jitter, ignore_index=data.ignore_index)
-    reporter = TuneReporter(
-        ctx, trial_dir, constants, best, last_epoch=cfg.trainer.max_epochs,
-        on_last_epoch=lambda module, epoch: save_visuals(module, datamodule, cfg, data, epoch, trial_dir),
-    )
-    module = SegmentationModule(
-        model, loss, data.classes, data.ignore_index, data.positive,
-        optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
-        report=reporter, epoch_offset=done, stage1_epochs=cfg.model.stage1_epochs,
-    )
-    module.resume_state = state
-    use_gpu = cfg.trainer.accelerator != "cpu" and ctx.gpus_per_trial > 0 and torch.cuda.is_available()
-    trainer = L.Trainer(
-        max_epochs=remaining, accelerator="gpu" if use_gpu else "cpu", devices=1,
-        precision=cfg.trainer.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=cfg.trainer.limit_train_batches,
-    )
-    trainer.fit(module, datamodule=datamodule)
+
+_PROCESS: dict[str, float | None] = {"last_end": None}
+
+
+def trial_origin() -> float:
+    """When this trial started, as far as its process can tell: the previous trial's end in a reused actor, else the
+    process's own start (so that ``perf/startup_s`` includes spawning the actor and importing torch)."""
+    import time
+
+    if _PROCESS["last_end"] is not None:
+        return _PROCESS["last_end"]
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - psutil comes with Ray; without it the trial function's start counts
+        return time.time()
+
+
+_COMPLEXITY: dict[tuple, object] = {}
+
+
+def model_complexity(model, cfg: TrialConfig):
+    """Params, MB and GMACs, counted once per model and size in a process (a reused actor skips the count)."""
+    from models.complexity import complexity
+
+    key = (cfg.model.arch, cfg.model.encoder, cfg.model.batchnorm, tuple(cfg.data.size),
+           sum(p.numel() for p in model.parameters()))
+    if key not in _COMPLEXITY:
+        _COMPLEXITY[key] = complexity(model, tuple(cfg.data.size))
+    return _COMPLEXITY[key]
+
+
+def file_datasets(cfg: TrialConfig, data: PreparedData) -> dict[str, object]:
+    """``data.cache: false``: datasets that decode the files themselves, in the DataLoader workers."""
+    from orchestrator.data.files import FilePairs
+    from orchestrator.data.prepare import adapter_for, resolve_pairs
+
+    adapter = adapter_for(cfg.data)
+    train, val = resolve_pairs(cfg.data)
+    args = (adapter, tuple(cfg.data.size), cfg.data.resize, cfg.data.task)
+    return {"train_set": FilePairs(train, *args), "val_set": FilePairs(val, *args)}
 
 
 def proxy_latency(model, proxy: dict[str, Any], size: tuple[int, int], trial_dir: Path) -> dict[str, float]:
@@ -208,8 +285,8 @@ def save_visuals(module, datamodule, cfg: TrialConfig, data: PreparedData, epoch
     with torch.no_grad():
         for start in range(0, n, cfg.trainer.batch_size):
             chunk = slice(start, min(n, start + cfg.trainer.batch_size))
-            x, _ = datamodule.on_after_batch_transfer(
-                (torch.from_numpy(np.array(images[chunk])), torch.from_numpy(np.array(labels[chunk]))), 0)
+            x, _ = datamodule.prepare(
+                (torch.from_numpy(np.array(images[chunk])), torch.from_numpy(np.array(labels[chunk]))), augment=False)
             preds.append(predict(module(x.to(module.device)), module.binary).cpu().numpy().astype(np.uint8))
     module.train(was_training)
     preds = np.concatenate(preds)

@@ -66,6 +66,15 @@ def fit_to_size(image: np.ndarray, label: np.ndarray, size: tuple[int, int], mod
     return out_image, out_label
 
 
+def decode_item(adapter, pair: Pair, size: tuple[int, int], mode: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pair decoded, mapped to the task's labels and brought to the training size: what the cache stores and what
+    ``data.cache: false`` decodes per access."""
+    image, label = load_pair(adapter, pair)
+    if task == "binary":
+        label = to_binary(label, adapter.binary_foreground, adapter.ignore_index)
+    return fit_to_size(image, label, size, mode, adapter.ignore_index)
+
+
 def cache_key(dataset: str, version: int, pairs: list[Pair], size, mode: str, task: str) -> str:
     h = hashlib.sha1(json.dumps([CACHE_VERSION, dataset, version, list(size), mode, task]).encode())
     for pair in pairs:
@@ -104,10 +113,7 @@ def _decode_into(tmp: Path, adapter, pairs: list[Pair], size: tuple[int, int], m
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
     labels = open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, h, w))
     for i, pair in enumerate(pairs):
-        image, label = load_pair(adapter, pair)
-        if task == "binary":
-            label = to_binary(label, adapter.binary_foreground, adapter.ignore_index)
-        images[i], labels[i] = fit_to_size(image, label, size, mode, adapter.ignore_index)
+        images[i], labels[i] = decode_item(adapter, pair, size, mode, task)
     images.flush()
     labels.flush()
     del images, labels

@@ -1,0 +1,76 @@
+"""GPU checks behind issue 5's levers, printed as JSON lines (run on the GPU machine by gpu_train.sh):
+
+1. CUDA-graph capture per loss and optimizer: graphed, or the fallback reason;
+2. the same 6 steps eager and graphed from the same weights in fp32: loss difference;
+3. the driver's memory probe and the share it admits a small and a large trial with (4 per GPU asked).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+
+from models.losses import create_loss
+from models.registry import create_model
+from orchestrator.lit import SegmentationModule, normalise, to_model_input
+from orchestrator.perf import Levers, TrialResources
+
+device = torch.device("cuda")
+
+
+def steps(loss_name: str, optimizer: str, graphs: bool, precision: str = "bf16-mixed", model=None, n: int = 6,
+          binary: bool = False):
+    torch.manual_seed(0)
+    model = model or create_model("unet", "mobilenet_v2", classes=1 if binary else 7)
+    levers = Levers(precision, True, True, graphs, True)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    loss = create_loss(loss_name, "binary" if binary else "multiclass", 255).to(device)
+    module = SegmentationModule(model, loss, tuple("abcdefg") if not binary else ("bg", "fg"), 255,
+                                1 if binary else None, optim={"name": optimizer, "lr": 1e-3, "weight_decay": 0.0,
+                                                              "momentum": 0.9},
+                                schedule={"name": "constant"}, max_epochs=1, levers=levers, batch_size=8).to(device)
+    opt = module.build_optimizer(levers)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    losses = []
+    for _ in range(n):
+        images = torch.randint(0, 255, (8, 128, 160, 3), dtype=torch.uint8, generator=g).to(device)
+        labels = torch.randint(0, 2 if binary else 7, (8, 128, 160), generator=g).to(device)
+        losses.append(float(module.step(normalise(to_model_input(images), True), labels, opt)))
+    return module.step, losses
+
+
+for loss_name, binary in (("ce", False), ("weighted_ce_enet", False), ("dice", False), ("focal", False),
+                          ("tversky", False), ("lovasz", False), ("bce_dice", True)):
+    for optimizer in ("adam", "adamw", "sgd"):
+        if loss_name == "weighted_ce_enet":
+            continue  # needs class counts; same kernels as ce
+        try:
+            step, losses = steps(loss_name, optimizer, True, binary=binary)
+            print(json.dumps({"check": "capture", "loss": loss_name, "optimizer": optimizer,
+                              "graphed_replays": step.graphed, "fallback": step.fallback}), flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(json.dumps({"check": "capture", "loss": loss_name, "optimizer": optimizer,
+                              "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+
+base = create_model("unet", "mobilenet_v2", classes=7)
+_, eager = steps("ce", "adam", False, "32", copy.deepcopy(base))
+step, graphed = steps("ce", "adam", True, "32", copy.deepcopy(base))
+print(json.dumps({"check": "parity fp32 eager vs graphed (6 steps, same weights and batches)", "eager": eager,
+                  "graphed": graphed, "graphed_replays": step.graphed,
+                  "max_abs_diff": max(abs(a - b) for a, b in zip(eager, graphed))}), flush=True)
+
+for name, cfg in {
+    "unet-mobilenet_v2 224x320 b16": {"model.arch": "unet", "model.encoder": "mobilenet_v2", "data.size": [224, 320],
+                                      "trainer.batch_size": 16},
+    "unet-resnet50 1024x2048 b16": {"model.arch": "unet", "model.encoder": "resnet50", "data.size": [1024, 2048],
+                                    "trainer.batch_size": 16},
+}.items():
+    config = {"data.dataset": "synthetic", "data.root": "/tmp/segsweep-probe", "data.task": "multiclass", "loss.name": "ce", "optimizer.name": "adam", "optimizer.lr": 1e-3, **cfg}
+    planner = TrialResources(1, 0.25, True, sys.argv[1] if len(sys.argv) > 1 else "/tmp", data_classes=7)
+    share = planner.share(config)
+    peak, total = planner.estimate(config)
+    print(json.dumps({"check": "memory admission", "trial": name, "peak_gb": round(peak / 2**30, 2),
+                      "gpu_gb": round(total / 2**30, 1), "asked": 0.25, "admitted": share}), flush=True)

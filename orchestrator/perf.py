@@ -1,0 +1,293 @@
+"""Speed: which fast paths a trial takes (the levers), and how much of a GPU a trial may share.
+
+Every lever is on by default where it helps (a GPU) and can be turned off in the spec (``trainer.*``,
+``data.cache``, ``resources.*``); ``resolve_levers`` is the one place that decides.
+
+Packing: ``resources.gpus_per_trial: auto`` gives each trial ``1/trials_per_gpu`` of a GPU. Ray's GPU shares are
+logical (nothing isolates memory), so with ``resources.memory_aware`` the driver measures a trial's peak GPU memory
+before the trial is admitted (one short probe per distinct model/size/batch, in a child process) and raises its share
+to what fits: alone on a GPU if need be, instead of running packed trials out of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import SegsweepError
+
+MEMORY_FILE = "gpu_memory.json"
+HEADROOM = 0.15  # allocator fragmentation and cuDNN workspaces beyond the probe's peak
+CONTEXT_BYTES = 600 * 2**20  # a CUDA context where the per-process figure cannot be read
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The fast paths one trial takes (resolved for its device)."""
+
+    precision: str  # "32" | "bf16-mixed" | "16-mixed"
+    channels_last: bool
+    fused_optimizer: bool
+    cuda_graphs: bool
+    device_augment: bool
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"perf/bf16": float(self.precision == "bf16-mixed"), "perf/channels_last": float(self.channels_last),
+                "perf/fused_optimizer": float(self.fused_optimizer)}
+
+
+def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True) -> Levers:
+    """``trainer``: a TrainerSpec. On a CPU only the settings that help there stay on."""
+    precision = trainer.precision
+    if precision == "auto" or (precision == "16-mixed" and not on_gpu):
+        precision = "bf16-mixed" if on_gpu and bf16_supported else "32"
+    return Levers(
+        precision=precision,
+        channels_last=trainer.channels_last and on_gpu,
+        fused_optimizer=trainer.fused_optimizer and on_gpu,
+        # GradScaler's inf check reads the host every step: fp16 stays eager
+        cuda_graphs=trainer.cuda_graphs and on_gpu and precision != "16-mixed",
+        device_augment=trainer.device_augment,
+    )
+
+
+def gpus_per_trial(resources, cluster_gpus: float) -> float:
+    """``resources``: a ResourcesSpec; ``auto`` packs ``trials_per_gpu`` trials per GPU where there are GPUs."""
+    if resources.gpus_per_trial == "auto":
+        return round(1.0 / resources.trials_per_gpu, 4) if cluster_gpus > 0 else 0.0
+    return float(resources.gpus_per_trial)
+
+
+def gpu_share(peak_bytes: float, gpu_bytes: float, requested: float, headroom: float = HEADROOM) -> float:
+    """The GPU share a trial is admitted with: ``requested``, raised to ``1/k`` when fewer than ``1/requested``
+    copies of its peak memory (plus headroom) fit in one GPU, where ``k`` copies do fit; 1.0 (alone) when not even
+    two fit. Shares are rounded down to Ray's 1e-4 resolution so that ``k`` of them fit in 1.0."""
+    if requested <= 0 or requested >= 1:
+        return requested
+    need = peak_bytes * (1 + headroom) / gpu_bytes
+    fits = max(1, math.floor(1 / need)) if need > 0 else math.inf
+    if fits * requested >= 1 - 1e-9 or fits == math.inf:
+        return requested
+    return math.floor(10_000 / fits) / 10_000
+
+
+def memory_key(config: dict[str, Any]) -> str:
+    """What a trial's GPU memory depends on: model, size, batch, precision, the levers, optimizer and loss names."""
+    keep = ("model.", "data.size", "trainer.batch_size", "trainer.precision", "trainer.channels_last",
+            "trainer.cuda_graphs", "trainer.fused_optimizer", "optimizer.name", "loss.name", "data.task")
+    return json.dumps({k: v for k, v in sorted(config.items()) if k.startswith(keep)}, sort_keys=True, default=str)
+
+
+class TrialResources:
+    """Tune's resources callable (evaluated in the driver when a trial is created): CPUs and a GPU share per trial.
+
+    Picklable: it holds settings and a path; measured peaks are kept in ``RUN_DIR/gpu_memory.json`` so that a resumed
+    sweep does not probe again.
+    """
+
+    def __init__(self, cpus: float, gpus: float, memory_aware: bool, run_dir: str, groups: dict | None = None,
+                 trial_gpu_memory_gb: float | None = None, gpu_memory_gb: float | None = None,
+                 data_classes: int = 2) -> None:
+        self.cpus, self.gpus, self.memory_aware, self.run_dir = cpus, gpus, memory_aware, run_dir
+        self.groups, self.data_classes = groups or {}, data_classes
+        self.trial_gb, self.gpu_gb = trial_gpu_memory_gb, gpu_memory_gb
+
+    def share(self, config: dict[str, Any]) -> float:
+        if not (self.memory_aware and 0 < self.gpus < 1):
+            return self.gpus
+        peak, total = self.estimate(config)
+        share = gpu_share(peak, total, self.gpus)
+        if share != self.gpus:
+            print(f"[segsweep] a trial needs {peak / 2**30:.1f} GiB of a {total / 2**30:.0f} GiB GPU: admitted with "
+                  f"{share:g} GPU instead of {self.gpus:g}", file=sys.stderr, flush=True)
+        return share
+
+    def __call__(self, config: dict[str, Any]):
+        from ray.tune import PlacementGroupFactory
+
+        bundle = {"CPU": self.cpus}
+        share = self.share(config)
+        if share > 0:
+            bundle["GPU"] = share
+        return PlacementGroupFactory([bundle])
+
+    def estimate(self, config: dict[str, Any]) -> tuple[float, float]:
+        """(peak bytes of one trial, bytes of one GPU): stated in the spec, cached, or probed."""
+        if self.trial_gb is not None and self.gpu_gb is not None:
+            return self.trial_gb * 2**30, self.gpu_gb * 2**30
+        path = Path(self.run_dir) / MEMORY_FILE
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        key = memory_key(config)
+        if key not in known:
+            known[key] = probe_memory(config, self.groups, self.data_classes)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            tmp.replace(path)
+        peak, total = known[key]["peak_bytes"], known[key]["gpu_bytes"]
+        if self.trial_gb is not None:
+            peak = self.trial_gb * 2**30
+        if self.gpu_gb is not None:
+            total = self.gpu_gb * 2**30
+        return peak, total
+
+
+def probe_memory(config: dict[str, Any], groups: dict, classes: int) -> dict[str, float]:
+    """Peak GPU memory of a few training steps of ``config`` (graph capture included), measured in a child process
+    so that the driver holds no CUDA context."""
+    payload = json.dumps({"config": config, "groups": groups, "classes": classes}, default=str)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.perf"], input=payload, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SegsweepError(f"GPU memory probe failed ({last}); set resources.trial_gpu_memory_gb and "
+                            f"resources.gpu_memory_gb, or resources.memory_aware: false")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["probe_s"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _probe_main() -> None:
+    """Child side of ``probe_memory``: build the trial's model, run 4 steps on random data the trial's shape."""
+    import torch
+
+    from models.losses import create_loss
+    from models.registry import create_model
+    from orchestrator.lit import SegmentationModule, normalise, to_model_input
+    from orchestrator.trial import TrialConfig
+
+    request = json.loads(sys.stdin.read())
+    cfg = TrialConfig.from_flat(request["config"], request["groups"])
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device in the driver's process")
+    device = torch.device("cuda")
+    levers = resolve_levers(cfg.trainer, True, torch.cuda.is_bf16_supported())
+    binary = cfg.data.task == "binary"
+    classes = 1 if binary else request["classes"]
+    model = create_model(cfg.model.arch, cfg.model.encoder, classes=classes, encoder_weights=None,
+                         batchnorm=cfg.model.batchnorm)
+    if levers.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss = create_loss(cfg.loss.name if "weighted" not in cfg.loss.name else "ce", cfg.data.task, 255,
+                       weights=cfg.loss.weights).to(device)
+    module = SegmentationModule(model, loss, tuple(str(i) for i in range(max(2, classes))), 255, 1 if binary else None,
+                                optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=1,
+                                levers=levers, batch_size=cfg.trainer.batch_size).to(device)
+    optimizer = module.build_optimizer(levers)
+    step = module.step
+    n, (h, w) = cfg.trainer.batch_size, cfg.data.size
+    before = _process_bytes()
+    for _ in range(step.WARMUP + 2):
+        images = torch.randint(0, 255, (n, h, w, 3), dtype=torch.uint8, device=device)
+        labels = torch.randint(0, max(2, classes), (n, h, w), device=device)
+        x = to_model_input(images)
+        step(normalise(x, levers.channels_last), labels, optimizer)
+    torch.cuda.synchronize()
+    used = _process_bytes()
+    peak = torch.cuda.max_memory_reserved()
+    if used is not None:  # the whole process as the driver sees it: context + allocator peak
+        peak = max(used, peak + (before or 0))
+    else:
+        peak += CONTEXT_BYTES
+    total = torch.cuda.get_device_properties(device).total_memory
+    print(json.dumps({"peak_bytes": peak, "gpu_bytes": total, "graphs": step.graphed,
+                      "device": torch.cuda.get_device_name(device)}))
+
+
+def _process_bytes() -> int | None:
+    """This process's GPU memory as NVML reports it (context included), or None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(_nvml_index())
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory:
+                return int(proc.usedGpuMemory)
+    except Exception:
+        return None
+    return None
+
+
+def _nvml_index() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    first = visible.split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
+class GpuSampler:
+    """Samples every GPU's utilisation (NVML, else ``nvidia-smi``) and memory in a thread; ``busy`` is the mean
+    utilisation in [0, 1] over the samples. Without either tool it records nothing and says so."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.samples: list[list[float]] = []
+        self.memory: list[list[float]] = []
+        self.source = "none"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._read = self._reader()
+
+    def _reader(self):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.source = "nvml"
+            return lambda: ([pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles],
+                            [pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles])
+        except Exception:
+            pass
+        try:
+            subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        self.source = "nvidia-smi"
+
+        def read():
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
+            rows = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()]
+            return [r[0] for r in rows], [r[1] * 2**20 for r in rows]
+        return read
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            util, mem = self._read()
+            self.samples.append(util)
+            self.memory.append(mem)
+
+    def __enter__(self) -> GpuSampler:
+        if self._read is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def busy(self) -> list[float] | None:
+        """Mean utilisation per GPU in [0, 1]."""
+        if not self.samples:
+            return None
+        return [sum(s[i] for s in self.samples) / len(self.samples) / 100 for i in range(len(self.samples[0]))]
+
+    def peak_memory(self) -> list[float] | None:
+        if not self.memory:
+            return None
+        return [max(s[i] for s in self.memory) for i in range(len(self.memory[0]))]
+
+
+if __name__ == "__main__":
+    _probe_main()

@@ -1,0 +1,354 @@
+"""``orchestrate bench-train``: training throughput of the seeds' pipeline against segsweep's, in one run.
+
+Parts (all on the same synthetic data, written as JPEG images and PNG labels in the IDD-lite layout):
+
+- ``seeds``: what the seed projects do by hand: PIL decodes every JPEG/PNG in DataLoader workers every epoch, fp32,
+  a plain Lightning loop (automatic optimisation, torch's default Adam).
+- ``trial``: one segsweep trial's training as segsweep runs it (decode-once cache, the levers resolved for the
+  device), plus the same with each lever turned off in turn (``levers``).
+- ``sweep``: a whole sweep of N identical-shape trials (learning rates differ) through Ray Tune on every GPU of the
+  machine: aggregate images/s over the sweep's wall time, per-trial start-up, GPU memory per trial, GPU busy.
+- ``quality``: final ``val/miou`` of a trial with every lever against the plain fp32 eager trial, same seeds.
+
+Images/s of ``seeds`` and ``trial`` exclude the first epoch (cuDNN autotuning, graph capture, worker start-up);
+the sweep's figure includes everything a user waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PARTS = ("seeds", "trial", "levers", "sweep", "quality")
+LEVER_SWITCHES = {  # spec setting -> what turning it off means
+    "trainer.precision": "32",
+    "trainer.channels_last": False,
+    "trainer.fused_optimizer": False,
+    "trainer.cuda_graphs": False,
+    "trainer.device_augment": False,
+    "data.cache": False,
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    arch: str = "unet"
+    encoder: str = "mobilenet_v2"
+    size: tuple[int, int] = (224, 320)
+    batch: int = 16
+    images: int = 256  # training images; validation gets a quarter
+    epochs: int = 3
+    workers: int = 8  # DataLoader workers of the seeds' pipeline (and of data.cache: false)
+    trials: int = 8
+    sweep_epochs: int = 3
+    quality_epochs: int = 8
+    classes: int = 7
+    parts: tuple[str, ...] = ("seeds", "trial", "levers", "sweep", "quality")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "cpus": os.cpu_count(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    else:
+        info["gpus"] = []
+    return info
+
+
+def sweep_spec(s: BenchSettings, root: Path, overrides: dict[str, Any] | None = None, trials: int | None = None,
+               epochs: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The benchmark's sweep: identical-shape trials of one model; learning rates differ between trials."""
+    spec: dict[str, Any] = {
+        "name": "bench-train",
+        "data": {"dataset": "synthetic", "root": str(root), "size": list(s.size),
+                 "synthetic": {"train": s.images, "val": max(4, s.images // 4), "height": s.size[0],
+                               "width": s.size[1], "seed": 0},
+                 "augment": {"hflip": True}, "workers": s.workers},
+        "model": {"arch": s.arch, "encoder": s.encoder},
+        "loss": {"name": "ce"},
+        "optimizer": {"name": "adam", "lr": {"loguniform": [3e-4, 3e-3]}},
+        "schedule": {"name": "constant"},
+        "trainer": {"max_epochs": epochs or s.sweep_epochs, "batch_size": s.batch, "seed": seed, "log_images": 0,
+                    "best_worst": 0},
+        "search": {"algorithm": "random", "num_samples": trials or s.trials, "seed": seed,
+                   "scheduler": {"name": "none"}, "metric": "val/miou", "mode": "max"},
+        "resources": {"cpus_per_trial": 1},
+        "tracking": {"wandb": {"mode": "disabled"}},
+    }
+    for key, value in (overrides or {}).items():
+        node = spec
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return spec
+
+
+# ------------------------------------------------------------------------------------------------ the seeds' way
+def seeds_pipeline(s: BenchSettings, root: Path, device: str) -> dict[str, Any]:
+    """(a) PIL decoding in DataLoader workers, fp32, plain Lightning loop; images/s after the first epoch."""
+    import lightning.pytorch as L
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from models.registry import create_model
+    from orchestrator.data.adapters import create_adapter
+
+    pairs = create_adapter("idd_lite").pairs(root, "train")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    h, w = s.size
+
+    class Files(Dataset):  # the seeds' dataset: open, convert, resize, flip, to tensor, normalise, per item
+        def __len__(self) -> int:
+            return len(pairs)
+
+        def __getitem__(self, i: int):
+            image = Image.open(pairs[i].image).convert("RGB").resize((w, h), Image.BILINEAR)
+            label = Image.open(pairs[i].label).resize((w, h), Image.NEAREST)
+            if np.random.rand() < 0.5:
+                image, label = image.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
+            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+            return (x - mean) / std, torch.from_numpy(np.asarray(label, dtype=np.int64))
+
+    class Plain(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = create_model(s.arch, s.encoder, classes=s.classes, encoder_weights=None)
+            self.loss = torch.nn.CrossEntropyLoss(ignore_index=255)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return self.loss(self.model(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    timer = EpochTimer()
+    loader = DataLoader(Files(), batch_size=s.batch, shuffle=True, num_workers=s.workers,
+                        pin_memory=device == "cuda", persistent_workers=s.workers > 0)
+    trainer = L.Trainer(max_epochs=s.epochs, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+                        precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
+    trainer.fit(Plain(), loader)
+    return {"images_per_s": timer.images_per_s(len(pairs)), "epoch_s": timer.seconds, "workers": s.workers,
+            **_gpu_memory(device)}
+
+
+def _lightning_callback_base() -> type:
+    import lightning.pytorch as L
+
+    return L.Callback
+
+
+class EpochTimer(_lightning_callback_base()):
+    """Wall time of every training epoch, with the device synchronised at both ends."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    @staticmethod
+    def _sync() -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._sync()
+        self.seconds.append(time.perf_counter() - self._t0)
+
+    def images_per_s(self, images_per_epoch: int) -> float:
+        timed = self.seconds[1:] or self.seconds  # the first epoch warms up
+        return images_per_epoch * len(timed) / sum(timed)
+
+
+def _gpu_memory(device: str) -> dict[str, float]:
+    import torch
+
+    if device != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_reserved() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return {"gpu_peak_gb": round(peak, 2)}
+
+
+# ------------------------------------------------------------------------------------------------ segsweep's way
+def segsweep_trial(s: BenchSettings, root: Path, cache: Path, device: str, overrides: dict[str, Any] | None = None,
+                   epochs: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """(b) one trial's training exactly as a sweep runs it (``run_trial``'s pieces), without Ray."""
+    from orchestrator.data import prepare_data
+    from orchestrator.spec import build_sweep
+    from orchestrator.trial import build_trial
+
+    spec = sweep_spec(s, root, {"optimizer.lr": 1e-3, **(overrides or {})}, epochs=epochs or s.epochs, seed=seed)
+    sweep = build_sweep(spec, source="bench-train")
+    prepared = prepare_data(sweep.spec.data, cache)
+    config = sweep.fixed_config()
+    trial = build_trial(config, prepared, use_gpu=device == "cuda", started=time.time(), groups=sweep.groups)
+    timer = EpochTimer()
+    trial.trainer.callbacks.append(timer)
+    trial.trainer.fit(trial.module, datamodule=trial.datamodule)
+    last = trial.module.history[-1]
+    return {"images_per_s": timer.images_per_s(prepared.train.images), "epoch_s": timer.seconds,
+            "startup_s": round(trial.module.startup_s or 0, 2), "cuda_graphs": trial.module.step.graphed > 0,
+            "graph_fallback": trial.module.step.fallback, "val/miou": last.get("val/miou"),
+            "levers": trial.levers.__dict__, **_gpu_memory(device)}
+
+
+def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
+    """(c) N identical-shape trials through Ray Tune on the machine's GPUs; GPU use sampled throughout."""
+    from orchestrator.perf import GpuSampler
+    from orchestrator.runner import run_sweep
+    from orchestrator.spec import build_sweep
+    from orchestrator.store import Store
+
+    sweep = build_sweep(sweep_spec(s, root), source="bench-train")
+    run_dir = out / f"sweep-{time.strftime('%H%M%S')}"
+    t0 = time.perf_counter()
+    with GpuSampler() as sampler:
+        result = run_sweep(sweep, run_dir)
+    wall = time.perf_counter() - t0
+    store = Store.of_run(result.run_dir)
+    trials = store.trials(history=True)
+    meta = store.meta()
+    images = sum(h.get("perf/images_per_s", 0) * h.get("perf/epoch_s", 0) for t in trials for h in t.history)
+    startups = [t.history[0]["perf/startup_s"] for t in trials if t.history and "perf/startup_s" in t.history[0]]
+    peaks = [max(h.get("perf/gpu_peak_gb", 0) for h in t.history) for t in trials if t.history]
+    steady = [h["perf/images_per_s"] for t in trials for h in t.history[1:]]
+    memory_file = result.run_dir / "gpu_memory.json"
+    return {
+        "trials": len(trials), "completed": result.counts.get("completed", 0), "failed": result.counts.get("failed", 0),
+        "images": round(images), "fit_s": round(meta.get("fit_seconds", 0), 2), "wall_s": round(wall, 2),
+        "images_per_s": images / max(meta.get("fit_seconds", wall), 1e-9),
+        "per_trial_images_per_s": sum(steady) / len(steady) if steady else None,
+        "startup_s": {"min": min(startups), "max": max(startups), "mean": sum(startups) / len(startups)}
+        if startups else None,
+        "gpu_peak_gb_per_trial": max(peaks) if peaks else None,
+        "gpu_busy": sampler.busy(), "gpu_sampler": sampler.source,
+        "gpu_memory_probe": json.loads(memory_file.read_text()) if memory_file.is_file() else None,
+        "run_dir": str(result.run_dir),
+    }
+
+
+def cache_footprint(cache: Path) -> dict[str, Any]:
+    """Bytes of the decode-once cache against the decoded dataset (images HxWx3 + labels HxW, uint8)."""
+    import numpy as np
+
+    decoded = on_disk = 0
+    for labels in cache.glob("*/labels.npy"):
+        arr = np.load(labels, mmap_mode="r")
+        decoded += arr.size * 4  # 3 image bytes + 1 label byte per pixel
+        on_disk += labels.stat().st_size + (labels.parent / "images.npy").stat().st_size
+    return {"decoded_mb": round(decoded / 2**20, 1), "cache_mb": round(on_disk / 2**20, 1),
+            "ratio": round(on_disk / decoded, 3) if decoded else None,
+            "note": "memory-mapped read-only: every trial of a node shares the same page-cache pages"}
+
+
+def run_bench(s: BenchSettings, out: Path) -> dict[str, Any]:
+    import logging
+
+    import torch
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from orchestrator.data.synthetic import generate_synthetic
+
+    from orchestrator.spec import build_sweep
+
+    root = out / "data"
+    build_sweep(sweep_spec(s, root), source="bench-train")  # a bad model name or size fails here, before any work
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out.mkdir(parents=True, exist_ok=True)
+    generate_synthetic(root, s.images, max(4, s.images // 4), s.size[0], s.size[1])
+    cache = out / "cache"
+    result: dict[str, Any] = {"settings": {**s.__dict__, "size": list(s.size), "parts": list(s.parts)},
+                              "machine": machine(), "device": device}
+    if "seeds" in s.parts:
+        result["seeds"] = seeds_pipeline(s, root, device)
+    if "trial" in s.parts or "levers" in s.parts:
+        result["trial"] = segsweep_trial(s, root, cache, device)
+        result["cache"] = cache_footprint(cache)
+    if "levers" in s.parts:
+        result["levers_off"] = {key: segsweep_trial(s, root, cache, device, {key: off})
+                                for key, off in LEVER_SWITCHES.items()}
+    if "sweep" in s.parts:
+        result["sweep"] = segsweep_sweep(s, root, out)
+    if "quality" in s.parts:
+        plain = {key: off for key, off in LEVER_SWITCHES.items() if key != "data.cache"}
+        result["quality"] = {
+            f"{name}_seed{seed}": segsweep_trial(s, root, cache, device, overrides, s.quality_epochs, seed)["val/miou"]
+            for seed in (0, 1) for name, overrides in (("fast", {}), ("plain_fp32_eager", plain))
+        }
+    seeds = result.get("seeds", {}).get("images_per_s")
+    for part in ("trial", "sweep"):
+        if seeds and part in result:
+            result[part]["x_seeds"] = result[part]["images_per_s"] / seeds
+    (out / "bench_train.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench_train.md").write_text(markdown(result))
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    lines = [f"Training throughput, {s['arch']}-{s['encoder']} at {s['size'][0]}x{s['size'][1]}, batch {s['batch']}, "
+             f"{s['images']} training images, on {', '.join(r['machine']['gpus']) or 'CPU'} "
+             f"(torch {r['machine']['torch']}, {r['machine']['cpus']} CPUs)", "",
+             "| pipeline | images/s | x seeds | notes |", "| --- | ---: | ---: | --- |"]
+    seeds = r.get("seeds", {}).get("images_per_s")
+
+    def row(name: str, ips: float | None, note: str) -> None:
+        if ips is None:
+            return
+        ratio = f"{ips / seeds:.2f}" if seeds else ""
+        lines.append(f"| {name} | {ips:,.0f} | {ratio} | {note} |")
+
+    if "seeds" in r:
+        row("seeds: PIL in DataLoader workers, fp32, plain Lightning", seeds,
+            f"{r['seeds']['workers']} workers" + (f", {r['seeds']['gpu_peak_gb']} GB" if "gpu_peak_gb" in r["seeds"]
+                                                  else ""))
+    if "trial" in r:
+        t = r["trial"]
+        on = [k for k, v in t["levers"].items() if v not in (False, "32")]
+        row("segsweep: one trial", t["images_per_s"],
+            f"levers: {', '.join(on) or 'none'}; graphs {'on' if t['cuda_graphs'] else 'off'}"
+            + (f"; {t['gpu_peak_gb']} GB" if "gpu_peak_gb" in t else ""))
+    for key, t in r.get("levers_off", {}).items():
+        row(f"segsweep: one trial, {key} off", t["images_per_s"], f"{t['images_per_s'] / r['trial']['images_per_s']:.2f}x of all on")
+    if "sweep" in r:
+        w = r["sweep"]
+        busy = ", ".join(f"{b:.0%}" for b in w["gpu_busy"]) if w.get("gpu_busy") else "not sampled"
+        start = w.get("startup_s") or {}
+        row(f"segsweep: sweep of {w['trials']} trials (aggregate over the sweep's wall time)", w["images_per_s"],
+            f"start-up {start.get('min', 0):.1f}-{start.get('max', 0):.1f} s; GPU busy {busy}; "
+            f"peak {w.get('gpu_peak_gb_per_trial') or 0:.2f} GB per trial")
+    if "cache" in r:
+        c = r["cache"]
+        lines += ["", f"Decode-once cache: {c['cache_mb']} MB for {c['decoded_mb']} MB of decoded pixels "
+                      f"(ratio {c['ratio']}), {c['note']}."]
+    if "quality" in r:
+        lines += ["", "Final val/miou: " + ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items() if v is not None)]
+    return "\n".join(lines) + "\n"
+
+
+def bench_train(settings: BenchSettings, out: Path | None = None) -> dict[str, Any]:
+    if out is not None:
+        return run_bench(settings, out)
+    with tempfile.TemporaryDirectory(prefix="segsweep-bench-") as d:
+        return run_bench(settings, Path(d))
