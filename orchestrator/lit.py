@@ -53,7 +53,8 @@ class ArrayPairs(Dataset):
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: tuple[float, float] | None = None,
-                  jitter: float = 0.0, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+                  jitter: float = 0.0, ignore_index: int = 255, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, scale + crop and colour jitter of a batch, on its device, one draw per sample.
 
     ``x``: float images in [0, 1], Nx3xHxW; ``y``: long labels NxHxW. Geometry is applied identically to both
@@ -62,14 +63,14 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: t
     """
     n = x.shape[0]
     if hflip:
-        flip = torch.rand(n, device=x.device) < 0.5
+        flip = torch.rand(n, device=x.device, generator=generator) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
     if scale is not None and scale != (1.0, 1.0):
         lo, hi = scale
-        s = lo + (hi - lo) * torch.rand(n, device=x.device)
+        s = lo + (hi - lo) * torch.rand(n, device=x.device, generator=generator)
         inv = 1.0 / s  # the crop window's size relative to the frame
-        shift = (1.0 - inv).abs().unsqueeze(1) * (2 * torch.rand(n, 2, device=x.device) - 1)
+        shift = (1.0 - inv).abs().unsqueeze(1) * (2 * torch.rand(n, 2, device=x.device, generator=generator) - 1)
         theta = torch.zeros(n, 2, 3, device=x.device)
         theta[:, 0, 0], theta[:, 1, 1] = inv, inv
         theta[:, :, 2] = shift
@@ -80,7 +81,7 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: t
                               align_corners=False)[:, 0].long()
         y = torch.where(moved == 0, ignore_index, moved - 1)
     if jitter > 0:
-        factors = 1 + jitter * (2 * torch.rand(3, n, 1, 1, 1, device=x.device) - 1)
+        factors = 1 + jitter * (2 * torch.rand(3, n, 1, 1, 1, device=x.device, generator=generator) - 1)
         x = x * factors[0]  # brightness
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = (x - gray.mean((2, 3), keepdim=True)) * factors[1] + gray.mean((2, 3), keepdim=True)  # contrast
@@ -129,8 +130,15 @@ class CachedData(L.LightningDataModule):
         if augment is None:
             augment = self.trainer is not None and self.trainer.training
         if augment:
-            x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index)
+            x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index, self.generator(x.device))
         return normalise(x, self.levers.channels_last), y
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """Augmentation's own random stream, seeded from the trial's seed: independent of the model's draws and of
+        the default generator that CUDA-graph capture registers."""
+        if getattr(self, "_generator", None) is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(torch.initial_seed())
+        return self._generator
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return batch if self.levers.device_augment else self.prepare(batch)
@@ -207,7 +215,10 @@ class TrainStep:
                 self.capture(x, y, optimizer)
             except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
                 self.use_graphs, self.graph = False, None
-                self.fallback = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:200]
+                root = e
+                while root.__context__ is not None:  # the first error inside the capture, not capture_end's
+                    root = root.__context__
+                self.fallback = f"{type(root).__name__}: {(str(root).splitlines() or [''])[0]}"[:200]
                 log.warning("CUDA graph capture failed, training eagerly: %s", self.fallback)
                 torch.cuda.synchronize()
                 return self.eager(x, y, optimizer)
@@ -227,7 +238,8 @@ class TrainStep:
         try:
             for g, t in zip(groups, self.lr, strict=True):
                 g["lr"] = t  # captured by address; schedules keep stepping the float
-            with torch.cuda.graph(graph):
+            # cuDNN's autotuner must not search inside a capture: the algorithms chosen in warm-up are reused
+            with torch.backends.cudnn.flags(enabled=True, benchmark=False), torch.cuda.graph(graph):
                 loss = self.loss(self.static_x, self.static_y)
                 loss.backward()
                 optimizer.step()

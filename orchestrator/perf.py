@@ -44,8 +44,9 @@ class Levers:
                 "perf/fused_optimizer": float(self.fused_optimizer)}
 
 
-def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True) -> Levers:
-    """``trainer``: a TrainerSpec. On a CPU only the settings that help there stay on."""
+def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True, graph_safe_loss: bool = True) -> Levers:
+    """``trainer``: a TrainerSpec. On a CPU only the settings that help there stay on. A loss that cannot be
+    captured (data-dependent shapes: focal, lovasz) keeps the step eager rather than failing a capture."""
     precision = trainer.precision
     if precision == "auto" or (precision == "16-mixed" and not on_gpu):
         precision = "bf16-mixed" if on_gpu and bf16_supported else "32"
@@ -54,7 +55,7 @@ def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True) -> Levers
         channels_last=trainer.channels_last and on_gpu,
         fused_optimizer=trainer.fused_optimizer and on_gpu,
         # GradScaler's inf check reads the host every step: fp16 stays eager
-        cuda_graphs=trainer.cuda_graphs and on_gpu and precision != "16-mixed",
+        cuda_graphs=trainer.cuda_graphs and on_gpu and precision != "16-mixed" and graph_safe_loss,
         device_augment=trainer.device_augment,
     )
 
@@ -159,7 +160,7 @@ def _probe_main() -> None:
     """Child side of ``probe_memory``: build the trial's model, run 4 steps on random data the trial's shape."""
     import torch
 
-    from models.losses import create_loss
+    from models.losses import create_loss, loss_graph_safe
     from models.registry import create_model
     from orchestrator.lit import SegmentationModule, normalise, to_model_input
     from orchestrator.trial import TrialConfig
@@ -169,7 +170,7 @@ def _probe_main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device in the driver's process")
     device = torch.device("cuda")
-    levers = resolve_levers(cfg.trainer, True, torch.cuda.is_bf16_supported())
+    levers = resolve_levers(cfg.trainer, True, torch.cuda.is_bf16_supported(), loss_graph_safe(cfg.loss.name))
     binary = cfg.data.task == "binary"
     classes = 1 if binary else request["classes"]
     model = create_model(cfg.model.arch, cfg.model.encoder, classes=classes, encoder_weights=None,

@@ -269,7 +269,6 @@ def run_bench(s: BenchSettings, out: Path) -> dict[str, Any]:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from orchestrator.data.synthetic import generate_synthetic
-
     from orchestrator.spec import build_sweep
 
     root = out / "data"

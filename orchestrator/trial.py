@@ -116,7 +116,7 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     device. ``state``: a checkpoint to continue from. Shared by ``run_trial`` and ``orchestrate bench-train``."""
     import lightning.pytorch as L
 
-    from models.losses import create_loss, enet_weights, loss_needs_class_weights
+    from models.losses import create_loss, enet_weights, loss_graph_safe, loss_needs_class_weights
     from models.registry import create_model
     from orchestrator.lit import CachedData, SegmentationModule
     from orchestrator.perf import resolve_levers
@@ -124,7 +124,8 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     cfg = TrialConfig.from_flat(config, groups)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     use_gpu = use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
-    levers = resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported())
+    levers = resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported(),
+                            graph_safe_loss=loss_graph_safe(cfg.loss.name))
     if use_gpu:
         torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
     model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
