@@ -238,8 +238,8 @@ class TrainStep:
         try:
             for g, t in zip(groups, self.lr, strict=True):
                 g["lr"] = t  # captured by address; schedules keep stepping the float
-            # cuDNN's autotuner must not search inside a capture: the algorithms chosen in warm-up are reused
-            with torch.backends.cudnn.flags(enabled=True, benchmark=False), torch.cuda.graph(graph):
+            # thread_local: the DataLoader's pin-memory thread may allocate while this thread captures
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 loss = self.loss(self.static_x, self.static_y)
                 loss.backward()
                 optimizer.step()

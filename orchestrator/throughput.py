@@ -279,28 +279,38 @@ def run_bench(s: BenchSettings, out: Path) -> dict[str, Any]:
     cache = out / "cache"
     result: dict[str, Any] = {"settings": {**s.__dict__, "size": list(s.size), "parts": list(s.parts)},
                               "machine": machine(), "device": device}
+
+    def save() -> None:  # after every part, so that a later failure keeps what was measured
+        seeds = result.get("seeds", {}).get("images_per_s")
+        for part in ("trial", "sweep"):
+            if seeds and part in result:
+                result[part]["x_seeds"] = result[part]["images_per_s"] / seeds
+        (out / "bench_train.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / "bench_train.md").write_text(markdown(result))
+
     if "seeds" in s.parts:
         result["seeds"] = seeds_pipeline(s, root, device)
+        save()
     if "trial" in s.parts or "levers" in s.parts:
         result["trial"] = segsweep_trial(s, root, cache, device)
         result["cache"] = cache_footprint(cache)
+        save()
     if "levers" in s.parts:
-        result["levers_off"] = {key: segsweep_trial(s, root, cache, device, {key: off})
-                                for key, off in LEVER_SWITCHES.items()}
+        result["levers_off"] = {}
+        for key, off in LEVER_SWITCHES.items():
+            result["levers_off"][key] = segsweep_trial(s, root, cache, device, {key: off})
+            save()
     if "sweep" in s.parts:
         result["sweep"] = segsweep_sweep(s, root, out)
+        save()
     if "quality" in s.parts:
         plain = {key: off for key, off in LEVER_SWITCHES.items() if key != "data.cache"}
-        result["quality"] = {
-            f"{name}_seed{seed}": segsweep_trial(s, root, cache, device, overrides, s.quality_epochs, seed)["val/miou"]
-            for seed in (0, 1) for name, overrides in (("fast", {}), ("plain_fp32_eager", plain))
-        }
-    seeds = result.get("seeds", {}).get("images_per_s")
-    for part in ("trial", "sweep"):
-        if seeds and part in result:
-            result[part]["x_seeds"] = result[part]["images_per_s"] / seeds
-    (out / "bench_train.json").write_text(json.dumps(result, indent=1, default=str))
-    (out / "bench_train.md").write_text(markdown(result))
+        result["quality"] = {}
+        for seed in (0, 1):
+            for name, overrides in (("fast", {}), ("plain_fp32_eager", plain)):
+                trial = segsweep_trial(s, root, cache, device, overrides, s.quality_epochs, seed)
+                result["quality"][f"{name}_seed{seed}"] = trial["val/miou"]
+                save()
     return result
 
 

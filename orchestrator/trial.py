@@ -156,10 +156,12 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     )
     module.resume_state = state
     module.started = started
-    # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree
+    # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
+    # cuDNN autotuning only without graphs: a capture must find the very plans its warm-up built (measured on an H200:
+    # autotuned warm-up, then capture -> CUDNN_STATUS_INTERNAL_ERROR)
     trainer = L.Trainer(
         max_epochs=max(1, cfg.trainer.max_epochs - done), accelerator="gpu" if use_gpu else "cpu", devices=1,
-        benchmark=use_gpu, precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        benchmark=use_gpu and not levers.cuda_graphs, precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=cfg.trainer.limit_train_batches,
     )
     return TrialRun(cfg, levers, module, datamodule, trainer, constants)
