@@ -90,6 +90,22 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: t
     return x, y
 
 
+class BatchNumbers(Dataset):
+    """(split, batch number, batch size) triples: what a device-resident split's loader yields."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, split: str) -> None:
+        self.n, self.batch_size, self.split = n, batch_size, split
+        self.batches = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, i: int) -> tuple[str, int, int]:
+        if not 0 <= i < self.batches:
+            raise IndexError(i)
+        return self.split, i, min(self.batch_size, self.n - i * self.batch_size)
+
+
 class CachedData(L.LightningDataModule):
     """Batches of uint8 from the cache; conversion, augmentation and normalisation happen on the device after
     transfer (augmentation in training only)."""
@@ -97,30 +113,57 @@ class CachedData(L.LightningDataModule):
     def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True,
                  scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
                  ignore_index: int = 255, levers: Levers = CPU_LEVERS, train_set: Dataset | None = None,
-                 val_set: Dataset | None = None) -> None:
+                 val_set: Dataset | None = None, resident: bool = False) -> None:
         super().__init__()
         self.train_dir, self.val_dir = train_dir, val_dir
         self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
         self.hflip, self.scale, self.jitter = hflip, scale, jitter
         self.levers = levers
         self.given = (train_set, val_set)
+        self.resident = resident and train_set is None
+        self.on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         train, val = self.given
         # the decode-once cache, or (data.cache: false) datasets that decode files in the workers
         self.train_set = train if train is not None else ArrayPairs(self.train_dir)
         self.val_set = val if val is not None else ArrayPairs(self.val_dir)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.resident:
+            # data.device_cache: the uint8 splits live on the GPU; a batch is one gather, no host work, no copy
+            self.on_device = {name: tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in
+                                          (split.images, split.labels))
+                              for name, split in (("train", self.train_set), ("val", self.val_set))}
+
+    def _drop_last(self, n: int) -> bool:
+        # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
+        return n % self.batch_size == 1 and n > 1
 
     def train_dataloader(self) -> DataLoader:
         n = len(self.train_set)
-        # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
+        if self.on_device:  # batch numbers; the batches themselves are gathered on the device
+            return DataLoader(BatchNumbers(n, self.batch_size, self._drop_last(n), "train"), batch_size=None)
+        pin = self.num_workers > 0 or (self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          drop_last=n % self.batch_size == 1 and n > 1, pin_memory=self.num_workers > 0,
-                          persistent_workers=self.num_workers > 0)
+                          drop_last=self._drop_last(n), pin_memory=pin, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
+        if self.on_device:
+            return DataLoader(BatchNumbers(len(self.val_set), self.batch_size, False, "val"), batch_size=None)
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+    def gather(self, batch: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of the device-resident split: a random permutation per training epoch, drawn on the device."""
+        split, number, n = batch
+        images, labels = self.on_device[split]
+        if split == "val":
+            index = slice(number * self.batch_size, (number + 1) * self.batch_size)
+            return images[index], labels[index]
+        if number == 0:
+            self._perm = torch.randperm(len(labels), device=labels.device, generator=self.generator(labels.device))
+        index = self._perm[number * self.batch_size:number * self.batch_size + n]
+        return images[index], labels[index]
 
     def prepare(self, batch: Any, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> normalised float input and long labels, where the batch is; augmented when ``augment``
@@ -141,10 +184,12 @@ class CachedData(L.LightningDataModule):
         return self._generator
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch if self.levers.device_augment else self.prepare(batch)
+        return batch if self.levers.device_augment or self.on_device else self.prepare(batch)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.prepare(batch) if self.levers.device_augment else batch
+        if self.on_device:
+            batch = self.gather(batch)
+        return self.prepare(batch) if self.levers.device_augment or self.on_device else batch
 
 
 class TrainStep:

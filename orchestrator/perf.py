@@ -96,8 +96,10 @@ class TrialResources:
 
     def __init__(self, cpus: float, gpus: float, memory_aware: bool, run_dir: str, groups: dict | None = None,
                  trial_gpu_memory_gb: float | None = None, gpu_memory_gb: float | None = None,
-                 data_classes: int = 2) -> None:
+                 data_classes: int = 2, extra_bytes: int = 0) -> None:
+        """``extra_bytes``: GPU memory a trial holds beyond its training step (its device-resident data)."""
         self.cpus, self.gpus, self.memory_aware, self.run_dir = cpus, gpus, memory_aware, run_dir
+        self.extra_bytes = extra_bytes
         self.groups, self.data_classes = groups or {}, data_classes
         self.trial_gb, self.gpu_gb = trial_gpu_memory_gb, gpu_memory_gb
 
@@ -123,7 +125,7 @@ class TrialResources:
     def estimate(self, config: dict[str, Any]) -> tuple[float, float]:
         """(peak bytes of one trial, bytes of one GPU): stated in the spec, cached, or probed."""
         if self.trial_gb is not None and self.gpu_gb is not None:
-            return self.trial_gb * 2**30, self.gpu_gb * 2**30
+            return self.trial_gb * 2**30 + self.extra_bytes, self.gpu_gb * 2**30
         path = Path(self.run_dir) / MEMORY_FILE
         known = json.loads(path.read_text()) if path.is_file() else {}
         key = memory_key(config)
@@ -137,7 +139,7 @@ class TrialResources:
             peak = self.trial_gb * 2**30
         if self.gpu_gb is not None:
             total = self.gpu_gb * 2**30
-        return peak, total
+        return peak + self.extra_bytes, total
 
 
 def probe_memory(config: dict[str, Any], groups: dict, classes: int) -> dict[str, float]:

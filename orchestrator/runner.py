@@ -197,8 +197,11 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
 
     spec = sweep.spec
     res = spec.resources
+    data_bytes = context.data.cache_bytes()
+    resident = spec.data.on_device(data_bytes)  # the trials' splits then count towards their GPU memory
     resources = TrialResources(res.cpus_per_trial, context.gpus_per_trial, res.memory_aware, str(run_dir),
-                               sweep.groups, res.trial_gpu_memory_gb, res.gpu_memory_gb, len(context.data.classes))
+                               sweep.groups, res.trial_gpu_memory_gb, res.gpu_memory_gb, len(context.data.classes),
+                               extra_bytes=data_bytes if resident else 0)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources)
     if restore:
         return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False,

@@ -85,6 +85,16 @@ class DataSpec(Strict):
     cache: bool = Field(True, description="decode once per sweep into a shared uint8 cache; false: every trial "
                                           "decodes the files in DataLoader workers, every epoch")
     workers: int = Field(4, ge=0, description="DataLoader workers per trial when cache is false")
+    device_cache: bool | Literal["auto"] = Field(
+        "auto", description="keep the uint8 cache on the trial's GPU (batches gathered there, no host work); "
+                            "auto: when train + val take at most device_cache_max_gb")
+    device_cache_max_gb: float = Field(2.0, gt=0)
+
+    def on_device(self, cache_bytes: int) -> bool:
+        """Whether a GPU trial keeps the decoded splits (``cache_bytes`` in all) on its GPU."""
+        if not self.cache or self.device_cache is False:
+            return False
+        return self.device_cache is True or cache_bytes <= self.device_cache_max_gb * 2**30
 
     @field_validator("dataset")
     @classmethod

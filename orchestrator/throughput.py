@@ -33,6 +33,7 @@ LEVER_SWITCHES = {  # spec setting -> what turning it off means
     "trainer.cuda_graphs": False,
     "trainer.device_augment": False,
     "data.cache": False,
+    "data.device_cache": False,
 }
 
 
@@ -304,7 +305,7 @@ def run_bench(s: BenchSettings, out: Path) -> dict[str, Any]:
         result["sweep"] = segsweep_sweep(s, root, out)
         save()
     if "quality" in s.parts:
-        plain = {key: off for key, off in LEVER_SWITCHES.items() if key != "data.cache"}
+        plain = {key: off for key, off in LEVER_SWITCHES.items() if not key.startswith("data.")}
         result["quality"] = {}
         for seed in (0, 1):
             for name, overrides in (("fast", {}), ("plain_fp32_eager", plain)):

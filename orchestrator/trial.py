@@ -148,7 +148,8 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     sets = {} if cfg.data.cache else file_datasets(cfg, data)
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
                             jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
-                            num_workers=0 if cfg.data.cache else cfg.data.workers, **sets)
+                            num_workers=0 if cfg.data.cache else cfg.data.workers,
+                            resident=device_resident(cfg, data, use_gpu, levers), **sets)
     module = SegmentationModule(
         model, loss, data.classes, data.ignore_index, data.positive,
         optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
@@ -232,6 +233,12 @@ def model_complexity(model, cfg: TrialConfig):
     if key not in _COMPLEXITY:
         _COMPLEXITY[key] = complexity(model, tuple(cfg.data.size))
     return _COMPLEXITY[key]
+
+
+def device_resident(cfg: TrialConfig, data: PreparedData, use_gpu: bool, levers) -> bool:
+    """``data.device_cache``: the decoded splits on the GPU (auto: when small enough); needs the cache and
+    augmentation on the device."""
+    return use_gpu and levers.device_augment and cfg.data.on_device(data.cache_bytes())
 
 
 def file_datasets(cfg: TrialConfig, data: PreparedData) -> dict[str, object]:

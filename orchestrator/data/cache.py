@@ -46,6 +46,11 @@ class PreparedData:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def cache_bytes(self) -> int:
+        """uint8 bytes of both decoded splits (3 image bytes and 1 label byte per pixel)."""
+        h, w = np.load(Path(self.train.path) / "labels.npy", mmap_mode="r").shape[1:]
+        return (self.train.images + self.val.images) * h * w * 4
+
 
 def fit_to_size(image: np.ndarray, label: np.ndarray, size: tuple[int, int], mode: str, ignore_index: int):
     """``resize``: straight to HxW (bilinear image, nearest label). ``pad``: shrink to fit if larger (keeping the
