@@ -240,8 +240,11 @@ def bench_train(
     parts: Annotated[str, typer.Option(help="comma-separated: seeds, trial, levers, sweep, quality")] = "seeds,trial,sweep",
     out: Annotated[Path, typer.Option(help="where data, cache, runs and bench_train.{json,md} go")] = Path("bench-train"),
     format: Annotated[str, typer.Option("--format", help="md | json")] = "md",
+    set_: SetOption = None,
 ) -> None:
-    """Training throughput: the seeds' pipeline, one segsweep trial (and each lever off), a whole sweep."""
+    """Training throughput: the seeds' pipeline, one segsweep trial (and each lever off), a whole sweep.
+    ``--set KEY=VALUE`` changes the sweep part's spec (e.g. resources.trials_per_gpu=2)."""
+    from orchestrator.spec import parse_override
     from orchestrator.throughput import PARTS, BenchSettings, markdown, run_bench
 
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
@@ -252,7 +255,8 @@ def bench_train(
         raise SegsweepError(f"--format {format}: md or json")
     settings = BenchSettings(arch=arch, encoder=encoder, size=_hw(size, "--size"), batch=batch, images=images,
                              epochs=epochs, workers=workers, trials=trials, sweep_epochs=sweep_epochs,
-                             quality_epochs=quality_epochs, parts=chosen)
+                             quality_epochs=quality_epochs, parts=chosen,
+                             sweep_set=tuple(parse_override(text) for text in set_ or ()))
     result = run_bench(settings, out)
     typer.echo(json.dumps(result, indent=1, default=str) if format == "json" else markdown(result))
 

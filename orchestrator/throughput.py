@@ -51,6 +51,7 @@ class BenchSettings:
     quality_epochs: int = 8
     classes: int = 7
     parts: tuple[str, ...] = ("seeds", "trial", "levers", "sweep", "quality")
+    sweep_set: tuple[tuple[str, Any], ...] = ()  # spec overrides for the sweep part (e.g. resources.trials_per_gpu)
 
 
 def machine() -> dict[str, Any]:
@@ -220,7 +221,7 @@ def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
     from orchestrator.spec import build_sweep
     from orchestrator.store import Store
 
-    sweep = build_sweep(sweep_spec(s, root), source="bench-train")
+    sweep = build_sweep(sweep_spec(s, root, dict(s.sweep_set)), source="bench-train")
     run_dir = out / f"sweep-{time.strftime('%H%M%S')}"
     t0 = time.perf_counter()
     with GpuSampler() as sampler:
@@ -273,12 +274,13 @@ def run_bench(s: BenchSettings, out: Path) -> dict[str, Any]:
     from orchestrator.spec import build_sweep
 
     root = out / "data"
-    build_sweep(sweep_spec(s, root), source="bench-train")  # a bad model name or size fails here, before any work
+    build_sweep(sweep_spec(s, root, dict(s.sweep_set)), source="bench-train")  # bad names fail here, before any work
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out.mkdir(parents=True, exist_ok=True)
     generate_synthetic(root, s.images, max(4, s.images // 4), s.size[0], s.size[1])
     cache = out / "cache"
-    result: dict[str, Any] = {"settings": {**s.__dict__, "size": list(s.size), "parts": list(s.parts)},
+    result: dict[str, Any] = {"settings": {**s.__dict__, "size": list(s.size), "parts": list(s.parts),
+                                           "sweep_set": dict(s.sweep_set)},
                               "machine": machine(), "device": device}
 
     def save() -> None:  # after every part, so that a later failure keeps what was measured
@@ -345,7 +347,8 @@ def markdown(r: dict[str, Any]) -> str:
         w = r["sweep"]
         busy = ", ".join(f"{b:.0%}" for b in w["gpu_busy"]) if w.get("gpu_busy") else "not sampled"
         start = w.get("startup_s") or {}
-        row(f"segsweep: sweep of {w['trials']} trials (aggregate over the sweep's wall time)", w["images_per_s"],
+        extra = "".join(f", {k}={v}" for k, v in s.get("sweep_set", {}).items())
+        row(f"segsweep: sweep of {w['trials']} trials{extra} (aggregate over the sweep's wall time)", w["images_per_s"],
             f"start-up {start.get('min', 0):.1f}-{start.get('max', 0):.1f} s; GPU busy {busy}; "
             f"peak {w.get('gpu_peak_gb_per_trial') or 0:.2f} GB per trial")
     if "cache" in r:
