@@ -131,7 +131,7 @@ class CachedData(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.resident:
             # data.device_cache: the uint8 splits live on the GPU; a batch is one gather, no host work, no copy
-            self.on_device = {name: tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in
+            self.on_device = {name: tuple(torch.from_numpy(np.array(a)).to(device) for a in
                                           (split.images, split.labels))
                               for name, split in (("train", self.train_set), ("val", self.val_set))}
 

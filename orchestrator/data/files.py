@@ -23,4 +23,4 @@ class FilePairs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = decode_item(self.adapter, self.pairs[i], self.size, self.resize, self.task)
-        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(label))
+        return torch.from_numpy(np.array(image)), torch.from_numpy(np.array(label))

@@ -1,0 +1,225 @@
+"""Issue 5's levers and GPU packing: every lever on by default and switchable off, the admission arithmetic by hand,
+the device-resident and file-decoding data paths against the cache, admission through a real Ray cluster with a
+logical GPU, and ``orchestrate bench-train`` on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.losses import loss_graph_safe
+from orchestrator.perf import TrialResources, gpu_share, gpus_per_trial, memory_key, resolve_levers
+from orchestrator.spec import DataSpec, ResourcesSpec, TrainerSpec, build_sweep
+
+GiB = 2**30
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_lever_is_on_by_default_on_a_gpu():
+    levers = resolve_levers(TrainerSpec(), on_gpu=True, bf16_supported=True)
+    assert (levers.precision, levers.channels_last, levers.fused_optimizer, levers.cuda_graphs,
+            levers.device_augment) == ("bf16-mixed", True, True, True, True)
+    data, resources = DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32]), ResourcesSpec()
+    assert data.cache and data.device_cache == "auto" and data.on_device(GiB)
+    assert resources.gpus_per_trial == "auto" and resources.memory_aware and resources.reuse_actors
+
+
+@pytest.mark.parametrize("setting, field", [
+    ({"precision": "32"}, "precision"), ({"channels_last": False}, "channels_last"),
+    ({"fused_optimizer": False}, "fused_optimizer"), ({"cuda_graphs": False}, "cuda_graphs"),
+    ({"device_augment": False}, "device_augment"),
+])
+def test_each_trainer_lever_can_be_turned_off(setting, field):
+    on = resolve_levers(TrainerSpec(), on_gpu=True)
+    off = resolve_levers(TrainerSpec(**setting), on_gpu=True)
+    assert getattr(off, field) in (False, "32") and getattr(on, field) not in (False, "32")
+    others = [f for f in ("channels_last", "fused_optimizer", "device_augment") if f != field]
+    assert all(getattr(off, f) for f in others)  # turning one off leaves the rest alone
+
+
+def test_data_and_resource_levers_can_be_turned_off():
+    spec = DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32], cache=False)
+    assert not spec.on_device(1)  # no cache, nothing to keep on the device
+    assert not DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32], device_cache=False).on_device(1)
+    auto = DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32], device_cache_max_gb=1)
+    assert auto.on_device(GiB) and not auto.on_device(GiB + 1)
+    off = ResourcesSpec(memory_aware=False, reuse_actors=False, gpus_per_trial=0.25)
+    assert TrialResources(1, 0.25, off.memory_aware, "/nonexistent", trial_gpu_memory_gb=70,
+                          gpu_memory_gb=80).share({}) == 0.25
+
+
+def test_levers_on_a_cpu_and_where_they_cannot_apply():
+    cpu = resolve_levers(TrainerSpec(), on_gpu=False)
+    assert (cpu.precision, cpu.channels_last, cpu.fused_optimizer, cpu.cuda_graphs) == ("32", False, False, False)
+    assert resolve_levers(TrainerSpec(precision="16-mixed"), on_gpu=False).precision == "32"
+    assert not resolve_levers(TrainerSpec(precision="16-mixed"), on_gpu=True).cuda_graphs  # GradScaler reads the host
+    assert resolve_levers(TrainerSpec(), on_gpu=True, bf16_supported=False).precision == "32"
+    # losses that select pixels by boolean indexing failed capture on an H100: they stay eager
+    assert not loss_graph_safe("focal") and not loss_graph_safe("ce+lovasz")
+    assert loss_graph_safe("bce_dice") and loss_graph_safe("tversky")
+    assert not resolve_levers(TrainerSpec(), on_gpu=True, graph_safe_loss=False).cuda_graphs
+
+
+def test_gpus_per_trial_auto_packs_where_there_are_gpus():
+    assert gpus_per_trial(ResourcesSpec(), cluster_gpus=2) == 0.25
+    assert gpus_per_trial(ResourcesSpec(trials_per_gpu=3), cluster_gpus=1) == 0.3333
+    assert gpus_per_trial(ResourcesSpec(), cluster_gpus=0) == 0.0
+    assert gpus_per_trial(ResourcesSpec(gpus_per_trial=0.5), cluster_gpus=0) == 0.5
+
+
+def test_gpu_share_by_hand():
+    # 10 GiB * 1.15 = 11.5 of 80 -> 6 fit, more than the 4 asked for: the request stands
+    assert gpu_share(10 * GiB, 80 * GiB, 0.25) == 0.25
+    # 30 GiB * 1.15 = 34.5 of 80 -> 2 fit: half a GPU each
+    assert gpu_share(30 * GiB, 80 * GiB, 0.25) == 0.5
+    # 25 GiB * 1.15 = 28.75 of 100 -> 3 fit: a third, rounded down so that three fit in 1.0
+    assert gpu_share(25 * GiB, 100 * GiB, 0.25) == 0.3333
+    # 60 GiB * 1.15 = 69 of 80 -> alone; more than the GPU -> alone too (it may still fail, as a trial)
+    assert gpu_share(60 * GiB, 80 * GiB, 0.25) == 1.0 and gpu_share(90 * GiB, 80 * GiB, 0.25) == 1.0
+    assert gpu_share(60 * GiB, 80 * GiB, 0.0) == 0.0 and gpu_share(60 * GiB, 80 * GiB, 2.0) == 2.0
+
+
+def test_memory_key_ignores_what_memory_does_not_depend_on():
+    a = {"model.arch": "unet", "trainer.batch_size": 8, "optimizer.lr": 1e-3, "data.size": [64, 64]}
+    assert memory_key(a) == memory_key({**a, "optimizer.lr": 3e-4})
+    assert memory_key(a) != memory_key({**a, "trainer.batch_size": 16})
+
+
+def test_trial_resources_admit_a_large_trial_alone(tmp_path):
+    planner = TrialResources(2, 0.25, True, str(tmp_path), trial_gpu_memory_gb=30, gpu_memory_gb=40)
+    bundle = planner({"model.arch": "unet"}).bundles[0]
+    assert bundle == {"CPU": 2, "GPU": 1.0}
+    small = TrialResources(2, 0.25, True, str(tmp_path), trial_gpu_memory_gb=5, gpu_memory_gb=40)
+    assert small({}).bundles[0]["GPU"] == 0.25
+    # device-resident data counts: 5 GiB of step + 9 GiB of data no longer fit four times
+    resident = TrialResources(2, 0.25, True, str(tmp_path), trial_gpu_memory_gb=5, gpu_memory_gb=40,
+                              extra_bytes=9 * GiB)
+    assert resident({}).bundles[0]["GPU"] == 0.5
+    assert TrialResources(1, 0.0, True, str(tmp_path))({}).bundles[0] == {"CPU": 1}
+
+
+def test_memory_probe_without_cuda_says_what_to_set(tmp_path):
+    from orchestrator.errors import SegsweepError
+
+    if torch.cuda.is_available():
+        pytest.skip("the probe measures on a real GPU here")
+    planner = TrialResources(1, 0.25, True, str(tmp_path))
+    config = build_sweep({"name": "p", "data": {"dataset": "synthetic", "root": str(tmp_path / "d"), "size": [32, 32]},
+                          "model": {"arch": "unet", "encoder": "resnet18"}, "loss": {"name": "ce"}}).fixed_config()
+    with pytest.raises(SegsweepError, match="resources.trial_gpu_memory_gb"):
+        planner.estimate(config)
+
+
+def test_device_resident_batches_match_the_cache(synthetic_root, tmp_path):
+    """The device-resident path (here on the CPU device) yields the cached pixels, each training image once per
+    epoch, in a permutation drawn from the trial's seed."""
+    import lightning.pytorch as L
+
+    from orchestrator.data import prepare_data
+    from orchestrator.lit import CachedData
+
+    spec = DataSpec(dataset="synthetic", root=str(synthetic_root), size=[32, 64], resize="resize",
+                    synthetic={"train": 8, "val": 4, "height": 40, "width": 72, "seed": 1})
+    data = prepare_data(spec, tmp_path / "cache")
+    dm = CachedData(data.train.path, data.val.path, batch_size=3, resident=True)
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False)
+    dm.setup()
+    seen = []
+    for number in dm.train_dataloader():
+        images, labels = dm.gather(number)
+        assert images.dtype == torch.uint8 and images.shape[1:] == (32, 64, 3)
+        seen += [int(np.flatnonzero((dm.train_set.labels.reshape(8, -1) == labels[i].reshape(1, -1).numpy())
+                                    .all(1))[0]) for i in range(len(labels))]
+    assert sorted(seen) == list(range(8))  # a permutation: every image once
+    val = [dm.gather(number) for number in dm.val_dataloader()]
+    assert torch.equal(torch.cat([v[0] for v in val]), torch.from_numpy(np.array(dm.val_set.images)))
+
+
+def test_file_decoding_matches_the_decode_once_cache(synthetic_root, tmp_path):
+    from orchestrator.data import prepare_data
+    from orchestrator.data.files import FilePairs
+    from orchestrator.data.prepare import adapter_for, resolve_pairs
+
+    spec = DataSpec(dataset="synthetic", root=str(synthetic_root), size=[32, 64], resize="resize",
+                    synthetic={"train": 8, "val": 4, "height": 40, "width": 72, "seed": 1})
+    data = prepare_data(spec, tmp_path / "cache")
+    train, _ = resolve_pairs(spec)
+    files = FilePairs(train, adapter_for(spec), (32, 64), "resize", "multiclass")
+    cached = np.load(Path(data.train.path) / "images.npy"), np.load(Path(data.train.path) / "labels.npy")
+    for i in (0, 5):
+        image, label = files[i]
+        assert np.array_equal(image.numpy(), cached[0][i]) and np.array_equal(label.numpy(), cached[1][i])
+
+
+def test_host_augmentation_switch_moves_the_work_before_transfer(synthetic_root, tmp_path):
+    from orchestrator.data import prepare_data
+    from orchestrator.lit import CPU_LEVERS, CachedData
+
+    spec = DataSpec(dataset="synthetic", root=str(synthetic_root), size=[32, 64], resize="resize",
+                    synthetic={"train": 8, "val": 4, "height": 40, "width": 72, "seed": 1})
+    data = prepare_data(spec, tmp_path / "cache")
+    batch = (torch.zeros(2, 32, 64, 3, dtype=torch.uint8), torch.zeros(2, 32, 64, dtype=torch.uint8))
+    host = CachedData(data.train.path, data.val.path, 2, levers=CPU_LEVERS.__class__(
+        **{**CPU_LEVERS.__dict__, "device_augment": False}))
+    x, y = host.on_before_batch_transfer(batch, 0)
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 32, 64) and host.on_after_batch_transfer((x, y), 0)[0] is x
+    device = CachedData(data.train.path, data.val.path, 2)
+    assert device.on_before_batch_transfer(batch, 0) is batch
+    assert device.on_after_batch_transfer(batch, 0)[0].shape == (2, 3, 32, 64)
+
+
+def test_a_trial_that_would_not_fit_beside_others_runs_alone(synthetic_root, tmp_path):
+    """A real local Ray cluster with one logical GPU: gpus_per_trial 0.25 asked, 30 of 40 GiB per trial stated, so
+    each trial is admitted with the whole GPU: never two at once (the trials themselves train on the CPU here)."""
+    from tests.conftest import tiny_spec
+
+    spec = tiny_spec(synthetic_root, resources={"cpus_per_trial": 1, "gpus_per_trial": 0.25,
+                                                "trial_gpu_memory_gb": 30, "gpu_memory_gb": 40})
+    spec["trainer"] = {"max_epochs": 1, "batch_size": 4, "log_images": 0, "best_worst": 0}
+    spec["tracking"] = {"wandb": {"mode": "disabled"}}
+    spec["optimizer"] = {"name": "adam", "lr": {"choice": [0.003, 0.001]}}
+    script = textwrap.dedent(f"""
+        import json, ray
+        from orchestrator.runner import run_sweep
+        from orchestrator.spec import build_sweep
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+        result = run_sweep(build_sweep(json.loads({json.dumps(json.dumps(spec))})), {str(tmp_path / "run")!r})
+        print("COUNTS", json.dumps(result.counts))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=400,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.split("COUNTS", 1)[1])
+    assert counts["completed"] == 2
+    assert "admitted with 1 GPU instead of 0.25" in done.stderr
+    running = [int(line.rsplit(" running", 1)[0].rsplit(" ", 1)[1]) for line in done.stderr.splitlines()
+               if line.startswith("[segsweep]") and " running" in line]
+    assert running and max(running) == 1
+
+
+def test_bench_train_on_cpu(ray_session, tmp_path):
+    """``orchestrate bench-train`` with tiny settings: every part runs and the figures are consistent."""
+    from orchestrator.throughput import BenchSettings, run_bench
+
+    s = BenchSettings(size=(32, 64), batch=4, images=12, epochs=2, workers=0, trials=2, sweep_epochs=1,
+                      quality_epochs=1, parts=("seeds", "trial", "sweep"))
+    result = run_bench(s, tmp_path)
+    assert result["seeds"]["images_per_s"] > 0 and result["trial"]["images_per_s"] > 0
+    assert result["trial"]["x_seeds"] == pytest.approx(result["trial"]["images_per_s"] / result["seeds"]["images_per_s"])
+    sweep = result["sweep"]
+    assert sweep["trials"] == sweep["completed"] == 2 and sweep["images"] == 2 * 12
+    assert sweep["images_per_s"] == pytest.approx(sweep["images"] / sweep["fit_s"], rel=0.01)
+    assert sweep["startup_s"]["min"] > 0
+    assert result["cache"]["ratio"] == pytest.approx(1.0, abs=0.01)
+    saved = json.loads((tmp_path / "bench_train.json").read_text())
+    assert saved["trial"]["levers"]["device_augment"] is True
+    table = (tmp_path / "bench_train.md").read_text()
+    assert "| seeds: PIL in DataLoader workers" in table and "sweep of 2 trials" in table
