@@ -10,13 +10,16 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 
 import torch
 
 from models.losses import create_loss
 from models.registry import create_model
+from orchestrator.data import prepare_data
 from orchestrator.lit import SegmentationModule, normalise, to_model_input
 from orchestrator.perf import Levers, TrialResources
+from orchestrator.spec import DataSpec
 
 device = torch.device("cuda")
 
@@ -32,7 +35,7 @@ def steps(loss_name: str, optimizer: str, graphs: bool, precision: str = "bf16-m
                                 1 if binary else None, optim={"name": optimizer, "lr": 1e-3, "weight_decay": 0.0,
                                                               "momentum": 0.9},
                                 schedule={"name": "constant"}, max_epochs=1, levers=levers, batch_size=8).to(device)
-    opt = module.build_optimizer(levers)
+    opt = module.build_optimizer()
     g = torch.Generator(device="cpu").manual_seed(1)
     losses = []
     for _ in range(n):
@@ -68,8 +71,12 @@ for name, cfg in {
     "unet-resnet50 1024x2048 b16": {"model.arch": "unet", "model.encoder": "resnet50", "data.size": [1024, 2048],
                                     "trainer.batch_size": 16},
 }.items():
-    config = {"data.dataset": "synthetic", "data.root": "/tmp/segsweep-probe", "data.task": "multiclass", "loss.name": "ce", "optimizer.name": "adam", "optimizer.lr": 1e-3, **cfg}
-    planner = TrialResources(1, 0.25, True, sys.argv[1] if len(sys.argv) > 1 else "/tmp", data_classes=7)
+    config = {"data.dataset": "synthetic", "data.root": "/tmp/segsweep-probe", "data.task": "multiclass",
+              "loss.name": "ce", "optimizer.name": "adam", "optimizer.lr": 1e-3, **cfg}
+    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp"
+    data = prepare_data(DataSpec(dataset="synthetic", root="/tmp/segsweep-probe", size=[32, 32],
+                                 synthetic={"train": 4, "val": 2, "height": 32, "width": 32}), Path(out) / "cache")
+    planner = TrialResources(1, 0.25, True, out, data=data)
     share = planner.share(config)
     peak, total = planner.estimate(config)
     print(json.dumps({"check": "memory admission", "trial": name, "peak_gb": round(peak / 2**30, 2),

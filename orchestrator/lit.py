@@ -123,13 +123,18 @@ class CachedData(L.LightningDataModule):
         self.resident = resident and train_set is None
         self.on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @property
+    def on_host(self) -> bool:
+        """Conversion and augmentation before transfer: only for host batches with trainer.device_augment off."""
+        return not (self.levers.device_augment or self.on_device)
+
     def setup(self, stage: str | None = None) -> None:
         train, val = self.given
         # the decode-once cache, or (data.cache: false) datasets that decode files in the workers
         self.train_set = train if train is not None else ArrayPairs(self.train_dir)
         self.val_set = val if val is not None else ArrayPairs(self.val_dir)
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.resident:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             # data.device_cache: the uint8 splits live on the GPU; a batch is one gather, no host work, no copy
             self.on_device = {name: tuple(torch.from_numpy(np.array(a)).to(device) for a in
                                           (split.images, split.labels))
@@ -184,12 +189,12 @@ class CachedData(L.LightningDataModule):
         return self._generator
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch if self.levers.device_augment or self.on_device else self.prepare(batch)
+        return self.prepare(batch) if self.on_host else batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_device:
             batch = self.gather(batch)
-        return self.prepare(batch) if self.levers.device_augment or self.on_device else batch
+        return batch if self.on_host else self.prepare(batch)
 
 
 class TrainStep:
@@ -424,12 +429,12 @@ class SegmentationModule(L.LightningModule):
         if self.report is not None:
             self.report(metrics, self)
 
-    def build_optimizer(self, levers: Levers) -> torch.optim.Optimizer:
-        return create_optimizer(params=self.model.parameters(), fused=levers.fused_optimizer,
-                                capturable=levers.cuda_graphs, **self.optim)
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return create_optimizer(params=self.model.parameters(), fused=self.levers.fused_optimizer,
+                                capturable=self.levers.cuda_graphs, **self.optim)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.build_optimizer(self.levers)
+        optimizer = self.build_optimizer()
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
         scheduler = create_schedule(
             optimizer=optimizer, steps_per_epoch=steps_per_epoch, max_epochs=self.max_epochs,

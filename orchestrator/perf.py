@@ -96,11 +96,12 @@ class TrialResources:
 
     def __init__(self, cpus: float, gpus: float, memory_aware: bool, run_dir: str, groups: dict | None = None,
                  trial_gpu_memory_gb: float | None = None, gpu_memory_gb: float | None = None,
-                 data_classes: int = 2, extra_bytes: int = 0) -> None:
-        """``extra_bytes``: GPU memory a trial holds beyond its training step (its device-resident data)."""
+                 data=None, extra_bytes: int = 0) -> None:
+        """``data``: the sweep's PreparedData (what the probe trains on); ``extra_bytes``: GPU memory a trial holds
+        beyond its training step (its device-resident data)."""
         self.cpus, self.gpus, self.memory_aware, self.run_dir = cpus, gpus, memory_aware, run_dir
         self.extra_bytes = extra_bytes
-        self.groups, self.data_classes = groups or {}, data_classes
+        self.groups, self.data = groups or {}, data
         self.trial_gb, self.gpu_gb = trial_gpu_memory_gb, gpu_memory_gb
 
     def share(self, config: dict[str, Any]) -> float:
@@ -130,7 +131,7 @@ class TrialResources:
         known = json.loads(path.read_text()) if path.is_file() else {}
         key = memory_key(config)
         if key not in known:
-            known[key] = probe_memory(config, self.groups, self.data_classes)
+            known[key] = probe_memory(config, self.groups, self.data)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(known, indent=1))
             tmp.replace(path)
@@ -142,10 +143,10 @@ class TrialResources:
         return peak + self.extra_bytes, total
 
 
-def probe_memory(config: dict[str, Any], groups: dict, classes: int) -> dict[str, float]:
-    """Peak GPU memory of a few training steps of ``config`` (graph capture included), measured in a child process
-    so that the driver holds no CUDA context."""
-    payload = json.dumps({"config": config, "groups": groups, "classes": classes}, default=str)
+def probe_memory(config: dict[str, Any], groups: dict, data) -> dict[str, float]:
+    """Peak GPU memory of a few training steps of ``config`` on ``data`` (a PreparedData; graph capture included),
+    measured in a child process so that the driver holds no CUDA context."""
+    payload = json.dumps({"config": config, "groups": groups, "data": data.to_json()}, default=str)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "orchestrator.perf"], input=payload, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -159,38 +160,28 @@ def probe_memory(config: dict[str, Any], groups: dict, classes: int) -> dict[str
 
 
 def _probe_main() -> None:
-    """Child side of ``probe_memory``: build the trial's model, run 4 steps on random data the trial's shape."""
+    """Child side of ``probe_memory``: the trial's own module (``build_module``), 5 steps on random data of its shape,
+    graph capture included."""
     import torch
 
-    from models.losses import create_loss, loss_graph_safe
-    from models.registry import create_model
-    from orchestrator.lit import SegmentationModule, normalise, to_model_input
-    from orchestrator.trial import TrialConfig
+    from orchestrator.data.cache import PreparedData
+    from orchestrator.lit import normalise, to_model_input
+    from orchestrator.trial import TrialConfig, build_module
 
     request = json.loads(sys.stdin.read())
     cfg = TrialConfig.from_flat(request["config"], request["groups"])
+    data = PreparedData.from_json(request["data"])
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device in the driver's process")
     device = torch.device("cuda")
-    levers = resolve_levers(cfg.trainer, True, torch.cuda.is_bf16_supported(), loss_graph_safe(cfg.loss.name))
-    binary = cfg.data.task == "binary"
-    classes = 1 if binary else request["classes"]
-    model = create_model(cfg.model.arch, cfg.model.encoder, classes=classes, encoder_weights=None,
-                         batchnorm=cfg.model.batchnorm)
-    if levers.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss = create_loss(cfg.loss.name if "weighted" not in cfg.loss.name else "ce", cfg.data.task, 255,
-                       weights=cfg.loss.weights).to(device)
-    module = SegmentationModule(model, loss, tuple(str(i) for i in range(max(2, classes))), 255, 1 if binary else None,
-                                optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=1,
-                                levers=levers, batch_size=cfg.trainer.batch_size).to(device)
-    optimizer = module.build_optimizer(levers)
-    step = module.step
+    module = build_module(cfg, data, use_gpu=True).to(device)
+    levers, step, optimizer = module.levers, module.step, module.build_optimizer()
+    classes = max(2, len(data.classes))
     n, (h, w) = cfg.trainer.batch_size, cfg.data.size
     before = _process_bytes()
     for _ in range(step.WARMUP + 2):
         images = torch.randint(0, 255, (n, h, w, 3), dtype=torch.uint8, device=device)
-        labels = torch.randint(0, max(2, classes), (n, h, w), device=device)
+        labels = torch.randint(0, classes, (n, h, w), device=device)
         x = to_model_input(images)
         step(normalise(x, levers.channels_last), labels, optimizer)
     torch.cuda.synchronize()

@@ -190,18 +190,12 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from orchestrator.perf import TrialResources
     from orchestrator.space import to_tune_space
     from orchestrator.tracking import WandbCallback
     from orchestrator.trial import run_trial
 
     spec = sweep.spec
-    res = spec.resources
-    data_bytes = context.data.cache_bytes()
-    resident = spec.data.on_device(data_bytes)  # the trials' splits then count towards their GPU memory
-    resources = TrialResources(res.cpus_per_trial, context.gpus_per_trial, res.memory_aware, str(run_dir),
-                               sweep.groups, res.trial_gpu_memory_gb, res.gpu_memory_gb, len(context.data.classes),
-                               extra_bytes=data_bytes if resident else 0)
+    resources = trial_resources(sweep, run_dir, context)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources)
     if restore:
         return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False,
@@ -251,6 +245,18 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
     )
 
 
+def trial_resources(sweep: Sweep, run_dir: Path, context):
+    """Tune's resources callable for the sweep's trials (CPUs and a memory-checked GPU share)."""
+    from orchestrator.perf import TrialResources
+
+    res = sweep.spec.resources
+    data_bytes = context.data.cache_bytes()
+    resident = sweep.spec.data.on_device(data_bytes)  # the trials' splits then count towards their GPU memory
+    return TrialResources(res.cpus_per_trial, context.gpus_per_trial, res.memory_aware, str(run_dir), sweep.groups,
+                          res.trial_gpu_memory_gb, res.gpu_memory_gb, context.data,
+                          extra_bytes=data_bytes if resident else 0)
+
+
 def _context(sweep: Sweep, run_dir: Path, prepared):
     from orchestrator.perf import gpus_per_trial
     from orchestrator.trial import TrialContext
@@ -291,7 +297,14 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None =
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
           f"val {prepared.val.images} images (native {h}x{w})", file=sys.stderr, flush=True)
     init_ray(address, spec)
-    tuner = build_tuner(sweep, run_dir, _context(sweep, run_dir, prepared), total)
+    context = _context(sweep, run_dir, prepared)
+    try:
+        # GPU memory is probed (and cached) before Tune starts, so that a probe that cannot run fails here
+        trial_resources(sweep, run_dir, context).share(sweep.fixed_config())
+    except SegsweepError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # no trial ran: leave no half-made run behind
+        raise
+    tuner = build_tuner(sweep, run_dir, context, total)
     return _fit(tuner, run_dir, sweep)
 
 

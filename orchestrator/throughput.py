@@ -342,7 +342,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"levers: {', '.join(on) or 'none'}; graphs {'on' if t['cuda_graphs'] else 'off'}"
             + (f"; {t['gpu_peak_gb']} GB" if "gpu_peak_gb" in t else ""))
     for key, t in r.get("levers_off", {}).items():
-        row(f"segsweep: one trial, {key} off", t["images_per_s"], f"{t['images_per_s'] / r['trial']['images_per_s']:.2f}x of all on")
+        ratio = t["images_per_s"] / r["trial"]["images_per_s"]
+        row(f"segsweep: one trial, {key} off", t["images_per_s"], f"{ratio:.2f}x of all on")
     if "sweep" in r:
         w = r["sweep"]
         busy = ", ".join(f"{b:.0%}" for b in w["gpu_busy"]) if w.get("gpu_busy") else "not sampled"

@@ -25,7 +25,6 @@ from orchestrator.spec import (
     expand_groups,
     unflatten,
 )
-from orchestrator.tracking import EXAMPLES_FILE
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "loss": LossSpec, "optimizer": OptimizerSpec,
             "schedule": ScheduleSpec, "trainer": TrainerSpec}
@@ -109,30 +108,18 @@ class TrialRun:
     constants: dict[str, float]
 
 
-def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
-                groups: dict[str, dict[str, dict[str, Any]]] | None = None, state: dict[str, Any] | None = None
-                ) -> TrialRun:
-    """Model, loss, data, Lightning module and trainer of one configuration, with the speed levers resolved for the
-    device. ``state``: a checkpoint to continue from. Shared by ``run_trial`` and ``orchestrate bench-train``."""
-    import lightning.pytorch as L
-
+def build_module(cfg: TrialConfig, data: PreparedData, use_gpu: bool, state: dict[str, Any] | None = None):
+    """The Lightning module of one configuration (model, loss, optimiser settings), its levers resolved for the
+    device. Shared by ``build_trial`` and the driver's GPU-memory probe, so that the probe measures what trains."""
     from models.losses import create_loss, enet_weights, loss_graph_safe, loss_needs_class_weights
     from models.registry import create_model
-    from orchestrator.lit import CachedData, SegmentationModule
+    from orchestrator.lit import SegmentationModule
     from orchestrator.perf import resolve_levers
 
-    cfg = TrialConfig.from_flat(config, groups)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    use_gpu = use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
     levers = resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported(),
                             graph_safe_loss=loss_graph_safe(cfg.loss.name))
-    if use_gpu:
-        torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
     model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
                          encoder_weights=cfg.model.encoder_weights, batchnorm=cfg.model.batchnorm)
-    info = model_complexity(model, cfg)
-    constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs,
-                 **levers.as_metrics()}
     class_weights = None
     if loss_needs_class_weights(cfg.loss.name):
         class_weights = enet_weights(data.pixel_counts, cfg.loss.enet_c)
@@ -141,20 +128,42 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
                        smooth=cfg.loss.smooth)
     if state is not None:
         model.load_state_dict(state["model"])
-    done = state["epoch"] if state else 0
     if levers.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return SegmentationModule(
+        model, loss, data.classes, data.ignore_index, data.positive,
+        optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
+        epoch_offset=state["epoch"] if state else 0, stage1_epochs=cfg.model.stage1_epochs, levers=levers,
+        batch_size=cfg.trainer.batch_size,
+    )
+
+
+def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
+                groups: dict[str, dict[str, dict[str, Any]]] | None = None, state: dict[str, Any] | None = None
+                ) -> TrialRun:
+    """Model, loss, data, Lightning module and trainer of one configuration, with the speed levers resolved for the
+    device. ``state``: a checkpoint to continue from. Shared by ``run_trial`` and ``orchestrate bench-train``."""
+    import lightning.pytorch as L
+
+    from orchestrator.lit import CachedData
+
+    cfg = TrialConfig.from_flat(config, groups)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    use_gpu = use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    if use_gpu:
+        torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
+    module = build_module(cfg, data, use_gpu, state)
+    levers = module.levers
+    info = model_complexity(module.model, cfg)
+    constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs,
+                 **levers.as_metrics()}
+    done = state["epoch"] if state else 0
     aug = cfg.data.augment
     sets = {} if cfg.data.cache else file_datasets(cfg, data)
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
                             jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
                             num_workers=0 if cfg.data.cache else cfg.data.workers,
                             resident=device_resident(cfg, data, use_gpu, levers), **sets)
-    module = SegmentationModule(
-        model, loss, data.classes, data.ignore_index, data.positive,
-        optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
-        epoch_offset=done, stage1_epochs=cfg.model.stage1_epochs, levers=levers, batch_size=cfg.trainer.batch_size,
-    )
     module.resume_state = state
     module.started = started
     # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
@@ -282,6 +291,7 @@ def save_visuals(module, datamodule, cfg: TrialConfig, data: PreparedData, epoch
     """At the end of a full trial: the first ``log_images`` validation images with their masks (for W&B), and the
     ``best_worst`` best and worst validation images by per-image mIoU as image | truth | prediction panels."""
     from orchestrator.lit import predict
+    from orchestrator.tracking import EXAMPLES_FILE  # imports Ray: only where a trial saves its visuals
     from orchestrator.visuals import rank_images, save_panels
 
     count = max(cfg.trainer.log_images, 1 if cfg.trainer.best_worst else 0)

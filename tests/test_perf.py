@@ -106,12 +106,16 @@ def test_trial_resources_admit_a_large_trial_alone(tmp_path):
     assert TrialResources(1, 0.0, True, str(tmp_path))({}).bundles[0] == {"CPU": 1}
 
 
-def test_memory_probe_without_cuda_says_what_to_set(tmp_path):
+def test_memory_probe_without_cuda_says_what_to_set(synthetic_root, tmp_path):
+    from orchestrator.data import prepare_data
     from orchestrator.errors import SegsweepError
 
     if torch.cuda.is_available():
         pytest.skip("the probe measures on a real GPU here")
-    planner = TrialResources(1, 0.25, True, str(tmp_path))
+    data = prepare_data(DataSpec(dataset="synthetic", root=str(synthetic_root), size=[32, 64], resize="resize",
+                                 synthetic={"train": 8, "val": 4, "height": 40, "width": 72, "seed": 1}),
+                        tmp_path / "cache")
+    planner = TrialResources(1, 0.25, True, str(tmp_path), data=data)
     config = build_sweep({"name": "p", "data": {"dataset": "synthetic", "root": str(tmp_path / "d"), "size": [32, 32]},
                           "model": {"arch": "unet", "encoder": "resnet18"}, "loss": {"name": "ce"}}).fixed_config()
     with pytest.raises(SegsweepError, match="resources.trial_gpu_memory_gb"):
@@ -213,7 +217,8 @@ def test_bench_train_on_cpu(ray_session, tmp_path):
                       quality_epochs=1, parts=("seeds", "trial", "sweep"))
     result = run_bench(s, tmp_path)
     assert result["seeds"]["images_per_s"] > 0 and result["trial"]["images_per_s"] > 0
-    assert result["trial"]["x_seeds"] == pytest.approx(result["trial"]["images_per_s"] / result["seeds"]["images_per_s"])
+    seeds = result["seeds"]["images_per_s"]
+    assert result["trial"]["x_seeds"] == pytest.approx(result["trial"]["images_per_s"] / seeds)
     sweep = result["sweep"]
     assert sweep["trials"] == sweep["completed"] == 2 and sweep["images"] == 2 * 12
     assert sweep["images_per_s"] == pytest.approx(sweep["images"] / sweep["fit_s"], rel=0.01)
@@ -223,3 +228,31 @@ def test_bench_train_on_cpu(ray_session, tmp_path):
     assert saved["trial"]["levers"]["device_augment"] is True
     table = (tmp_path / "bench_train.md").read_text()
     assert "| seeds: PIL in DataLoader workers" in table and "sweep of 2 trials" in table
+
+
+def test_a_probe_that_cannot_run_stops_the_sweep_before_tune_with_one_line(synthetic_root, tmp_path):
+    """No CUDA here: with a logical GPU and no stated memory, the probe fails before any trial, in one line, and
+    leaves no run directory behind."""
+    from tests.conftest import tiny_spec
+
+    spec = tiny_spec(synthetic_root, resources={"cpus_per_trial": 1, "gpus_per_trial": 0.25})
+    spec["tracking"] = {"wandb": {"mode": "disabled"}}
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import json, ray
+        from orchestrator.errors import SegsweepError
+        from orchestrator.runner import run_sweep
+        from orchestrator.spec import build_sweep
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+        try:
+            run_sweep(build_sweep(json.loads({json.dumps(json.dumps(spec))})), {str(run_dir)!r})
+        except SegsweepError as e:
+            print("ERROR", e)
+    """)
+    if torch.cuda.is_available():
+        pytest.skip("the probe measures on a real GPU here")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = done.stdout.split("ERROR ", 1)[1].strip()
+    assert "\n" not in line and "resources.trial_gpu_memory_gb" in line and "memory_aware: false" in line
+    assert not run_dir.exists()

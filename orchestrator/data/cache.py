@@ -46,6 +46,12 @@ class PreparedData:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> PreparedData:
+        tuples = {k: tuple(tuple(x) if isinstance(x, list) else x for x in d[k])
+                  for k in ("native_size", "classes", "palette", "pixel_counts", "image_pixels")}
+        return cls(**{**d, **tuples, "train": SplitInfo(**d["train"]), "val": SplitInfo(**d["val"])})
+
     def cache_bytes(self) -> int:
         """uint8 bytes of both decoded splits (3 image bytes and 1 label byte per pixel)."""
         h, w = np.load(Path(self.train.path) / "labels.npy", mmap_mode="r").shape[1:]
