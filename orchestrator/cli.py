@@ -173,6 +173,8 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0)] = 10,
     iters: Annotated[int, typer.Option(min=1)] = 100,
     fp16: Annotated[bool, typer.Option("--fp16")] = False,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (onnxruntime intra-op, or torch on a CPU); "
+                                                   "default: the runtime's own")] = None,
     target: Annotated[Optional[str], typer.Option(help="ssh://user@host[:port] to measure on a remote device")] = None,
     remote_python: Annotated[str, typer.Option(help="interpreter on the target")] = "python3",
     ssh_option: Annotated[Optional[list[str]], typer.Option(help="passed to ssh as -o KEY=VALUE (repeatable)")] = None,
@@ -208,7 +210,7 @@ def bench(
             raise SegsweepError(f"{backend} needs the PyTorch model: give a run directory or --arch, not an ONNX file")
         if target:
             raise SegsweepError(f"{backend}: remote targets run onnxruntime or trtexec; use --backend ort-cpu or trtexec")
-        result = measure_torch(model, dims, warmup, iters, fp16, compile=backend == "torch-compile")
+        result = measure_torch(model, dims, warmup, iters, fp16, compile=backend == "torch-compile", threads=threads)
     else:
         with tempfile.TemporaryDirectory(prefix="segsweep-bench-") as tmp:
             if onnx_path is None:
@@ -219,9 +221,9 @@ def bench(
                 from orchestrator.latency.remote import measure_remote
 
                 result = measure_remote(target, backend, onnx_path, dims, warmup, iters, fp16, remote_python,
-                                        ssh_option or [])
+                                        ssh_option or [], threads)
             else:
-                result = measure_onnx(backend, onnx_path, dims, warmup, iters, fp16)
+                result = measure_onnx(backend, onnx_path, dims, warmup, iters, fp16, threads)
     typer.echo(json.dumps(result.to_json(), indent=2) if format == "json" else format_result(result))
 
 

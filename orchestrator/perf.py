@@ -218,13 +218,17 @@ def _nvml_index() -> int:
 
 
 class GpuSampler:
-    """Samples every GPU's utilisation (NVML, else ``nvidia-smi``) and memory in a thread; ``busy`` is the mean
-    utilisation in [0, 1] over the samples. Without either tool it records nothing and says so."""
+    """Samples every GPU's utilisation, memory and SM clock (NVML, else ``nvidia-smi``) in a thread; ``busy`` is the
+    mean utilisation in [0, 1] over the samples. With NVML it also collects why the clocks were held down (NVML's
+    clock event reasons, e.g. ``gpu_idle``). Without either tool it records nothing and says so."""
 
-    def __init__(self, interval_s: float = 0.2) -> None:
+    def __init__(self, interval_s: float = 0.2, index: int | None = None) -> None:
         self.interval_s = interval_s
+        self.index = index  # one GPU (a benchmark's), else every GPU
         self.samples: list[list[float]] = []
         self.memory: list[list[float]] = []
+        self.clocks: list[list[float]] = []
+        self.reasons: set[str] = set()
         self.source = "none"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,10 +239,17 @@ class GpuSampler:
             import pynvml
 
             pynvml.nvmlInit()
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            indices = [self.index] if self.index is not None else range(pynvml.nvmlDeviceGetCount())
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
             self.source = "nvml"
-            return lambda: ([pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles],
-                            [pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles])
+
+            def read():
+                for h in handles:
+                    self.reasons |= clock_event_reasons(pynvml, h)
+                return ([pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles],
+                        [pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles],
+                        [pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) for h in handles])
+            return read
         except Exception:
             pass
         try:
@@ -246,19 +257,21 @@ class GpuSampler:
         except (OSError, subprocess.SubprocessError):
             return None
         self.source = "nvidia-smi"
+        select = [] if self.index is None else [f"--id={self.index}"]
 
         def read():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+            out = subprocess.run(["nvidia-smi", *select, "--query-gpu=utilization.gpu,memory.used,clocks.sm",
                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
             rows = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()]
-            return [r[0] for r in rows], [r[1] * 2**20 for r in rows]
+            return [r[0] for r in rows], [r[1] * 2**20 for r in rows], [r[2] for r in rows]
         return read
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            util, mem = self._read()
+            util, mem, clock = self._read()
             self.samples.append(util)
             self.memory.append(mem)
+            self.clocks.append(clock)
 
     def __enter__(self) -> GpuSampler:
         if self._read is not None:
@@ -281,6 +294,34 @@ class GpuSampler:
         if not self.memory:
             return None
         return [max(s[i] for s in self.memory) for i in range(len(self.memory[0]))]
+
+    def clock_summary(self) -> dict[str, Any] | None:
+        """The first GPU's SM clock over the samples (MHz: min, median, max) and the reasons NVML gave for holding it
+        below its maximum, if any."""
+        if not self.clocks:
+            return None
+        mhz = sorted(c[0] for c in self.clocks)
+        return {"sm_clock_mhz": {"min": mhz[0], "p50": mhz[len(mhz) // 2], "max": mhz[-1]},
+                "samples": len(mhz), "clock_event_reasons": sorted(self.reasons)}
+
+
+# NVML's clock event (formerly "throttle") reason bits, by the names nvidia-smi -q prints
+_CLOCK_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+                  0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
+                  0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting"}
+
+
+def decode_clock_reasons(bits: int) -> set[str]:
+    return {name for bit, name in _CLOCK_REASONS.items() if bits & bit}
+
+
+def clock_event_reasons(pynvml, handle) -> set[str]:
+    read = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+        getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons")
+    try:
+        return decode_clock_reasons(int(read(handle)))
+    except Exception:  # noqa: BLE001 - not supported on this GPU or driver
+        return set()
 
 
 if __name__ == "__main__":

@@ -147,16 +147,25 @@ def new_run_dir(sweep: Sweep, out: str | Path | None) -> Path:
     return run_dir.absolute()
 
 
+def ray_runtime_env(spec) -> dict[str, Any]:
+    """The job's runtime environment: environment variables, and (``resources.preload_workers``) the hook that has
+    every Ray worker import the trial's modules as it starts (``orchestrator.preload``)."""
+    # a stopped trial gets time to finish its W&B run before its actor is reused or torn down
+    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")}
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if spec.resources.preload_workers:
+        runtime_env["worker_process_setup_hook"] = "orchestrator.preload.warm"
+    return runtime_env
+
+
 def init_ray(address: str | None, spec) -> None:
     import ray
 
     if ray.is_initialized():
         check_resources(spec, ray.cluster_resources())
         return
-    # a stopped trial gets time to finish its W&B run before its actor is reused or torn down
-    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")}
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING",
-                              "log_to_driver": True, "runtime_env": {"env_vars": env}}
+                              "log_to_driver": True, "runtime_env": ray_runtime_env(spec)}
     if address:
         kwargs["address"] = address
     try:

@@ -307,6 +307,7 @@ class ExportSpec(Strict):
     warmup: int = Field(10, ge=0)
     iters: int = Field(100, ge=1)
     fp16: bool = False
+    threads: int | None = Field(None, ge=1, description="CPU threads (onnxruntime intra-op, torch on a CPU)")
     opset: int = Field(17, ge=11)
     ssh_options: tuple[str, ...] = ()
     remote_python: str = "python3"
@@ -340,6 +341,8 @@ class ResourcesSpec(Strict):
     trial_gpu_memory_gb: float | None = Field(None, gt=0, description="a trial's peak GPU memory; None: measured")
     gpu_memory_gb: float | None = Field(None, gt=0, description="one GPU's memory; None: read from the GPU")
     reuse_actors: bool = Field(True, description="keep trial processes (and their imports) for the next trial")
+    preload_workers: bool = Field(True, description="Ray's worker processes import torch, Lightning and the models "
+                                                    "as they start, before a trial is handed to them")
 
     @field_validator("gpus_per_trial")
     @classmethod

@@ -217,7 +217,7 @@ def segsweep_trial(s: BenchSettings, root: Path, cache: Path, device: str, overr
 def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
     """(c) N identical-shape trials through Ray Tune on the machine's GPUs; GPU use sampled throughout."""
     from orchestrator.perf import GpuSampler
-    from orchestrator.runner import run_sweep
+    from orchestrator.runner import cluster_gpus, run_sweep
     from orchestrator.spec import build_sweep
     from orchestrator.store import Store
 
@@ -234,6 +234,8 @@ def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
     startups = [t.history[0]["perf/startup_s"] for t in trials if t.history and "perf/startup_s" in t.history[0]]
     peaks = [max(h.get("perf/gpu_peak_gb", 0) for h in t.history) for t in trials if t.history]
     steady = [h["perf/images_per_s"] for t in trials for h in t.history[1:]]
+    first = [t.history[0]["perf/epoch_s"] for t in trials if t.history and "perf/epoch_s" in t.history[0]]
+    preloaded = [t.history[0].get("perf/preloaded", 0) for t in trials if t.history]
     memory_file = result.run_dir / "gpu_memory.json"
     return {
         "trials": len(trials), "completed": result.counts.get("completed", 0), "failed": result.counts.get("failed", 0),
@@ -242,6 +244,9 @@ def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
         "per_trial_images_per_s": sum(steady) / len(steady) if steady else None,
         "startup_s": {"min": min(startups), "max": max(startups), "mean": sum(startups) / len(startups)}
         if startups else None,
+        "first_epoch_s": {"min": min(first), "max": max(first)} if first else None,
+        "preloaded": sum(preloaded) / len(preloaded) if preloaded else None,
+        "gpus": cluster_gpus(),  # what Ray gave the sweep
         "gpu_peak_gb_per_trial": max(peaks) if peaks else None,
         "gpu_busy": sampler.busy(), "gpu_sampler": sampler.source,
         "gpu_memory_probe": json.loads(memory_file.read_text()) if memory_file.is_file() else None,
@@ -350,7 +355,9 @@ def markdown(r: dict[str, Any]) -> str:
         start = w.get("startup_s") or {}
         extra = "".join(f", {k}={v}" for k, v in s.get("sweep_set", {}).items())
         row(f"segsweep: sweep of {w['trials']} trials{extra} (aggregate over the sweep's wall time)", w["images_per_s"],
-            f"start-up {start.get('min', 0):.1f}-{start.get('max', 0):.1f} s; GPU busy {busy}; "
+            f"{w.get('gpus', 0):g} GPU(s); start-up {start.get('min', 0):.1f}-{start.get('max', 0):.1f} s; "
+            f"first epoch {(w.get('first_epoch_s') or {}).get('max', 0):.1f} s at most; "
+            f"{(w.get('preloaded') or 0):.0%} preloaded; GPU busy {busy}; "
             f"peak {w.get('gpu_peak_gb_per_trial') or 0:.2f} GB per trial")
     if "cache" in r:
         c = r["cache"]

@@ -52,13 +52,36 @@ def test_torch_and_ort_cpu_backends(enet_onnx):
     assert "onnxruntime" in measure_onnx("ort-cpu", path, [1, 3, 64, 96], 0, 2).versions
 
 
+def test_threads_reach_the_runtime_and_are_restored(enet_onnx):
+    import torch
+
+    model, path = enet_onnx
+    before = torch.get_num_threads()
+    assert measure_onnx("ort-cpu", path, [1, 3, 64, 96], 0, 3, threads=1).extra["threads"] == 1
+    assert measure_onnx("ort-cpu", path, [1, 3, 64, 96], 0, 3).extra["threads"] == "default"
+    result = measure_torch(model, [1, 3, 64, 96], warmup=0, iters=3, threads=1)
+    assert result.extra["threads"] == 1 and torch.get_num_threads() == before
+    assert "gpu" not in result.extra  # clocks are sampled on a GPU only
+
+
+def test_clock_reasons_decode_nvml_bits():
+    from orchestrator.perf import GpuSampler, decode_clock_reasons
+
+    assert decode_clock_reasons(0) == set()
+    assert decode_clock_reasons(0x1 | 0x4) == {"gpu_idle", "sw_power_cap"}
+    assert decode_clock_reasons(0x40 | 0x1000) == {"hw_thermal_slowdown"}  # unknown bits are not named
+    with GpuSampler(interval_s=0.01) as sampler:  # no GPU here: nothing sampled, and it says so
+        pass
+    assert sampler.clock_summary() is None or sampler.source != "none"
+
+
 def test_bench_cli_json_and_errors(enet_onnx, tmp_path):
     _, path = enet_onnx
     runner = CliRunner()
     result = runner.invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--iters", "5",
-                                 "--warmup", "1", "--format", "json"])
+                                 "--warmup", "1", "--threads", "1", "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.output)) == KEYS
+    assert set(json.loads(result.output)) == KEYS and json.loads(result.output)["extra"]["threads"] == 1
     for args, message in [
         (["bench", str(path), "--backend", "onnx-gpu"], "unknown latency backend 'onnx-gpu'"),
         (["bench", str(tmp_path / "none.onnx"), "--backend", "ort-cpu"], "no such ONNX file"),
@@ -148,7 +171,7 @@ def test_remote_target_over_real_ssh(sshd, enet_onnx):
     url, options = sshd
     _, path = enet_onnx
     args = ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--warmup", "1", "--iters", "8",
-            "--target", url, "--remote-python", sys.executable, "--format", "json"]
+            "--target", url, "--remote-python", sys.executable, "--threads", "1", "--format", "json"]
     for option in options:
         args += ["--ssh-option", option]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
@@ -156,7 +179,7 @@ def test_remote_target_over_real_ssh(sshd, enet_onnx):
     data = json.loads(result.output)
     assert data["target"] == url and data["backend"] == "ort-cpu" and set(data) == KEYS
     assert 0 < data["p50_ms"] <= data["p90_ms"] <= data["p99_ms"]
-    assert data["extra"]["device_facts"]["arch"] == os.uname().machine
+    assert data["extra"]["device_facts"]["arch"] == os.uname().machine and data["extra"]["threads"] == 1
     assert "onnxruntime" in data["versions"]
 
 

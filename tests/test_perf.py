@@ -256,3 +256,31 @@ def test_a_probe_that_cannot_run_stops_the_sweep_before_tune_with_one_line(synth
     line = done.stdout.split("ERROR ", 1)[1].strip()
     assert "\n" not in line and "resources.trial_gpu_memory_gb" in line and "memory_aware: false" in line
     assert not run_dir.exists()
+
+
+def test_preloaded_workers_are_on_by_default_and_can_be_turned_off(synthetic_root, tmp_path):
+    """``resources.preload_workers``: a sweep's own Ray (started by ``run_sweep``) runs the preload hook in every
+    worker, and the trials report that they got a preloaded worker; off, the runtime environment has no hook."""
+    from orchestrator.runner import ray_runtime_env
+    from tests.conftest import tiny_spec
+
+    spec = tiny_spec(synthetic_root)
+    spec["trainer"] = {"max_epochs": 1, "batch_size": 4, "log_images": 0, "best_worst": 0}
+    spec["tracking"] = {"wandb": {"mode": "disabled"}}
+    spec["optimizer"] = {"name": "adam", "lr": {"choice": [0.003, 0.001]}}
+    assert ray_runtime_env(build_sweep(spec).spec)["worker_process_setup_hook"] == "orchestrator.preload.warm"
+    off = {**spec, "resources": {**spec["resources"], "preload_workers": False}}
+    assert "worker_process_setup_hook" not in ray_runtime_env(build_sweep(off).spec)
+    script = textwrap.dedent(f"""
+        import json
+        from orchestrator.runner import run_sweep
+        from orchestrator.spec import build_sweep
+        from orchestrator.store import Store
+        result = run_sweep(build_sweep(json.loads({json.dumps(json.dumps(spec))})), {str(tmp_path / "run")!r})
+        trials = Store.of_run(result.run_dir).trials(history=True)
+        print("PRELOADED", json.dumps([t.history[0]["perf/preloaded"] for t in trials]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=400,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.split("PRELOADED", 1)[1]) == [1.0, 1.0]

@@ -51,7 +51,8 @@ def timed_loop(step, warmup: int, iters: int, sync=lambda: None, min_warmup_s: f
 
 
 def measure_onnxruntime(model: str, shape: list[int], warmup: int, iters: int, provider: str = "CPUExecutionProvider",
-                        fp16: bool = False) -> dict:
+                        fp16: bool = False, threads: int | None = None) -> dict:
+    """``threads``: onnxruntime's intra-op threads (its default: one per physical core)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -59,7 +60,11 @@ def measure_onnxruntime(model: str, shape: list[int], warmup: int, iters: int, p
         raise RuntimeError(f"onnxruntime {ort.__version__} here has no {provider} "
                            f"(available: {', '.join(ort.get_available_providers())})")
     options = {"trt_fp16_enable": True} if fp16 and provider == "TensorrtExecutionProvider" else {}
-    session = ort.InferenceSession(model, providers=[(provider, options)] if options else [provider])
+    session_options = ort.SessionOptions()
+    if threads:
+        session_options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, session_options,
+                                   providers=[(provider, options)] if options else [provider])
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float16 if fp16 and provider == "CPUExecutionProvider" else np.float32)
     # host input and output: data transfer included
@@ -67,7 +72,7 @@ def measure_onnxruntime(model: str, shape: list[int], warmup: int, iters: int, p
     stats = summarize(times)
     return {**stats, "throughput_fps": shape[0] * 1000 / stats["mean_ms"], "transfer": "included",
             "versions": {"onnxruntime": ort.__version__, "python": platform.python_version()},
-            "device": device_name(provider)}
+            "device": device_name(provider), "threads": threads or "default"}
 
 
 def device_name(provider: str) -> str:
@@ -95,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--provider", default="CPUExecutionProvider")
     parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     try:
         result = measure_onnxruntime(args.model, [int(v) for v in args.shape.split("x")], args.warmup, args.iters,
-                                     args.provider, args.fp16)
+                                     args.provider, args.fp16, args.threads)
     except Exception as e:  # noqa: BLE001 - the agent reports any failure as one JSON line to its caller
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1

@@ -84,9 +84,13 @@ def _pinned_to_one_core(enabled: bool):
             os.sched_setaffinity(0, allowed)
 
 
-def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool = False, compile: bool = False) -> LatencyResult:
-    """Eager or compiled PyTorch. On a GPU: end to end (host input copied in, output copied out) and compute alone."""
+def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool = False, compile: bool = False,
+                  threads: int | None = None) -> LatencyResult:
+    """Eager or compiled PyTorch. On a GPU: end to end (host input copied in, output copied out) and compute alone,
+    with the GPU's SM clock sampled meanwhile (latency at batch 1 moves with it). ``threads``: CPU threads on a CPU."""
     import torch
+
+    from orchestrator.perf import GpuSampler
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
@@ -109,11 +113,20 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
             # output copied into a preallocated pinned buffer, as a deployed pipeline does: a fresh pageable
             # tensor per call would time the host's page faults
             out = torch.empty_like(model(on_device), device="cpu").pin_memory()
-            end_to_end = timed_loop(lambda: out.copy_(model(host.to(device, non_blocking=True)), non_blocking=True),
-                                    warmup, iters, sync)
-            compute = timed_loop(lambda: model(on_device), warmup, iters, sync)
+            with GpuSampler(interval_s=0.1, index=device.index or 0) as sampler:
+                end_to_end = timed_loop(lambda: out.copy_(model(host.to(device, non_blocking=True)), non_blocking=True),
+                                        warmup, iters, sync)
+                compute = timed_loop(lambda: model(on_device), warmup, iters, sync)
+            extra["gpu"] = sampler.clock_summary()
         else:
-            end_to_end, compute = timed_loop(lambda: model(host), warmup, iters, sync), None
+            previous_threads = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)  # restored: a sweep's driver measures in its own process
+                extra["threads"] = threads
+            try:
+                end_to_end, compute = timed_loop(lambda: model(host), warmup, iters, sync), None
+            finally:
+                torch.set_num_threads(previous_threads)
     stats = summarize(end_to_end)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     if device.type == "cpu":
@@ -130,7 +143,8 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
     )
 
 
-def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int, fp16: bool = False) -> LatencyResult:
+def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int, fp16: bool = False,
+                 threads: int | None = None) -> LatencyResult:
     """onnxruntime backends through the agent's code, or trtexec, on this machine."""
     if backend == "trtexec":
         return run_trtexec_local(onnx_path, shape, warmup, iters, fp16)
@@ -142,7 +156,7 @@ def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, i
         raise SegsweepError(f"{backend}: not available here (onnxruntime {ort.__version__} has "
                             f"{', '.join(ort.get_available_providers())})")
     try:
-        raw = measure_onnxruntime(str(onnx_path), shape, warmup, iters, ORT_PROVIDERS[backend], fp16)
+        raw = measure_onnxruntime(str(onnx_path), shape, warmup, iters, ORT_PROVIDERS[backend], fp16, threads)
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors are untyped; a corrupt or mismatched model
         raise SegsweepError(f"{backend}: onnxruntime cannot load it or run it on {onnx_path}: "
                             f"{str(e).strip().splitlines()[0]}") from None
@@ -151,7 +165,8 @@ def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, i
 
 def result_from_agent(backend: str, target: str, shape: list[int], fp16: bool, raw: dict) -> LatencyResult:
     keys = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer", "device", "versions")
-    return LatencyResult(backend=backend, target=target, shape=shape, fp16=fp16, **{k: raw[k] for k in keys})
+    return LatencyResult(backend=backend, target=target, shape=shape, fp16=fp16, **{k: raw[k] for k in keys},
+                         extra={"threads": raw["threads"]} if "threads" in raw else {})
 
 
 def find_trtexec() -> str | None:

@@ -106,7 +106,8 @@ def parse_facts(text: str) -> dict[str, str]:
 
 
 def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int,
-                   fp16: bool = False, remote_python: str = "python3", ssh_options: list[str] | None = None) -> LatencyResult:
+                   fp16: bool = False, remote_python: str = "python3", ssh_options: list[str] | None = None,
+                   threads: int | None = None) -> LatencyResult:
     """Copy ``onnx_path`` to the target, time it there with ``backend`` (ort-* through the agent, or trtexec)."""
     if backend not in (*ORT_PROVIDERS, "trtexec"):
         raise SegsweepError(f"{backend}: remote targets run onnxruntime backends or trtexec, not PyTorch")
@@ -131,7 +132,8 @@ def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], wa
                                          {k: facts[k] for k in ("tensorrt", "l4t") if k in facts})
         else:
             argv = [remote_python, f"{folder}/agent.py", model, "--shape", "x".join(map(str, shape)),
-                    "--warmup", str(warmup), "--iters", str(iters), "--provider", ORT_PROVIDERS[backend]]
+                    "--warmup", str(warmup), "--iters", str(iters), "--provider", ORT_PROVIDERS[backend],
+                    *(["--threads", str(threads)] if threads else [])]
             try:
                 raw = json.loads(_ssh(target, options, argv + (["--fp16"] if fp16 else [])).strip().splitlines()[-1])
             except RemoteCommandError as e:

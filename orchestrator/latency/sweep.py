@@ -51,12 +51,14 @@ def measure_exports(run_dir: Path, spec, store: Store) -> None:
                 try:
                     if target != "local":
                         result = measure_remote(target, backend, path, shape, export.warmup, export.iters,
-                                                export.fp16, export.remote_python, list(export.ssh_options))
+                                                export.fp16, export.remote_python, list(export.ssh_options),
+                                                export.threads)
                     elif backend.startswith("torch"):
                         result = measure_torch(model, shape, export.warmup, export.iters, export.fp16,
-                                               compile=backend == "torch-compile")
+                                               compile=backend == "torch-compile", threads=export.threads)
                     else:
-                        result = measure_onnx(backend, path, shape, export.warmup, export.iters, export.fp16)
+                        result = measure_onnx(backend, path, shape, export.warmup, export.iters, export.fp16,
+                                              export.threads)
                     store.record_latency(row.id, backend, target, result.to_json())
                 except SegsweepError as e:
                     store.record_latency(row.id, backend, target, None, str(e))
