@@ -3,7 +3,8 @@ processes), to show the figures and how much p50 moves between two runs.
 
     python benchmarks/latency.py --out OUT_DIR [--backends torch,torch-compile,ort-cpu,ort-cpu@4] [--iters 200]
 
-``BACKEND@N`` runs the backend with ``--threads N``. On a GPU each run also records the SM clock NVML read during it.
+``BACKEND@N`` runs the backend with ``--threads N``; ``BACKEND@N:CORES`` also pins its processes to those cores
+(``taskset -c``), as ``--cpus`` does for every backend. On a GPU each run also records the SM clock NVML read during it.
 
 Writes OUT_DIR/latency.json (every result) and OUT_DIR/latency.md (the table, with the command line).
 """
@@ -25,8 +26,10 @@ MODELS = [
 ]
 
 
-def bench(args: list[str]) -> dict:
+def bench(args: list[str], cpus: str | None = None) -> dict:
     command = [sys.executable, "-m", "orchestrator.cli", "bench", *args, "--format", "json"]
+    if cpus:  # the whole process (every thread, from its start) on these cores
+        command = ["taskset", "-c", cpus, *command]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -49,18 +52,21 @@ def main() -> int:
     parser.add_argument("--backends", default="torch,torch-compile,ort-cpu")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--cpus", help="taskset core list for every bench process, e.g. 14,15 (BACKEND@N:CORES "
+                                       "overrides it per backend)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, results = [], []
     for column in args.backends.split(","):
-        backend, _, threads = column.partition("@")
+        backend, _, rest = column.partition("@")
+        threads, _, cpus = rest.partition(":")
         for label, model_args, shapes in MODELS:
             for shape in shapes:
                 iters = args.iters if backend.startswith("torch") else max(20, args.iters // 4)
                 common = [*model_args, "--backend", backend, "--shape", shape, "--iters", str(iters),
                           "--warmup", str(args.warmup), *(["--threads", threads] if threads else [])]
                 start = time.time()
-                runs = [bench(common), bench(common)]
+                runs = [bench(common, cpus or args.cpus), bench(common, cpus or args.cpus)]
                 results.append({"model": label, "shape": shape, "backend": column, "runs": runs,
                                 "seconds": round(time.time() - start, 1)})
                 (args.out / "latency.json").write_text(json.dumps(results, indent=2))  # kept if a later cell hangs
@@ -83,7 +89,7 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
     (args.out / "latency.md").write_text(
         f"Command: `python benchmarks/latency.py --out OUT --backends {args.backends} --iters {args.iters} "
-        f"--warmup {args.warmup}` (each cell: `orchestrate bench --arch ... --backend B --shape S --format json`, "
+        f"--warmup {args.warmup}{' --cpus ' + args.cpus if args.cpus else ''}` (each cell: `orchestrate bench --arch ... --backend B --shape S --format json`, "
         f"run twice in separate processes). Versions: {json.dumps(versions)}.\n\n" + "\n".join(table) + "\n")
     print((args.out / "latency.md").read_text())
     return 0

@@ -81,10 +81,16 @@ class TuneReporter:
                  last_epoch: int, on_last_epoch=None):
         self.ctx, self.trial_dir, self.constants, self.best = ctx, trial_dir, constants, best
         self.last_epoch, self.on_last_epoch = last_epoch, on_last_epoch
+        self.last_report_s: float | None = None
 
     def __call__(self, metrics: dict[str, float], module) -> None:
+        import time
+
         from ray import tune
 
+        started = time.perf_counter()
+        if self.last_report_s is not None:
+            metrics["perf/save_s"] = self.last_report_s  # the previous epoch's checkpoint saving
         epoch = int(metrics["epoch"])
         if better(metrics.get(self.ctx.metric), self.best, self.ctx.mode):
             self.best = metrics[self.ctx.metric]
@@ -93,6 +99,7 @@ class TuneReporter:
             self.on_last_epoch(module, epoch)
         with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as d:
             torch.save({**module.training_state(), "epoch": epoch, "best": self.best}, Path(d) / "state.pt")
+            self.last_report_s = time.perf_counter() - started  # reported with the next epoch; the report itself
             tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(d))
 
 

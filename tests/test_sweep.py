@@ -43,6 +43,9 @@ def test_grid_sweep_records_every_trial(ray_session, synthetic_root, write_spec,
         assert {"val/miou", "val/dice", "val/pixel_acc", "val/precision", "val/recall", "val/specificity",
                 "val/loss", "train/loss", "val/iou/background"} <= set(t.best)
         assert t.params > 1e6 and t.size_mb > 1 and t.train_seconds > 0
+        # speed diagnostics: start-up in the first epoch, the previous epoch's checkpoint saving from the second
+        assert t.history[0]["perf/startup_s"] > 0 and "perf/save_s" not in t.history[0]
+        assert all(h["perf/save_s"] > 0 and h["perf/preloaded"] == 0.0 for h in t.history[1:])  # session Ray: no hook
         # one W&B offline run per trial, holding the same per-epoch metrics as the store
         (log,) = (run_dir / "trials" / t.id / "wandb").glob("offline-run-*/run-*.wandb")
         rows = [r for r in history(log) if "val/iou/road" in r]
