@@ -124,23 +124,79 @@ class TrialResources:
         return PlacementGroupFactory([bundle])
 
     def estimate(self, config: dict[str, Any]) -> tuple[float, float]:
-        """(peak bytes of one trial, bytes of one GPU): stated in the spec, cached, or probed."""
+        """(peak bytes of one trial, bytes of one GPU): stated in the spec, known to this run, measured on this machine
+        before (``machine_memory_file``), or probed now."""
         if self.trial_gb is not None and self.gpu_gb is not None:
             return self.trial_gb * 2**30 + self.extra_bytes, self.gpu_gb * 2**30
         path = Path(self.run_dir) / MEMORY_FILE
-        known = json.loads(path.read_text()) if path.is_file() else {}
+        known = _read_json(path)
         key = memory_key(config)
         if key not in known:
-            known[key] = probe_memory(config, self.groups, self.data)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(known, indent=1))
-            tmp.replace(path)
+            machine_key = self.machine_key(key)
+            machine_file = machine_memory_file()
+            earlier = _read_json(machine_file).get(machine_key) if machine_key else None
+            known[key] = earlier or probe_memory(config, self.groups, self.data)
+            _write_json(path, known)
+            if machine_key and earlier is None:
+                _write_json(machine_file, {**_read_json(machine_file), machine_key: known[key]})
         peak, total = known[key]["peak_bytes"], known[key]["gpu_bytes"]
         if self.trial_gb is not None:
             peak = self.trial_gb * 2**30
         if self.gpu_gb is not None:
             total = self.gpu_gb * 2**30
         return peak + self.extra_bytes, total
+
+
+    def machine_key(self, key: str) -> str | None:
+        """``key`` on this machine: the GPU model and driver, torch, segsweep and the class count. None where the GPU
+        cannot be named (then nothing is kept across runs)."""
+        gpu = gpu_identity()
+        if gpu is None:
+            return None
+        from importlib.metadata import PackageNotFoundError, version
+
+        import torch
+
+        try:
+            segsweep = version("segsweep")
+        except PackageNotFoundError:
+            segsweep = "source"
+        classes = len(self.data.classes) if self.data is not None else None
+        return json.dumps({"memory": key, "gpu": gpu, "torch": torch.__version__, "segsweep": segsweep,
+                           "classes": classes}, sort_keys=True)
+
+
+def machine_memory_file() -> Path:
+    """Probed peaks kept across runs on this machine: ``$SEGSWEEP_CACHE_DIR`` or ``~/.cache/segsweep``."""
+    root = os.environ.get("SEGSWEEP_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "segsweep"
+    return Path(root) / MEMORY_FILE
+
+
+def gpu_identity() -> str | None:
+    """The first GPU's model, memory and driver as ``nvidia-smi`` reports them, without a CUDA context here."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader",
+                              "--id=0"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    line = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    return line or None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # an unreadable cache is a cache miss
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Written whole and renamed into place: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
 
 
 def probe_memory(config: dict[str, Any], groups: dict, data) -> dict[str, float]:

@@ -122,6 +122,36 @@ def test_memory_probe_without_cuda_says_what_to_set(synthetic_root, tmp_path):
         planner.estimate(config)
 
 
+def test_probed_memory_is_kept_for_the_next_run_on_the_same_machine(synthetic_root, tmp_path, monkeypatch):
+    """A peak measured once on this machine (same GPU, torch, segsweep, classes) is not probed again by a later run;
+    on another GPU it is. No GPU here: a probe would fail, so an answer proves the machine's file was read."""
+    import orchestrator.perf as perf
+    from orchestrator.data import prepare_data
+    from orchestrator.errors import SegsweepError
+
+    if torch.cuda.is_available():
+        pytest.skip("the probe would measure on the real GPU here")
+    monkeypatch.setenv("SEGSWEEP_CACHE_DIR", str(tmp_path / "machine"))
+    monkeypatch.setattr(perf, "gpu_identity", lambda: "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04")
+    data = prepare_data(DataSpec(dataset="synthetic", root=str(synthetic_root), size=[32, 64], resize="resize",
+                                 synthetic={"train": 8, "val": 4, "height": 40, "width": 72, "seed": 1}),
+                        tmp_path / "cache")
+    config = build_sweep({"name": "p", "data": {"dataset": "synthetic", "root": str(tmp_path / "d"), "size": [32, 32]},
+                          "model": {"arch": "unet", "encoder": "resnet18"}, "loss": {"name": "ce"}}).fixed_config()
+    first = TrialResources(1, 0.25, True, str(tmp_path / "run1"), data=data)
+    (tmp_path / "run1").mkdir()
+    measured = {"peak_bytes": 30 * GiB, "gpu_bytes": 80 * GiB, "graphs": 2, "device": "NVIDIA H100 80GB HBM3"}
+    perf._write_json(perf.machine_memory_file(), {first.machine_key(memory_key(config)): measured})
+    (tmp_path / "run2").mkdir()
+    later = TrialResources(1, 0.25, True, str(tmp_path / "run2"), data=data)
+    assert later.estimate(config) == (30 * GiB, 80 * GiB) and later.share(config) == 0.5
+    assert json.loads((tmp_path / "run2" / "gpu_memory.json").read_text()) == {memory_key(config): measured}
+    monkeypatch.setattr(perf, "gpu_identity", lambda: "NVIDIA H200, 143771 MiB, 580.159.04")
+    (tmp_path / "run3").mkdir()
+    with pytest.raises(SegsweepError, match="GPU memory probe failed"):
+        TrialResources(1, 0.25, True, str(tmp_path / "run3"), data=data).estimate(config)
+
+
 def test_device_resident_batches_match_the_cache(synthetic_root, tmp_path):
     """The device-resident path (here on the CPU device) yields the cached pixels, each training image once per
     epoch, in a permutation drawn from the trial's seed."""
