@@ -2,7 +2,9 @@
 
 1. CUDA-graph capture per loss and optimizer: graphed, or the fallback reason;
 2. the same 6 steps eager and graphed from the same weights in fp32: loss difference;
-3. the driver's memory probe and the share it admits a small and a large trial with (4 per GPU asked).
+3. the driver's memory probe and the share it admits a small and a large trial with (4 per GPU asked);
+4. ``python3 benchmarks/gpu_checks.py OUT probe-cache``: only this one: a probe, then a second run on the same machine
+   that finds the peak in the machine's file instead of probing again (both timed).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from models.losses import create_loss
 from models.registry import create_model
 from orchestrator.data import prepare_data
 from orchestrator.lit import SegmentationModule, normalise, to_model_input
-from orchestrator.perf import Levers, TrialResources
+from orchestrator.perf import Levers, TrialResources, gpu_identity, machine_memory_file
 from orchestrator.spec import DataSpec
 
 device = torch.device("cuda")
@@ -44,6 +46,27 @@ def steps(loss_name: str, optimizer: str, graphs: bool, precision: str = "bf16-m
         losses.append(float(module.step(normalise(to_model_input(images), True), labels, opt)))
     return module.step, losses
 
+
+def probe_cache(out: Path) -> None:
+    import time
+
+    config = {"data.dataset": "synthetic", "data.root": "/tmp/segsweep-probe", "data.task": "multiclass",
+              "loss.name": "ce", "optimizer.name": "adam", "optimizer.lr": 1e-3, "model.arch": "unet",
+              "model.encoder": "mobilenet_v2", "data.size": [224, 320], "trainer.batch_size": 16}
+    data = prepare_data(DataSpec(dataset="synthetic", root="/tmp/segsweep-probe", size=[32, 32],
+                                 synthetic={"train": 4, "val": 2, "height": 32, "width": 32}), out / "cache")
+    for run in ("run1", "run2"):
+        (out / run).mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        peak, total = TrialResources(1, 0.25, True, str(out / run), data=data).estimate(config)
+        print(json.dumps({"check": "probe kept per machine", "run": run, "seconds": round(time.perf_counter() - t0, 2),
+                          "peak_gb": round(peak / 2**30, 2), "gpu": gpu_identity(),
+                          "machine_file": str(machine_memory_file())}), flush=True)
+
+
+if len(sys.argv) > 2 and sys.argv[2] == "probe-cache":
+    probe_cache(Path(sys.argv[1]))
+    sys.exit(0)
 
 for loss_name, binary in (("ce", False), ("weighted_ce_enet", False), ("dice", False), ("focal", False),
                           ("tversky", False), ("lovasz", False), ("bce_dice", True)):
