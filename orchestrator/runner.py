@@ -20,10 +20,11 @@ from orchestrator.errors import SegsweepError
 from orchestrator.spec import Sweep, expand_groups, load_spec
 from orchestrator.store import STORE_FILE, TERMINAL, Store, best_of
 
-# Tune snapshots its experiment state at most this often; small, so that a killed driver loses little.
+# Tune snapshots its experiment state at most this often; small, so that a killed driver loses little. Its warning
+# that snapshots come often (one per checkpointing epoch) is then expected, and 0 silences it.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 SPEC_FILE, OPTUNA_FILE, TUNE_DIR = "spec.yaml", "optuna.db", "tune"
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
