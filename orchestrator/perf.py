@@ -174,10 +174,11 @@ def machine_memory_file() -> Path:
 
 
 def gpu_identity() -> str | None:
-    """The first GPU's model, memory and driver as ``nvidia-smi`` reports them, without a CUDA context here."""
+    """The model, memory and driver of the GPU the probe measures on (this process's first CUDA device) as
+    ``nvidia-smi`` reports them, without a CUDA context here."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader",
-                              "--id=0"], capture_output=True, text=True, timeout=20)
+                              f"--id={_nvml_index()}"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     line = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
@@ -267,22 +268,24 @@ def _process_bytes() -> int | None:
     return None
 
 
-def _nvml_index() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    first = visible.split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+def _nvml_index(cuda_index: int = 0) -> int:
+    """NVML's (and nvidia-smi's) index of this process's CUDA device ``cuda_index``: CUDA_VISIBLE_DEVICES renumbers
+    the GPUs a process sees, NVML does not."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    entry = visible[cuda_index] if cuda_index < len(visible) else ""
+    return int(entry) if entry.isdigit() else cuda_index
 
 
 class GpuSampler:
-    """Samples every GPU's utilisation, memory and SM clock (NVML, else ``nvidia-smi``) in a thread; ``busy`` is the
+    """Samples every GPU's utilisation and SM clock (NVML, else ``nvidia-smi``) in a thread; ``busy`` is the
     mean utilisation in [0, 1] over the samples. With NVML it also collects why the clocks were held down (NVML's
     clock event reasons, e.g. ``gpu_idle``). Without either tool it records nothing and says so."""
 
     def __init__(self, interval_s: float = 0.2, index: int | None = None) -> None:
         self.interval_s = interval_s
-        self.index = index  # one GPU (a benchmark's), else every GPU
+        # one GPU (a benchmark's CUDA device, as NVML numbers it), else every GPU
+        self.index = None if index is None else _nvml_index(index)
         self.samples: list[list[float]] = []
-        self.memory: list[list[float]] = []
         self.clocks: list[list[float]] = []
         self.reasons: set[str] = set()
         self.source = "none"
@@ -303,7 +306,6 @@ class GpuSampler:
                 for h in handles:
                     self.reasons |= clock_event_reasons(pynvml, h)
                 return ([pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles],
-                        [pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles],
                         [pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) for h in handles])
             return read
         except Exception:
@@ -316,17 +318,16 @@ class GpuSampler:
         select = [] if self.index is None else [f"--id={self.index}"]
 
         def read():
-            out = subprocess.run(["nvidia-smi", *select, "--query-gpu=utilization.gpu,memory.used,clocks.sm",
+            out = subprocess.run(["nvidia-smi", *select, "--query-gpu=utilization.gpu,clocks.sm",
                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
             rows = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()]
-            return [r[0] for r in rows], [r[1] * 2**20 for r in rows], [r[2] for r in rows]
+            return [r[0] for r in rows], [r[1] for r in rows]
         return read
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            util, mem, clock = self._read()
+            util, clock = self._read()
             self.samples.append(util)
-            self.memory.append(mem)
             self.clocks.append(clock)
 
     def __enter__(self) -> GpuSampler:
@@ -345,11 +346,6 @@ class GpuSampler:
         if not self.samples:
             return None
         return [sum(s[i] for s in self.samples) / len(self.samples) / 100 for i in range(len(self.samples[0]))]
-
-    def peak_memory(self) -> list[float] | None:
-        if not self.memory:
-            return None
-        return [max(s[i] for s in self.memory) for i in range(len(self.memory[0]))]
 
     def clock_summary(self) -> dict[str, Any] | None:
         """The first GPU's SM clock over the samples (MHz: min, median, max) and the reasons NVML gave for holding it

@@ -190,6 +190,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from ray import tune
 
+    from orchestrator import preload
+
     started = trial_origin()
     for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -212,8 +214,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     run = build_trial(config, ctx.data, ctx.gpus_per_trial > 0, started, ctx.groups, state)
     cfg, constants = run.cfg, run.constants
-    from orchestrator import preload
-
     constants["perf/preloaded"] = float(preload.DONE_AT is not None)  # did Ray hand this trial a preloaded worker
     if ctx.latency_proxy:
         constants |= proxy_latency(run.module.model, ctx.latency_proxy, tuple(cfg.data.size), trial_dir)

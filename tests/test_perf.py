@@ -314,3 +314,13 @@ def test_preloaded_workers_are_on_by_default_and_can_be_turned_off(synthetic_roo
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.split("PRELOADED", 1)[1]) == [1.0, 1.0]
+
+
+def test_cuda_devices_map_to_nvml_indices(monkeypatch):
+    """NVML and nvidia-smi number every GPU of the machine; CUDA numbers the visible ones."""
+    from orchestrator.perf import _nvml_index
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _nvml_index() == 0 and _nvml_index(1) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _nvml_index() == 2 and _nvml_index(1) == 3

@@ -1,6 +1,5 @@
-"""Per-trial file decoding (``data.cache: false``, and the seeds' pipeline in ``benchmarks/train_throughput.py``):
-every item is read from its JPEG/PNG with PIL in a DataLoader worker, every epoch, and brought to the training
-size exactly as the decode-once cache does."""
+"""Per-trial file decoding (``data.cache: false``): every item is read from its JPEG/PNG with PIL in a DataLoader
+worker, every epoch, and brought to the training size exactly as the decode-once cache does."""
 
 from __future__ import annotations
 
