@@ -30,7 +30,10 @@ def bench(args: list[str], cpus: str | None = None) -> dict:
     command = [sys.executable, "-m", "orchestrator.cli", "bench", *args, "--format", "json"]
     if cpus:  # the whole process (every thread, from its start) on these cores
         command = ["taskset", "-c", cpus, *command]
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as e:  # e.g. no taskset here
+        return {"error": f"{command[0]}: {e.strerror or e}"}
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(done.stdout)

@@ -138,7 +138,12 @@ class TrialResources:
             known[key] = earlier or probe_memory(config, self.groups, self.data)
             _write_json(path, known)
             if machine_key and earlier is None:
-                _write_json(machine_file, {**_read_json(machine_file), machine_key: known[key]})
+                try:
+                    _write_json(machine_file, {**_read_json(machine_file), machine_key: known[key]})
+                except OSError as e:  # the run keeps its own copy; only later runs would probe again
+                    print(f"[segsweep] the measured GPU memory is not kept for later runs ({machine_file}: "
+                          f"{e.strerror or e}); set SEGSWEEP_CACHE_DIR to a writable folder", file=sys.stderr,
+                          flush=True)
         peak, total = known[key]["peak_bytes"], known[key]["gpu_bytes"]
         if self.trial_gb is not None:
             peak = self.trial_gb * 2**30

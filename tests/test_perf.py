@@ -324,3 +324,17 @@ def test_cuda_devices_map_to_nvml_indices(monkeypatch):
     assert _nvml_index() == 0 and _nvml_index(1) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert _nvml_index() == 2 and _nvml_index(1) == 3
+
+
+def test_an_unwritable_machine_cache_costs_one_line_not_the_run(synthetic_root, tmp_path, monkeypatch, capsys):
+    import orchestrator.perf as perf
+
+    monkeypatch.setenv("SEGSWEEP_CACHE_DIR", str(tmp_path / "file-not-folder" / "x"))
+    (tmp_path / "file-not-folder").write_text("")  # a file where the folder should be: mkdir fails
+    monkeypatch.setattr(perf, "gpu_identity", lambda: "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04")
+    monkeypatch.setattr(perf, "probe_memory", lambda config, groups, data: {"peak_bytes": GiB, "gpu_bytes": 80 * GiB})
+    planner = TrialResources(1, 0.25, True, str(tmp_path), data=None)
+    assert planner.estimate({"model.arch": "unet"}) == (GiB, 80 * GiB)
+    assert json.loads((tmp_path / "gpu_memory.json").read_text())  # the run's own copy is kept
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not kept for later runs" in err[0] and "SEGSWEEP_CACHE_DIR" in err[0]
