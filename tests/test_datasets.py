@@ -114,7 +114,7 @@ def test_data_stats_against_hand_counts(tmp_path):
     result = CliRunner().invoke(app, ["data", "stats", "--dataset", "bdd100k_drivable", "--root", str(tmp_path),
                                       "--format", "json"])
     assert result.exit_code == 0, result.output
-    stats = json.loads(result.output)
+    stats = json.loads(result.stdout)
     assert (stats["dataset"], stats["split"], stats["images"], stats["ignored_pixels"]) == ("bdd100k_drivable", "train", 2, 1)
     pixels = [c["pixels"] for c in stats["classes"]]
     assert pixels == [2, 1, 12]
@@ -139,12 +139,12 @@ def test_data_check_lists_every_broken_file(tmp_path):
     save(root / "trainannot" / "s_4.png", np.full((4, 6), 12))  # value outside 0..10 and void 11
     result = CliRunner().invoke(app, ["data", "check", "--dataset", "camvid", "--root", str(tmp_path)])
     assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     assert any("s_1.png: missing" in line for line in lines)
     assert any("s_2.png: unreadable image" in line for line in lines)
     assert any("s_3.png: size 6x3 differs from its image's 6x4" in line for line in lines)
     assert any("s_4.png: label values [12] are not in the class set" in line for line in lines)
-    assert "5 pairs checked, 4 with problems" in lines[-1]
+    assert "5 pairs checked, 4 with problems" in result.stderr
     for name in ("s_1", "s_2", "s_3", "s_4"):
         (root / "train" / f"{name}.png").unlink()
         (root / "trainannot" / f"{name}.png").unlink(missing_ok=True)

@@ -81,7 +81,7 @@ def test_bench_cli_json_and_errors(enet_onnx, tmp_path):
     result = runner.invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--iters", "5",
                                  "--warmup", "1", "--threads", "1", "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.output)) == KEYS and json.loads(result.output)["extra"]["threads"] == 1
+    assert set(json.loads(result.stdout)) == KEYS and json.loads(result.stdout)["extra"]["threads"] == 1
     for args, message in [
         (["bench", str(path), "--backend", "onnx-gpu"], "unknown latency backend 'onnx-gpu'"),
         (["bench", str(tmp_path / "none.onnx"), "--backend", "ort-cpu"], "no such ONNX file"),
@@ -176,7 +176,7 @@ def test_remote_target_over_real_ssh(sshd, enet_onnx):
         args += ["--ssh-option", option]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["target"] == url and data["backend"] == "ort-cpu" and set(data) == KEYS
     assert 0 < data["p50_ms"] <= data["p90_ms"] <= data["p99_ms"]
     assert data["extra"]["device_facts"]["arch"] == os.uname().machine and data["extra"]["threads"] == 1

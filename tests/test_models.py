@@ -74,7 +74,7 @@ def test_model_info_json(tmp_path):
     from orchestrator.cli import app
 
     result = CliRunner().invoke(app, ["model-info", "enet", "--classes", "12", "--size", "64x96", "--format", "json"])
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["params"] == 352_200 and info["size_mb"] > 1.4 and info["counter"].startswith("torch.utils.flop_counter")
     # ENet's initial 3x3 conv alone: 13 filters x 27 MACs at 32x48 output positions
     assert info["gmacs"] > 13 * 27 * 32 * 48 / 1e9

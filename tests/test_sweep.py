@@ -123,5 +123,5 @@ def test_multi_objective_sweep_marks_the_pareto_front_and_measures_exports(ray_s
     assert max(diffs) <= 1e-3
     bench = runner.invoke(app, ["bench", str(run_dir), "--backend", "torch", "--shape", "1x3x32x64", "--iters", "5",
                                 "--warmup", "1", "--format", "json"], catch_exceptions=False)
-    data = json.loads(bench.output)
+    data = json.loads(bench.stdout)
     assert data["backend"] == "torch" and data["p50_ms"] <= data["p90_ms"] <= data["p99_ms"]
