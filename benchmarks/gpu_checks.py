@@ -4,7 +4,10 @@
 2. the same 6 steps eager and graphed from the same weights in fp32: loss difference;
 3. the driver's memory probe and the share it admits a small and a large trial with (4 per GPU asked);
 4. ``python3 benchmarks/gpu_checks.py OUT probe-cache``: only this one: a probe, then a second run on the same machine
-   that finds the peak in the machine's file instead of probing again (both timed).
+   that finds the peak in the machine's file instead of probing again (both timed);
+5. ``python3 benchmarks/gpu_checks.py OUT depthwise``: only this one: 6 steps from the same weights and batches with
+   depthwise convolutions through cuDNN and through PyTorch's kernels (``trainer.native_depthwise``), fp32 eager and
+   bf16 graphed: loss differences, and whether the native ones capture.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from models.depthwise import native_depthwise
 from models.losses import create_loss
 from models.registry import create_model
 from orchestrator.data import prepare_data
@@ -27,11 +31,13 @@ device = torch.device("cuda")
 
 
 def steps(loss_name: str, optimizer: str, graphs: bool, precision: str = "bf16-mixed", model=None, n: int = 6,
-          binary: bool = False):
+          binary: bool = False, native: bool = True):
     torch.manual_seed(0)
     model = model or create_model("unet", "mobilenet_v2", classes=1 if binary else 7)
-    levers = Levers(precision, True, True, graphs, True)
+    levers = Levers(precision, True, True, graphs, True, native)
     model = model.to(device).to(memory_format=torch.channels_last)
+    if native:
+        native_depthwise(model)
     loss = create_loss(loss_name, "binary" if binary else "multiclass", 255).to(device)
     module = SegmentationModule(model, loss, tuple("abcdefg") if not binary else ("bg", "fg"), 255,
                                 1 if binary else None, optim={"name": optimizer, "lr": 1e-3, "weight_decay": 0.0,
@@ -64,8 +70,18 @@ def probe_cache(out: Path) -> None:
                           "machine_file": str(machine_memory_file())}), flush=True)
 
 
-if len(sys.argv) > 2 and sys.argv[2] == "probe-cache":
-    probe_cache(Path(sys.argv[1]))
+def depthwise() -> None:
+    base = create_model("unet", "mobilenet_v2", classes=7)
+    for precision, graphs in (("32", False), ("bf16-mixed", True)):
+        _, cudnn = steps("ce", "adam", graphs, precision, copy.deepcopy(base), native=False)
+        step, native = steps("ce", "adam", graphs, precision, copy.deepcopy(base), native=True)
+        print(json.dumps({"check": f"depthwise cuDNN vs native, {precision}, graphs {graphs}", "cudnn": cudnn,
+                          "native": native, "native_graphed_replays": step.graphed, "fallback": step.fallback,
+                          "max_abs_diff": max(abs(a - b) for a, b in zip(cudnn, native))}), flush=True)
+
+
+if len(sys.argv) > 2:
+    {"probe-cache": lambda: probe_cache(Path(sys.argv[1])), "depthwise": depthwise}[sys.argv[2]]()
     sys.exit(0)
 
 for loss_name, binary in (("ce", False), ("weighted_ce_enet", False), ("dice", False), ("focal", False),

@@ -51,13 +51,16 @@ def _psp_block_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def exportable(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for export: every adaptive average pool that is not global becomes its matmul form."""
+    """A copy of ``model`` for export: every adaptive average pool that is not global becomes its matmul form, and
+    depthwise convolutions that a trial routed around cuDNN are plain ``nn.Conv2d`` again."""
     import copy
     import types
 
     from segmentation_models_pytorch.decoders.pspnet.decoder import PSPBlock
 
-    model = copy.deepcopy(model)
+    from models.depthwise import cudnn_depthwise
+
+    model = cudnn_depthwise(copy.deepcopy(model))
     for parent in model.modules():
         if isinstance(parent, PSPBlock):
             parent.forward = types.MethodType(_psp_block_forward, parent)

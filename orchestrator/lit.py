@@ -21,7 +21,8 @@ from orchestrator.data.cache import load_split
 from orchestrator.perf import Levers
 
 log = logging.getLogger("segsweep.trial")
-CPU_LEVERS = Levers(precision="32", channels_last=False, fused_optimizer=False, cuda_graphs=False, device_augment=True)
+CPU_LEVERS = Levers(precision="32", channels_last=False, fused_optimizer=False, cuda_graphs=False, device_augment=True,
+                    native_depthwise=False)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -38,10 +38,12 @@ class Levers:
     fused_optimizer: bool
     cuda_graphs: bool
     device_augment: bool
+    native_depthwise: bool
 
     def as_metrics(self) -> dict[str, float]:
         return {"perf/bf16": float(self.precision == "bf16-mixed"), "perf/channels_last": float(self.channels_last),
-                "perf/fused_optimizer": float(self.fused_optimizer)}
+                "perf/fused_optimizer": float(self.fused_optimizer),
+                "perf/native_depthwise": float(self.native_depthwise)}
 
 
 def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True, graph_safe_loss: bool = True) -> Levers:
@@ -57,6 +59,7 @@ def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True, graph_saf
         # GradScaler's inf check reads the host every step: fp16 stays eager
         cuda_graphs=trainer.cuda_graphs and on_gpu and precision != "16-mixed" and graph_safe_loss,
         device_augment=trainer.device_augment,
+        native_depthwise=trainer.native_depthwise and on_gpu,
     )
 
 
@@ -83,7 +86,8 @@ def gpu_share(peak_bytes: float, gpu_bytes: float, requested: float, headroom: f
 def memory_key(config: dict[str, Any]) -> str:
     """What a trial's GPU memory depends on: model, size, batch, precision, the levers, optimizer and loss names."""
     keep = ("model.", "data.size", "trainer.batch_size", "trainer.precision", "trainer.channels_last",
-            "trainer.cuda_graphs", "trainer.fused_optimizer", "optimizer.name", "loss.name", "data.task")
+            "trainer.cuda_graphs", "trainer.fused_optimizer", "trainer.native_depthwise", "optimizer.name",
+            "loss.name", "data.task")
     return json.dumps({k: v for k, v in sorted(config.items()) if k.startswith(keep)}, sort_keys=True, default=str)
 
 

@@ -241,6 +241,8 @@ class TrainerSpec(Strict):
                                                 "falls back to eager where capture is not possible")
     device_augment: bool = Field(True, description="conversion and augmentation on the device after transfer; "
                                                    "false: on the host before transfer")
+    native_depthwise: bool = Field(True, description="depthwise convolutions through PyTorch's CUDA kernels, not "
+                                                     "cuDNN's (which compiles them at run time in every new process)")
     seed: int = 0
     limit_train_batches: int | None = Field(None, ge=1)
     log_images: int = Field(4, ge=0, description="validation images with masks sent to W&B at the end")

@@ -32,6 +32,7 @@ LEVER_SWITCHES = {  # spec setting -> what turning it off means
     "trainer.fused_optimizer": False,
     "trainer.cuda_graphs": False,
     "trainer.device_augment": False,
+    "trainer.native_depthwise": False,
     "data.cache": False,
     "data.device_cache": False,
 }

@@ -118,6 +118,7 @@ class TrialRun:
 def build_module(cfg: TrialConfig, data: PreparedData, use_gpu: bool, state: dict[str, Any] | None = None):
     """The Lightning module of one configuration (model, loss, optimiser settings), its levers resolved for the
     device. Shared by ``build_trial`` and the driver's GPU-memory probe, so that the probe measures what trains."""
+    from models.depthwise import native_depthwise
     from models.losses import create_loss, enet_weights, loss_graph_safe, loss_needs_class_weights
     from models.registry import create_model
     from orchestrator.lit import SegmentationModule
@@ -137,6 +138,8 @@ def build_module(cfg: TrialConfig, data: PreparedData, use_gpu: bool, state: dic
         model.load_state_dict(state["model"])
     if levers.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if levers.native_depthwise:
+        native_depthwise(model)
     return SegmentationModule(
         model, loss, data.classes, data.ignore_index, data.positive,
         optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
@@ -295,11 +298,12 @@ def proxy_latency(model, proxy: dict[str, Any], size: tuple[int, int], trial_dir
     ``latency/mean_ms``, ``latency/p50_ms``, ``latency/p90_ms``, ``latency/p99_ms``."""
     import copy
 
+    from models.depthwise import cudnn_depthwise
     from orchestrator.latency.bench import measure_onnx, measure_torch
 
     shape = [1, 3, *size]
     backend, warmup, iters, fp16 = proxy["backend"], proxy["warmup"], proxy["iters"], proxy["fp16"]
-    probe = copy.deepcopy(model)
+    probe = cudnn_depthwise(copy.deepcopy(model))  # the model as deployed, not as the trial trains it
     if backend.startswith("torch"):
         result = measure_torch(probe, shape, warmup, iters, fp16, compile=backend == "torch-compile")
     else:

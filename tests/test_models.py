@@ -115,3 +115,50 @@ def test_matmul_adaptive_pool_is_exact():
     for size in (1, 2, 3, 6, (3, 5)):
         expected = torch.nn.AdaptiveAvgPool2d(size)(x)
         assert torch.allclose(MatmulAdaptiveAvgPool2d(size)(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("multiplier, stride, dilation, bias", [(1, 1, 1, False), (2, 2, 1, True), (1, 1, 2, True)])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_native_depthwise_computes_the_same_convolution(multiplier, stride, dilation, bias, autocast):
+    """The cuDNN-free depthwise path gives the output and every gradient of nn.Conv2d, in fp32 and under bf16
+    autocast, on a channels-last input; only depthwise convolutions are switched, parameters stay the same objects."""
+    import copy
+
+    from models.depthwise import NativeDepthwiseConv2d, native_depthwise
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(8, 8 * multiplier, 3, stride, dilation, dilation=dilation, groups=8, bias=bias)
+    model = torch.nn.Sequential(copy.deepcopy(ref), torch.nn.Conv2d(8 * multiplier, 4, 1))
+    weight = model[0].weight
+    assert native_depthwise(model) == 1 and type(model[0]) is NativeDepthwiseConv2d
+    assert type(model[1]) is torch.nn.Conv2d and model[0].weight is weight
+    x = torch.randn(2, 8, 9, 11).to(memory_format=torch.channels_last).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        a, b = ref(x), model[0](x2)
+    assert a.dtype == b.dtype == (torch.bfloat16 if autocast else torch.float32)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(x2.grad, x.grad, rtol=0, atol=0)
+    torch.testing.assert_close(model[0].weight.grad, ref.weight.grad, rtol=0, atol=0)
+    assert model[0].weight.grad.dtype == torch.float32
+    if bias:
+        torch.testing.assert_close(model[0].bias.grad, ref.bias.grad, rtol=0, atol=0)
+
+
+def test_native_depthwise_on_real_encoders_and_back_for_export(tmp_path):
+    """MobileNetV2's 17 depthwise convolutions are switched (ENet has none); the state dict is unchanged, and the
+    exported copy has plain convolutions again (the ONNX graph matches the untouched model)."""
+    from models.depthwise import NativeDepthwiseConv2d, cudnn_depthwise, native_depthwise
+    from models.export import export_onnx, exportable, onnx_parity
+
+    model = create_model("unet", "mobilenet_v2", classes=3).eval()
+    keys = list(model.state_dict())
+    assert native_depthwise(model) == 17 and list(model.state_dict()) == keys
+    assert native_depthwise(create_model("enet", None, classes=3)) == 0
+    assert not any(isinstance(m, NativeDepthwiseConv2d) for m in exportable(model).modules())
+    assert any(isinstance(m, NativeDepthwiseConv2d) for m in model.modules())  # exportable() copies
+    assert onnx_parity(model, export_onnx(model, tmp_path / "m.onnx", (64, 64)), torch.randn(1, 3, 64, 64)) < 1e-3
+    assert not any(isinstance(m, NativeDepthwiseConv2d) for m in cudnn_depthwise(model).modules())

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_lever_is_on_by_default_on_a_gpu():
     levers = resolve_levers(TrainerSpec(), on_gpu=True, bf16_supported=True)
     assert (levers.precision, levers.channels_last, levers.fused_optimizer, levers.cuda_graphs,
-            levers.device_augment) == ("bf16-mixed", True, True, True, True)
+            levers.device_augment, levers.native_depthwise) == ("bf16-mixed", True, True, True, True, True)
     data, resources = DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32]), ResourcesSpec()
     assert data.cache and data.device_cache == "auto" and data.on_device(GiB)
     assert resources.gpus_per_trial == "auto" and resources.memory_aware and resources.reuse_actors
@@ -35,13 +35,13 @@ def test_every_lever_is_on_by_default_on_a_gpu():
 @pytest.mark.parametrize("setting, field", [
     ({"precision": "32"}, "precision"), ({"channels_last": False}, "channels_last"),
     ({"fused_optimizer": False}, "fused_optimizer"), ({"cuda_graphs": False}, "cuda_graphs"),
-    ({"device_augment": False}, "device_augment"),
+    ({"device_augment": False}, "device_augment"), ({"native_depthwise": False}, "native_depthwise"),
 ])
 def test_each_trainer_lever_can_be_turned_off(setting, field):
     on = resolve_levers(TrainerSpec(), on_gpu=True)
     off = resolve_levers(TrainerSpec(**setting), on_gpu=True)
     assert getattr(off, field) in (False, "32") and getattr(on, field) not in (False, "32")
-    others = [f for f in ("channels_last", "fused_optimizer", "device_augment") if f != field]
+    others = [f for f in ("channels_last", "fused_optimizer", "device_augment", "native_depthwise") if f != field]
     assert all(getattr(off, f) for f in others)  # turning one off leaves the rest alone
 
 
@@ -58,7 +58,8 @@ def test_data_and_resource_levers_can_be_turned_off():
 
 def test_levers_on_a_cpu_and_where_they_cannot_apply():
     cpu = resolve_levers(TrainerSpec(), on_gpu=False)
-    assert (cpu.precision, cpu.channels_last, cpu.fused_optimizer, cpu.cuda_graphs) == ("32", False, False, False)
+    assert (cpu.precision, cpu.channels_last, cpu.fused_optimizer, cpu.cuda_graphs, cpu.native_depthwise) == (
+        "32", False, False, False, False)
     assert resolve_levers(TrainerSpec(precision="16-mixed"), on_gpu=False).precision == "32"
     assert not resolve_levers(TrainerSpec(precision="16-mixed"), on_gpu=True).cuda_graphs  # GradScaler reads the host
     assert resolve_levers(TrainerSpec(), on_gpu=True, bf16_supported=False).precision == "32"
