@@ -31,7 +31,7 @@ device = torch.device("cuda")
 
 
 def steps(loss_name: str, optimizer: str, graphs: bool, precision: str = "bf16-mixed", model=None, n: int = 6,
-          binary: bool = False, native: bool = True):
+          binary: bool = False, native: bool = False):
     torch.manual_seed(0)
     model = model or create_model("unet", "mobilenet_v2", classes=1 if binary else 7)
     levers = Levers(precision, True, True, graphs, True, native)

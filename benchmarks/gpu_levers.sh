@@ -12,7 +12,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backe
 timeout "${CHECKS_S:-120}" python3 benchmarks/gpu_checks.py /tmp/chk depthwise > "$OUT/checks.log" 2>&1
 echo "checks rc=$?"; grep '"check"' "$OUT/checks.log" | cut -c1-400
 timeout "${PROFILE_S:-200}" python3 benchmarks/startup_profile.py --out /tmp/sp --images 512 --epochs 2 \
-  --variants "${VARIANTS:-default,cudnn_depthwise,concurrent4}" > "$OUT/sp.log" 2>&1
+  --variants "${VARIANTS:-default,native_depthwise,concurrent4}" > "$OUT/sp.log" 2>&1
 echo "profile rc=$?"; cp /tmp/sp/startup_profile.jsonl "$OUT/" 2>/dev/null; tail -8 "$OUT/sp.log"
 timeout "${BENCH_S:-240}" python3 -c "
 import sys; from pathlib import Path

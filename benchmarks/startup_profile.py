@@ -8,7 +8,7 @@ the GPU synchronised at each mark: imports, CUDA initialisation, building the tr
 one (eager warm-up, capture, replays), each epoch, and each validation pass. Variants turn one thing off at a time:
 
 - ``default``: every lever on;            ``concurrent4``: four children at once, as 4 packed trials start;
-- ``no_graphs`` / ``fp32`` / ``no_channels_last`` / ``cudnn_depthwise``: that lever off;
+- ``no_graphs`` / ``fp32`` / ``no_channels_last``: that lever off;  ``native_depthwise``: that opt-in lever on;
 - ``no_cudnn``: ``torch.backends.cudnn.enabled = False``;  ``eager_loading``: ``CUDA_MODULE_LOADING=EAGER``;
 - ``jitcache``: the CUDA driver's JIT cache in a fresh folder (``CUDA_CACHE_PATH``, 4 GiB): run it twice to see
   whether a second process finds its kernels there.
@@ -38,7 +38,7 @@ VARIANTS = {
     "no_graphs": {"trainer.cuda_graphs": False},
     "fp32": {"trainer.precision": "32"},
     "no_channels_last": {"trainer.channels_last": False},
-    "cudnn_depthwise": {"trainer.native_depthwise": False},
+    "native_depthwise": {"trainer.native_depthwise": True},
     "no_cudnn": {},
     "eager_loading": {},
     "jitcache": {},
