@@ -1,7 +1,7 @@
 """Depthwise convolutions through PyTorch's own CUDA kernels instead of cuDNN (``trainer.native_depthwise``, opt-in).
 
-For the bf16 and fp32 channels-last depthwise convolutions of MobileNetV2 (ENet has none), cuDNN 9.19 picks engines
-that it compiles at run time with NVRTC, once per process: 10-17 s before a fresh trial's first training step on an
+For the bf16 channels-last depthwise convolutions of MobileNetV2 (ENet has none), cuDNN 9.19 picks engines that
+it compiles at run time with NVRTC, once per process: 10-17 s before a fresh trial's first training step on an
 H100. PyTorch's native depthwise kernels need no compilation, but train slower (docs/benchmarks.md: 0.66x).
 ``native_depthwise(model)`` routes every depthwise ``nn.Conv2d`` of a model through them, forward and backward; the
 other convolutions keep cuDNN. The arithmetic is the same convolution (tests compare outputs and gradients).
