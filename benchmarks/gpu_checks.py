@@ -80,8 +80,11 @@ def depthwise() -> None:
                           "max_abs_diff": max(abs(a - b) for a, b in zip(cudnn, native))}), flush=True)
 
 
+MODES = {"probe-cache": lambda: probe_cache(Path(sys.argv[1])), "depthwise": depthwise}
 if len(sys.argv) > 2:
-    {"probe-cache": lambda: probe_cache(Path(sys.argv[1])), "depthwise": depthwise}[sys.argv[2]]()
+    if sys.argv[2] not in MODES:
+        sys.exit(f"gpu_checks.py: unknown check {sys.argv[2]!r}; give one of {', '.join(MODES)} or none for the rest")
+    MODES[sys.argv[2]]()
     sys.exit(0)
 
 for loss_name, binary in (("ce", False), ("weighted_ce_enet", False), ("dice", False), ("focal", False),

@@ -85,7 +85,6 @@ def main() -> int:
                 rows.append(f"| {label} | {shape} | {column} | {a['p50_ms']:.3f} / {b['p50_ms']:.3f} | {drift:.1f}% | "
                             f"{a['p90_ms']:.3f} | {a['p99_ms']:.3f} | {compute} | {a['throughput_fps']:.0f} | "
                             f"{clocks(a)} / {clocks(b)} | {a['device']} |")
-    (args.out / "latency.json").write_text(json.dumps(results, indent=2))
     versions = next((r["runs"][0]["versions"] for r in results if "versions" in r["runs"][0]), {})
     table = ["| model | input | backend | p50 ms (run 1 / run 2) | p50 drift | p90 ms | p99 ms | "
              "compute-only p50 ms | img/s | SM MHz min-p50-max, reasons (run 1 / run 2) | device |",

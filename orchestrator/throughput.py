@@ -305,14 +305,11 @@ def run_bench(s: BenchSettings, out: Path) -> dict[str, Any]:
         result["cache"] = cache_footprint(cache)
         save()
     if "levers" in s.parts:
-        result["levers_off"] = {}
-        for key, off in LEVER_SWITCHES.items():
-            result["levers_off"][key] = segsweep_trial(s, root, cache, device, {key: off})
-            save()
-        result["levers_on"] = {}
-        for key, on in OPT_IN.items():
-            result["levers_on"][key] = segsweep_trial(s, root, cache, device, {key: on})
-            save()
+        for part, switches in (("levers_off", LEVER_SWITCHES), ("levers_on", OPT_IN)):
+            result[part] = {}
+            for key, value in switches.items():
+                result[part][key] = segsweep_trial(s, root, cache, device, {key: value})
+                save()
     if "sweep" in s.parts:
         result["sweep"] = segsweep_sweep(s, root, out)
         save()
@@ -351,12 +348,10 @@ def markdown(r: dict[str, Any]) -> str:
         row("segsweep: one trial", t["images_per_s"],
             f"levers: {', '.join(on) or 'none'}; graphs {'on' if t['cuda_graphs'] else 'off'}"
             + (f"; {t['gpu_peak_gb']} GB" if "gpu_peak_gb" in t else ""))
-    for key, t in r.get("levers_off", {}).items():
-        ratio = t["images_per_s"] / r["trial"]["images_per_s"]
-        row(f"segsweep: one trial, {key} off", t["images_per_s"], f"{ratio:.2f}x of all on")
-    for key, t in r.get("levers_on", {}).items():
-        ratio = t["images_per_s"] / r["trial"]["images_per_s"]
-        row(f"segsweep: one trial, {key} on (opt-in)", t["images_per_s"], f"{ratio:.2f}x of the defaults")
+    for part, state, base in (("levers_off", "off", "all on"), ("levers_on", "on (opt-in)", "the defaults")):
+        for key, t in r.get(part, {}).items():
+            ratio = t["images_per_s"] / r["trial"]["images_per_s"]
+            row(f"segsweep: one trial, {key} {state}", t["images_per_s"], f"{ratio:.2f}x of {base}")
     if "sweep" in r:
         w = r["sweep"]
         busy = ", ".join(f"{b:.0%}" for b in w["gpu_busy"]) if w.get("gpu_busy") else "not sampled"

@@ -191,6 +191,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration. Raises on failure; the runner records the reason. ASHA stops arrive as SystemExit."""
     import time
 
+    import ray
     from ray import tune
 
     from orchestrator import preload
@@ -202,8 +203,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     # torch's CPU threads: the trial's CPU share. Ray sets OMP_NUM_THREADS only in workers it starts for a task, and a
     # preloaded worker imported torch before it knew its share (measured: 4x slower epochs on 2 cores without this)
-    import ray
-
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(ctx.run_dir) / "trials" / trial_id
@@ -231,6 +230,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 _PROCESS: dict[str, float | None] = {"last_end": None}
+IDLE_S = 1.0  # a preloaded worker that got its trial sooner than this after preloading was started for it
 
 
 def trial_origin() -> float:
@@ -258,8 +258,6 @@ def trial_origin() -> float:
     except Exception:  # noqa: BLE001 - psutil comes with Ray; without it the trial function's start counts
         return now
 
-
-IDLE_S = 1.0  # a preloaded worker that got its trial sooner than this after preloading was started for it
 
 
 _COMPLEXITY: dict[tuple, object] = {}
