@@ -96,6 +96,20 @@ class StoreCallback(_tune_callback_base()):
         self.store.finish_trial(trial.trial_id, "failed", error_line(trace))
 
 
+class CheckpointCallback(_tune_callback_base()):
+    """A finished trial's Tune checkpoint becomes a stub (``release_checkpoint``): a sweep keeps per trial its
+    ``best.pt`` (1x the model) instead of also weights and optimiser state (3x with Adam). A failed trial keeps its
+    checkpoint, for the post-mortem."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        from orchestrator.trial import release_checkpoint
+
+        release_checkpoint(self.run_dir, trial.trial_id)
+
+
 class ProgressCallback(_tune_callback_base()):
     """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far."""
 
@@ -250,7 +264,7 @@ def build_tuner(sweep: Sweep, run_dir: Path, context, total: int, restore: bool 
             callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
                        WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
                                      sweep.groups),
-                       ProgressCallback(store_path, total)],
+                       CheckpointCallback(str(run_dir)), ProgressCallback(store_path, total)],
         ),
     )
 

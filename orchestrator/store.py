@@ -147,11 +147,13 @@ class Store:
             )
 
     def finish_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
+        """Record how a trial ended. A trial already completed or early-stopped keeps that: after a hard kill, Tune
+        may restore it from an older snapshot as unfinished, and its immediate end then is no new outcome."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a final status")
         with self._db() as db:
-            db.execute("UPDATE trials SET status = ?, error = ?, updated_at = ? WHERE id = ?",
-                       (status, error, time.time(), trial_id))
+            db.execute("UPDATE trials SET status = ?, error = ?, updated_at = ? WHERE id = ? "
+                       "AND status NOT IN ('completed', 'early_stopped')", (status, error, time.time(), trial_id))
 
     def drop_unfinished_except(self, keep: set[str]) -> list[str]:
         """Delete unfinished trials not in ``keep`` (with their epochs); returns their ids.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
+import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from orchestrator.spec import (
     expand_groups,
     unflatten,
 )
+
+# Tune's checkpoint of a trial: ``state.pt`` (weights, optimiser, schedule, epoch, best), staged in the trial's own
+# folder (a hard-killed trial leaves it in the run, not in /tmp) and copied by Tune to ``tune/<id>/checkpoint_*``
+STATE_FILE, STAGING_DIR = "state.pt", ".checkpoint"
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "loss": LossSpec, "optimizer": OptimizerSpec,
             "schedule": ScheduleSpec, "trainer": TrainerSpec}
@@ -97,10 +102,33 @@ class TuneReporter:
             torch.save(module.model.state_dict(), self.trial_dir / "best.pt")
         if epoch >= self.last_epoch and self.on_last_epoch is not None:
             self.on_last_epoch(module, epoch)
-        with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as d:
-            torch.save({**module.training_state(), "epoch": epoch, "best": self.best}, Path(d) / "state.pt")
+        staging = self.trial_dir / STAGING_DIR
+        shutil.rmtree(staging, ignore_errors=True)  # left by a trial killed inside its report
+        staging.mkdir()
+        try:
+            torch.save({**module.training_state(), "epoch": epoch, "best": self.best}, staging / STATE_FILE)
             self.last_report_s = time.perf_counter() - started  # reported with the next epoch; the report itself
-            tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(staging))
+        finally:  # Tune has copied it, or the trial is stopping (a scheduler stops it inside the report)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
+    """Once a trial has finished, nothing resumes it: its Tune checkpoint (weights and optimiser state, 3x the model
+    for Adam) becomes a stub that says so, and its staging folder goes. ``trials/<id>/best.pt`` keeps the weights.
+
+    A stub rather than nothing: a driver killed before Tune's next snapshot restores the trial as unfinished, and its
+    resume then finds the stub and ends at once. Returns the bytes freed."""
+    run_dir = Path(run_dir)
+    shutil.rmtree(run_dir / "trials" / trial_id / STAGING_DIR, ignore_errors=True)
+    freed = 0
+    for state in (run_dir / "tune" / trial_id).glob(f"checkpoint_*/{STATE_FILE}"):
+        size = state.stat().st_size
+        stub = state.with_name(STATE_FILE + ".stub")
+        torch.save({"finished": True}, stub)
+        os.replace(stub, state)  # a kill here leaves either the whole checkpoint or the stub
+        freed += size - state.stat().st_size
+    return freed
 
 
 @dataclass
@@ -211,8 +239,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-    if state is not None and state["epoch"] >= TrialConfig.from_flat(config, ctx.groups).trainer.max_epochs:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+    if state is not None and (state.get("finished") or
+                              state["epoch"] >= TrialConfig.from_flat(config, ctx.groups).trainer.max_epochs):
         return
     run = build_trial(config, ctx.data, ctx.gpus_per_trial > 0, started, ctx.groups, state)
     cfg, constants = run.cfg, run.constants

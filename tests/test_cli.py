@@ -101,6 +101,9 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
         assert after[trial_id].best == t.best and after[trial_id].epochs == t.epochs
     for t in after.values():  # no epoch recorded twice, none missing
         assert [h["epoch"] for h in t.history] == [1, 2, 3, 4]
+        # every trial's checkpoint released once it finished, whichever driver saw it finish
+        (state,) = (run_dir / "tune" / t.id).glob("checkpoint_*/state.pt")
+        assert state.stat().st_size < 2000 and not (run_dir / "trials" / t.id / ".checkpoint").exists()
     report = json.loads(cli("report", str(run_dir), "--format", "json").stdout)
     assert sorted(t["id"] for t in report["trials"]) == sorted(after)
     status = cli("status", str(run_dir))

@@ -49,6 +49,7 @@ def test_store_best_last_and_no_duplicate_epochs(filled):
     assert rows == (3,)
     assert store.counts() == {"pending": 0, "running": 1, "completed": 0, "early_stopped": 1, "failed": 1}
     store.add_trial("t2", {"x": 1}, "running")  # a finished trial is never reopened
+    store.finish_trial("t2", "completed")  # nor re-finished (a restore from an older snapshot ends it again)
     assert {t.id: t.status for t in store.trials()}["t2"] == "early_stopped"
     with pytest.raises(ValueError):
         store.finish_trial("t1", "running")

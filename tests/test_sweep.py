@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 
 from orchestrator.runner import run_sweep
 from orchestrator.spec import load_spec
@@ -53,6 +54,10 @@ def test_grid_sweep_records_every_trial(ray_session, synthetic_root, write_spec,
         assert [r["val/iou/road"] for r in rows] == pytest.approx([h["val/iou/road"] for h in t.history])
         assert wandb_config(log)["loss.name"] == t.config["loss.name"]
         assert (run_dir / "trials" / t.id / "best.pt").is_file()
+        # its Tune checkpoint is released once it finished: a stub, and no staging folder left
+        (state,) = (run_dir / "tune" / t.id).glob("checkpoint_*/state.pt")
+        assert torch.load(state, weights_only=False) == {"finished": True} and state.stat().st_size < 2000
+        assert not (run_dir / "trials" / t.id / ".checkpoint").exists()
     completed = [t for t in trials if t.status == "completed"]
     for t in completed:  # example masks and the best / worst panels at the end of a full trial
         assert list((run_dir / "trials" / t.id / "wandb").glob("offline-run-*/files/media/images/mask/val/*.png"))
