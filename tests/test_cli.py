@@ -92,6 +92,15 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
         driver.wait()
     before = {t.id: t for t in Store(run_dir / "results.db").trials()}
     finished = {i: t for i, t in before.items() if t.status == "completed"}
+    # as if Tune's last snapshot predated their end: restored as running, they find their released checkpoints
+    # (stubs) and end at once
+    snapshot = sorted((run_dir / "tune").glob("experiment_state-*.json"))[-1]
+    state = json.loads(snapshot.read_text())
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["trial_id"] in finished:
+            entry[0] = json.dumps({**trial, "status": "RUNNING"})
+    snapshot.write_text(json.dumps(state))
 
     done = cli("resume", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -104,6 +113,8 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
         # every trial's checkpoint released once it finished, whichever driver saw it finish
         (state,) = (run_dir / "tune" / t.id).glob("checkpoint_*/state.pt")
         assert state.stat().st_size < 2000 and not (run_dir / "trials" / t.id / ".checkpoint").exists()
+    final = json.loads(sorted((run_dir / "tune").glob("experiment_state-*.json"))[-1].read_text())
+    assert {json.loads(trial)["status"] for trial, _ in final["trial_data"]} == {"TERMINATED"}  # none errored
     report = json.loads(cli("report", str(run_dir), "--format", "json").stdout)
     assert sorted(t["id"] for t in report["trials"]) == sorted(after)
     status = cli("status", str(run_dir))
