@@ -119,10 +119,12 @@ def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
 
     A stub rather than nothing: a driver killed before Tune's next snapshot restores the trial as unfinished, and its
     resume then finds the stub and ends at once. Returns the bytes freed."""
+    from orchestrator.runner import TUNE_DIR  # the driver's layout; only the driver calls this
+
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir / "trials" / trial_id / STAGING_DIR, ignore_errors=True)
     freed = 0
-    for state in (run_dir / "tune" / trial_id).glob(f"checkpoint_*/{STATE_FILE}"):
+    for state in (run_dir / TUNE_DIR / trial_id).glob(f"checkpoint_*/{STATE_FILE}"):
         size = state.stat().st_size
         stub = state.with_name(STATE_FILE + ".stub")
         torch.save({"finished": True}, stub)

@@ -95,12 +95,12 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
     # as if Tune's last snapshot predated their end: restored as running, they find their released checkpoints
     # (stubs) and end at once
     snapshot = sorted((run_dir / "tune").glob("experiment_state-*.json"))[-1]
-    state = json.loads(snapshot.read_text())
-    for entry in state["trial_data"]:
+    experiment = json.loads(snapshot.read_text())
+    for entry in experiment["trial_data"]:
         trial = json.loads(entry[0])
         if trial["trial_id"] in finished:
             entry[0] = json.dumps({**trial, "status": "RUNNING"})
-    snapshot.write_text(json.dumps(state))
+    snapshot.write_text(json.dumps(experiment))
 
     done = cli("resume", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
