@@ -107,7 +107,11 @@ class CheckpointCallback(_tune_callback_base()):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         from orchestrator.trial import release_checkpoint
 
-        release_checkpoint(self.run_dir, trial.trial_id)
+        try:
+            release_checkpoint(self.run_dir, trial.trial_id)
+        except OSError as e:  # freeing space is no outcome of the trial: it keeps its whole checkpoint instead
+            print(f"[segsweep] trial {trial.trial_id}: its checkpoint under {Path(self.run_dir) / TUNE_DIR} stays "
+                  f"whole ({e.strerror or e}); delete it by hand once the run has ended", file=sys.stderr, flush=True)
 
 
 class ProgressCallback(_tune_callback_base()):

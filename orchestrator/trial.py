@@ -127,7 +127,13 @@ def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
     for state in (run_dir / TUNE_DIR / trial_id).glob(f"checkpoint_*/{STATE_FILE}"):
         size = state.stat().st_size
         stub = state.with_name(STATE_FILE + ".stub")
-        torch.save({"finished": True}, stub)
+        try:
+            with open(stub, "wb") as f:  # a file object: a failed write is an OSError, not torch's RuntimeError
+                torch.save({"finished": True}, f)
+        except OSError:
+            if stub.is_file():
+                stub.unlink()  # no half-written stub beside the whole checkpoint
+            raise
         os.replace(stub, state)  # a kill here leaves either the whole checkpoint or the stub
         freed += size - state.stat().st_size
     return freed

@@ -30,3 +30,17 @@ def test_release_checkpoint_leaves_a_stub_and_frees_the_rest(tmp_path):
     assert (tmp_path / "trials" / "a" / "best.pt").read_bytes() == b"weights"
     assert torch.load(other, weights_only=False)["epoch"] == 2  # another trial's checkpoint is its own
     assert release_checkpoint(tmp_path, "a") == 0 and release_checkpoint(tmp_path, "never-ran") == 0
+
+
+def test_a_checkpoint_that_cannot_be_released_stays_whole_with_one_line(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from orchestrator.runner import CheckpointCallback
+
+    state = _checkpoint(tmp_path, "a", 0, 1000)
+    size = state.stat().st_size
+    (state.parent / (STATE_FILE + ".stub")).mkdir()  # the stub cannot be written (a folder holds its name)
+    CheckpointCallback(str(tmp_path)).on_trial_complete(0, [], SimpleNamespace(trial_id="a"))
+    err = capsys.readouterr().err
+    assert state.stat().st_size == size and torch.load(state, weights_only=False)["epoch"] == 1
+    assert err.count("\n") == 1 and "trial a: its checkpoint" in err and "stays whole" in err
