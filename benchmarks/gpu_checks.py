@@ -22,10 +22,13 @@ import torch
 from models.depthwise import native_depthwise
 from models.losses import create_loss
 from models.registry import create_model
-from orchestrator.data import prepare_data
-from orchestrator.lit import SegmentationModule, normalise, to_model_input
-from orchestrator.perf import Levers, TrialResources, gpu_identity, machine_memory_file
-from orchestrator.spec import DataSpec
+from orchestrator.data.prepare import prepare_data
+from orchestrator.driver.admission import TrialResources, machine_memory_file
+from orchestrator.gpu import gpu_identity
+from orchestrator.spec.schema import DataSpec
+from orchestrator.trial.data import normalise, to_model_input
+from orchestrator.trial.levers import Levers
+from orchestrator.trial.module import SegmentationModule
 
 device = torch.device("cuda")
 

@@ -16,8 +16,8 @@ timeout "${PROFILE_S:-200}" python3 benchmarks/startup_profile.py --out /tmp/sp 
 echo "profile rc=$?"; cp /tmp/sp/startup_profile.jsonl "$OUT/" 2>/dev/null; tail -8 "$OUT/sp.log"
 timeout "${BENCH_S:-240}" python3 -c "
 import sys; from pathlib import Path
-from orchestrator.throughput import BenchSettings, bench_train
-bench_train(BenchSettings(images=1024, epochs=3, workers=8, parts=('trial', 'levers')), Path('/tmp/bt'))
+from orchestrator.bench.train import BenchSettings, run_bench
+run_bench(BenchSettings(images=1024, epochs=3, workers=8, parts=('trial', 'levers')), Path('/tmp/bt'))
 " > "$OUT/bt.log" 2>&1
 echo "bench rc=$?"; mkdir -p "$OUT/bt"; cp /tmp/bt/bench_train.* "$OUT/bt/" 2>/dev/null
 cat "$OUT/bt/bench_train.md" 2>/dev/null || tail -5 "$OUT/bt.log"

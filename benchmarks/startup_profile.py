@@ -56,9 +56,9 @@ def child(variant: str, root: Path, cache: Path, images: int, epochs: int) -> di
     mark("import_torch")
     import lightning.pytorch as L
 
-    from orchestrator.data import prepare_data
+    from orchestrator.bench.settings import BenchSettings, sweep_spec
+    from orchestrator.data.prepare import prepare_data
     from orchestrator.spec import build_sweep
-    from orchestrator.throughput import BenchSettings, sweep_spec
     from orchestrator.trial import build_trial
 
     mark("import_rest")
@@ -136,10 +136,10 @@ def main() -> int:
         print(json.dumps(child(args.child, args.root, args.cache, args.images, args.epochs)), flush=True)
         return 0
 
-    from orchestrator.data import prepare_data
+    from orchestrator.bench.settings import BenchSettings, sweep_spec
+    from orchestrator.data.prepare import prepare_data
     from orchestrator.data.synthetic import generate_synthetic
     from orchestrator.spec import build_sweep
-    from orchestrator.throughput import BenchSettings, sweep_spec
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

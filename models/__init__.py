@@ -1,28 +1,22 @@
 """Models, losses, metrics and optimisers: plain registries and the factories that read them."""
 
-from models.complexity import Complexity, complexity, model_size
-from models.losses import LOSSES, create_loss, enet_weights, list_losses
-from models.metrics import ConfusionMatrix, metrics_from_confusion
-from models.optim import OPTIMIZERS, SCHEDULES, create_optimizer, create_schedule, list_schedules
-from models.registry import ARCHITECTURES, create_model, list_encoders, list_models
+from importlib import import_module
 
-__all__ = [
-    "ARCHITECTURES",
-    "Complexity",
-    "LOSSES",
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "ConfusionMatrix",
-    "complexity",
-    "create_loss",
-    "create_model",
-    "create_optimizer",
-    "create_schedule",
-    "enet_weights",
-    "list_encoders",
-    "list_losses",
-    "list_models",
-    "list_schedules",
-    "metrics_from_confusion",
-    "model_size",
-]
+_HOME = {
+    "ARCHITECTURES": "registry", "create_model": "registry", "list_encoders": "registry", "list_models": "registry",
+    "LOSSES": "losses", "create_loss": "losses", "enet_weights": "losses", "list_losses": "losses",
+    "loss_parts": "losses",
+    "OPTIMIZERS": "optim", "SCHEDULES": "optim", "create_optimizer": "optim", "create_schedule": "optim",
+    "list_schedules": "optim",
+    "ConfusionMatrix": "metrics", "metrics_from_confusion": "metrics",
+    "Complexity": "complexity", "complexity": "complexity", "model_size": "complexity",
+    "ModelError": "errors", "UnknownNameError": "errors",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    # lazy: `import models.errors` (reached by the CLI's error handler and `orchestrate status`) must not import torch
+    if name in _HOME:
+        return getattr(import_module(f"models.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

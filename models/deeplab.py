@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models.segmentation import fcn_resnet50
 
 # blocks of the replaced layer3 / layer4 in each torchvision ResNet
 DEPTHS = {"resnet18": (2, 2), "resnet34": (6, 3)}
@@ -73,8 +74,6 @@ class FCN(nn.Module):
 
     def __init__(self, classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        from torchvision.models.segmentation import fcn_resnet50
-
         self.net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=classes, aux_loss=False)
         if in_channels != 3:
             self.net.backbone.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)

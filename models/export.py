@@ -6,15 +6,19 @@ pooling at static shapes and ENet's max-unpooling (ONNX MaxUnpool), and exists i
 
 from __future__ import annotations
 
+import copy
+import types
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.decoders.pspnet.decoder import PSPBlock
 from torch import nn
 
-from orchestrator.errors import SegsweepError
+from models.depthwise import cudnn_depthwise
+from models.errors import ModelError
 
 INPUT, OUTPUT = "image", "logits"
 
@@ -53,13 +57,6 @@ def _psp_block_forward(self, x: torch.Tensor) -> torch.Tensor:
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` for export: every adaptive average pool that is not global becomes its matmul form, and
     depthwise convolutions that a trial routed around cuDNN are plain ``nn.Conv2d`` again."""
-    import copy
-    import types
-
-    from segmentation_models_pytorch.decoders.pspnet.decoder import PSPBlock
-
-    from models.depthwise import cudnn_depthwise
-
     model = cudnn_depthwise(copy.deepcopy(model))
     for parent in model.modules():
         if isinstance(parent, PSPBlock):
@@ -74,7 +71,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
                 in_channels: int = 3) -> Path:
     """Export ``model`` in eval mode at batch 1 and ``size``; with ``dynamic`` batch, height and width are free.
     The file is checked with ``onnx.checker``."""
-    import onnx
+    import onnx  # lazy: 0.4 s of imports that every trial process would pay, and only exports need
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,23 +85,23 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
                               input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
                               dynamic_axes=axes if dynamic else None)
         except Exception as e:  # noqa: BLE001 - the exporter raises many types; the message is what matters
-            raise SegsweepError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            raise ModelError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        raise SegsweepError(f"{path}: exported model fails onnx.checker: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"{path}: exported model fails onnx.checker: {str(e).splitlines()[0]}") from e
     return path
 
 
 def onnx_session(path: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy, as onnx in export_onnx
 
     if not Path(path).is_file():
-        raise SegsweepError(f"{path}: no such ONNX file")
+        raise ModelError(f"{path}: no such ONNX file")
     try:
         return ort.InferenceSession(str(path), providers=list(providers))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors for corrupt files
-        raise SegsweepError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
 
 
 def onnx_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> float:
@@ -114,5 +111,5 @@ def onnx_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> flo
         expected = model(inputs.to(next(model.parameters()).device)).float().cpu().numpy()
     got = onnx_session(path).run([OUTPUT], {INPUT: inputs.cpu().numpy().astype(np.float32)})[0]
     if got.shape != expected.shape:
-        raise SegsweepError(f"{path}: onnxruntime output {got.shape} differs from PyTorch's {expected.shape}")
+        raise ModelError(f"{path}: onnxruntime output {got.shape} differs from PyTorch's {expected.shape}")
     return float(np.abs(got - expected).max())

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
-from orchestrator.errors import SegsweepError, UnknownNameError
+from models.errors import ModelError, UnknownNameError
 
 
 def enet_weights(pixel_counts: Sequence[int] | np.ndarray, c: float = 1.02) -> np.ndarray:
@@ -101,7 +101,7 @@ def _ce(ctx: LossContext, weights: torch.Tensor | None = None) -> nn.Module:
 
 def _weighted_ce(ctx: LossContext) -> nn.Module:
     if ctx.class_weights is None:
-        raise SegsweepError("weighted_ce_enet needs the training split's class weights; none were computed")
+        raise ModelError("weighted_ce_enet needs the training split's class weights; none were computed")
     return _ce(ctx, ctx.class_weights)
 
 
@@ -153,13 +153,25 @@ def list_losses() -> dict[str, str]:
     return {name: entry.description for name, entry in LOSSES.items()}
 
 
+def loss_parts(name: str) -> tuple[str, ...]:
+    """The one parse of ``loss.name``: ``"a"`` or ``"a+b"`` (spaces around ``+`` allowed) -> ``("a", "b")``.
+    Raises UnknownNameError for a part not in LOSSES and ModelError for more than two parts."""
+    parts = tuple(p.strip() for p in name.split("+"))
+    for part in parts:
+        if part not in LOSSES:
+            raise UnknownNameError("loss", part, LOSSES)
+    if len(parts) > 2:
+        raise ModelError(f"'{name}' combines more than two losses; write 'a+b' with loss.weights: [wa, wb]")
+    return parts
+
+
 def loss_graph_safe(name: str) -> bool:
     """Whether every part of ``name`` can run inside a captured CUDA graph (checked on an H100 for each loss)."""
-    return all(LOSSES[p.strip()].graph_safe for p in name.split("+") if p.strip() in LOSSES)
+    return all(LOSSES[p].graph_safe for p in loss_parts(name))
 
 
 def loss_needs_class_weights(name: str) -> bool:
-    return "weighted_ce_enet" in name.split("+")
+    return "weighted_ce_enet" in loss_parts(name)
 
 
 def create_loss(
@@ -171,10 +183,7 @@ def create_loss(
     **params: float | None,
 ) -> nn.Module:
     """Build ``name`` (or ``a+b``, summed with ``weights``) for ``task``; ``params``: alpha, beta, gamma, smooth."""
-    parts = [p.strip() for p in name.split("+")]
-    for part in parts:
-        if part not in LOSSES:
-            raise UnknownNameError("loss", part, LOSSES)
+    parts = loss_parts(name)
     cw = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
     ctx = LossContext(task=task, ignore_index=ignore_index, class_weights=cw, **params)
     built = [LOSSES[p].build(ctx) for p in parts]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as sched
 
-from orchestrator.errors import UnknownNameError
+from models.errors import UnknownNameError
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ from functools import cache
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
 from torch import nn
 
-from orchestrator.errors import SegsweepError, UnknownNameError
+from models.deeplab import FCN, AtrousDeepLabV3
+from models.enet import ENet
+from models.errors import ModelError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -25,20 +28,14 @@ class Architecture:
 
 
 def _enet(encoder_name=None, encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
-    from models.enet import ENet
-
     return ENet(classes, in_channels)
 
 
 def _deeplab_atrous(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
-    from models.deeplab import AtrousDeepLabV3
-
     return AtrousDeepLabV3(encoder_name, classes, in_channels)
 
 
 def _fcn(encoder_name="resnet50", encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
-    from models.deeplab import FCN
-
     return FCN(classes, in_channels)
 
 
@@ -79,8 +76,6 @@ def check_encoder(name: str | None) -> str | None:
     if name is None or name in list_encoders():
         return name
     if name.startswith("tu-"):
-        import timm
-
         if timm.list_models(name[3:]):
             return name
         raise UnknownNameError("timm encoder", name, [f"tu-{m}" for m in timm.list_models()])
@@ -88,16 +83,16 @@ def check_encoder(name: str | None) -> str | None:
 
 
 def check_arch_encoder(arch: str, encoder: str | None) -> None:
-    """Raise SegsweepError when ``arch`` does not take ``encoder`` (custom architectures have fixed ones)."""
+    """Raise ModelError when ``arch`` does not take ``encoder`` (custom architectures have fixed ones)."""
     allowed = ARCHITECTURES[arch].encoders
     if allowed is None:
         if encoder is None:
-            raise SegsweepError(f"{arch} needs an encoder (e.g. model.encoder: mobilenet_v2)")
+            raise ModelError(f"{arch} needs an encoder (e.g. model.encoder: mobilenet_v2)")
         check_encoder(encoder)
     elif allowed == () and encoder is not None:
-        raise SegsweepError(f"{arch} has no separate encoder; set model.encoder: null")
+        raise ModelError(f"{arch} has no separate encoder; set model.encoder: null")
     elif allowed and encoder not in allowed:
-        raise SegsweepError(f"{arch} takes model.encoder {' or '.join(allowed)}, not {encoder}")
+        raise ModelError(f"{arch} takes model.encoder {' or '.join(allowed)}, not {encoder}")
 
 
 def create_model(
@@ -119,7 +114,7 @@ def create_model(
         raise UnknownNameError("architecture", arch, ARCHITECTURES)
     check_arch_encoder(arch, encoder)
     if encoder_weights and ARCHITECTURES[arch].encoders is not None:
-        raise SegsweepError(f"{arch}: encoder_weights are for smp encoders; its own weights start random")
+        raise ModelError(f"{arch}: encoder_weights are for smp encoders; its own weights start random")
     local = encoder_weights if encoder_weights and encoder_weights not in WEIGHT_NAMES else None
     kwargs = {"encoder_name": encoder} if encoder else {}
     try:
@@ -128,7 +123,7 @@ def create_model(
         )
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SegsweepError(f"model {arch} with encoder {encoder} cannot be built: {first}") from e
+        raise ModelError(f"model {arch} with encoder {encoder} cannot be built: {first}") from e
     if local:
         load_encoder_weights(model, Path(local))
     if batchnorm == "batch":
@@ -150,5 +145,5 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     prefixed = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     state = prefixed or state
     if not set(state) & set(model.encoder.state_dict()):
-        raise SegsweepError(f"{path}: no tensor matches the encoder's parameters; is it this encoder's state_dict?")
+        raise ModelError(f"{path}: no tensor matches the encoder's parameters; is it this encoder's state_dict?")
     model.encoder.load_state_dict(state, strict=False)

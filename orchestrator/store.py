@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STORE_FILE = "results.db"
+from orchestrator.errors import SegsweepError
+from orchestrator.rundir import RunDir
+
 STATUSES = ("pending", "running", "completed", "early_stopped", "failed")
 TERMINAL = ("completed", "early_stopped", "failed")
 
@@ -89,11 +91,9 @@ class Store:
     @classmethod
     def of_run(cls, run_dir: str | Path) -> Store:
         """The store of a run directory; a folder without one is a one-line error."""
-        path = Path(run_dir) / STORE_FILE
+        path = RunDir(run_dir).store
         if not path.is_file():
-            from orchestrator.errors import SegsweepError
-
-            raise SegsweepError(f"{run_dir}: no {STORE_FILE}; is this a segsweep run directory?")
+            raise SegsweepError(f"{run_dir}: no {path.name}; is this a segsweep run directory?")
         return cls(path)
 
     def __init__(self, path: str | Path) -> None:
@@ -217,6 +217,18 @@ def best_of(trials: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     if not scored:
         return None
     return (max if mode == "max" else min)(scored, key=lambda t: t.best[metric])
+
+
+def progress_line(store: Store, total: int | None = None) -> str:
+    """``[segsweep] 3/8 done (2 completed, 1 early-stopped, 0 failed), 2 running, best val/miou 0.61 (id)``."""
+    meta, counts = store.meta(), store.counts()
+    metric, mode = meta.get("metric", "val/miou"), meta.get("mode", "max")
+    done = counts["completed"] + counts["early_stopped"] + counts["failed"]
+    best = best_of(store.trials(), metric, mode)
+    best_text = f", best {metric} {best.best[metric]:.4f} ({best.id})" if best else ""
+    return (f"[segsweep] {done}/{total or meta.get('trials', '?')} done ({counts['completed']} completed, "
+            f"{counts['early_stopped']} early-stopped, {counts['failed']} failed), {counts['running']} running"
+            f"{best_text}")
 
 
 def _finite(v: Any) -> bool:

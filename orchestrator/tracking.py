@@ -1,10 +1,11 @@
-"""Weights & Biases: one run per trial, logged by the driver from Tune's trial events.
+"""Weights & Biases: ``Tracker`` is one W&B run (a trial's, or the sweep's summary), every call guarded.
 
-Logging from the driver rather than from inside trials means a trial that ASHA stops (and whose Ray actor is torn
-down at once) still has every epoch in its run, and a tracker failure cannot touch a trial. Offline by default: runs
-land in ``<run_dir>/trials/<trial>/wandb/offline-run-*`` and ``wandb sync`` uploads them later. Every W&B call goes
-through ``_guard``: a failure is reported once on stderr and switches tracking off for that trial, never the sweep.
-``finish_timeout`` bounds the upload wait at the end of each run (and so on Ctrl-C).
+The driver logs trials from Tune's events (``orchestrator.driver.callbacks.WandbCallback``), not the trials
+themselves: a trial that ASHA stops (and whose Ray actor is torn down at once) still has every epoch in its run, and
+a tracker failure cannot touch a trial. Offline by default: runs land in ``<run_dir>/trials/<trial>/wandb/
+offline-run-*`` and ``wandb sync`` uploads them later. Every W&B call goes through ``_guard``: a failure is reported
+once on stderr and switches tracking off for that run, never the sweep. ``finish_timeout`` bounds the upload wait
+at the end of each run (and so on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ray import tune
 
-from orchestrator.spec import expand_groups
-from orchestrator.store import is_metric
+if TYPE_CHECKING:
+    import pandas as pd
 
 FINISH_TIMEOUT_S = 30.0
-EXAMPLES_FILE = "examples.npz"
 
 
 class Tracker:
@@ -36,7 +35,7 @@ class Tracker:
         directory.mkdir(parents=True, exist_ok=True)
 
         def start() -> Any:
-            import wandb
+            import wandb  # lazy: W&B's import costs seconds, and mode: disabled never needs it
 
             return wandb.init(
                 project=wandb_spec.get("project", "segsweep"), entity=wandb_spec.get("entity"), group=group,
@@ -71,7 +70,7 @@ class Tracker:
             return
 
         def send() -> None:
-            import wandb
+            import wandb  # lazy, as in start
 
             data = np.load(path)
             classes = [str(c) for c in data["classes"]]
@@ -94,7 +93,7 @@ class Tracker:
             return
 
         def send() -> None:
-            import wandb
+            import wandb  # lazy, as in start
 
             self.run.log({"val/best_worst": [wandb.Image(str(p), caption=p.stem) for p in panels], "epoch": epoch})
 
@@ -105,63 +104,15 @@ class Tracker:
             self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
             self.run = None
 
+    def log_table(self, key: str, make: Callable[[], pd.DataFrame]) -> None:
+        """The DataFrame ``make()`` returns as a ``wandb.Table`` (missing values as None); made only when tracking."""
+        if self.run is None:
+            return
 
-class WandbCallback(tune.Callback):
-    """Driver-side: a Tracker per trial, fed by Tune's events. Picklable (Tune pickles callbacks for resume)."""
+        def send() -> None:
+            import wandb  # lazy, as in start
 
-    def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str, groups: dict | None = None) -> None:
-        self.wandb_spec, self.run_dir, self.group, self.groups = wandb_spec, run_dir, group, groups or {}
-        self._trackers: dict[str, Tracker] = {}
+            table = make()
+            self.run.log({key: wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_trackers": {}}
-
-    def _tracker(self, trial) -> Tracker:
-        if trial.trial_id not in self._trackers:
-            directory = Path(self.run_dir) / "trials" / trial.trial_id
-            config = expand_groups(dict(trial.config), self.groups)
-            self._trackers[trial.trial_id] = Tracker(self.wandb_spec, directory, trial.trial_id, self.group, config)
-        return self._trackers[trial.trial_id]
-
-    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._tracker(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        if "epoch" in result:
-            row = {k: v for k, v in result.items() if is_metric(k) or k.startswith("model/") or k in ("epoch", "lr")}
-            self._tracker(trial).log(row)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        tracker = self._trackers.pop(trial.trial_id, None) or self._tracker(trial)
-        trial_dir = Path(self.run_dir) / "trials" / trial.trial_id
-        tracker.log_examples(trial_dir / EXAMPLES_FILE)
-        tracker.log_panels(trial_dir / "best_worst", int((trial.last_result or {}).get("epoch", 0)))
-        tracker.finish()
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        tracker = self._trackers.pop(trial.trial_id, None)
-        if tracker is not None:
-            tracker.finish(failed=True)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for tracker in self._trackers.values():  # interrupted runs: close them, they resume under the same id
-            tracker.finish()
-        self._trackers.clear()
-
-
-def log_summary_run(run_dir: Path, wandb_spec: dict[str, Any], sweep: str) -> None:
-    """One more run in the sweep's group holding the model-wise comparison as a ``wandb.Table``."""
-    from reports.build import comparison_frame
-
-    tracker = Tracker(wandb_spec, Path(run_dir) / "summary", f"{sweep}-summary", sweep, {"sweep": sweep})
-    if tracker.run is None:
-        return
-
-    def send() -> None:
-        import wandb
-
-        table = comparison_frame(run_dir)
-        tracker.run.log({"comparison": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
-
-    tracker._guard("summary table", send)
-    tracker.finish()
+        self._guard(f"{key} table", send)

@@ -10,8 +10,8 @@ from typing import Any
 import pandas as pd
 
 from models.complexity import COUNTER
-from orchestrator.store import Store
-from reports.collect import load_history, load_results
+from orchestrator.rundir import RunDir
+from reports.collect import RunData, load_run
 from reports.figures import latency_bars, metric_by, speed_frame, speed_vs_accuracy, training_curves
 from reports.summary import latency_columns, pareto_front
 from reports.tables import comparison_table, to_markdown, varying_keys
@@ -23,13 +23,13 @@ def _num(value: Any) -> float | None:
 
 def report_json(run_dir: str | Path) -> dict[str, Any]:
     """The ``report --format json`` object: every trial with its config and best validation metrics."""
-    store = Store.of_run(run_dir)
-    meta = store.meta()
+    run = load_run(run_dir)
+    meta = run.meta
     latencies: dict[str, list[dict]] = {}
-    for r in store.latencies():
+    for r in run.latencies:
         latencies.setdefault(r["trial_id"], []).append(r)
     trials = []
-    for t in store.trials():
+    for t in run.trials:
         trials.append({
             "id": t.id, "status": t.status, "config": t.config, "epochs": t.epochs,
             "metrics": {k: v for k, v in t.best.items() if k.startswith("val/")},
@@ -48,18 +48,16 @@ def objectives(meta: dict) -> list[tuple[str, str]]:
     return [(f"metric/{o['metric']}", o["mode"]) for o in found]
 
 
-def comparison_frame(run_dir: str | Path, results: pd.DataFrame | None = None) -> pd.DataFrame:
+def comparison_frame(run: RunData) -> pd.DataFrame:
     """The comparison table with latency columns and, for several objectives, the Pareto front marked."""
-    store = Store.of_run(run_dir)
-    meta = store.meta()
-    results = load_results(run_dir) if results is None else results
+    meta, results = run.meta, run.results
     table = comparison_table(results, meta["metric"], meta["mode"], meta.get("classes", []))
     if table.empty:
         return table
     if "metric/latency/p50_ms" in results:
         proxy = results.set_index("id")["metric/latency/p50_ms"]
         table.insert(table.columns.get_loc("epochs"), "latency p50 ms (proxy)", table["trial"].map(proxy).round(3))
-    latency = latency_columns(store.latencies())
+    latency = latency_columns(run.latencies)
     for column in latency.columns:
         table.insert(table.columns.get_loc("epochs"), column, table["trial"].map(latency[column]))
     goals = objectives(meta)
@@ -69,12 +67,11 @@ def comparison_frame(run_dir: str | Path, results: pd.DataFrame | None = None) -
     return table
 
 
-def markdown_report(run_dir: str | Path) -> str:
-    store = Store.of_run(run_dir)
-    meta, counts = store.meta(), store.counts()
+def markdown_report(run: RunData) -> str:
+    meta, counts = run.meta, run.counts
     metric, mode = meta["metric"], meta["mode"]
-    results = load_results(run_dir)
-    table = comparison_frame(run_dir, results)
+    results = run.results
+    table = comparison_frame(run)
     lines = [
         f"# {meta['sweep']}: model-wise comparison",
         "",
@@ -91,7 +88,7 @@ def markdown_report(run_dir: str | Path) -> str:
     if len(goals) > 1:
         named = ", ".join(f"{column.removeprefix('metric/')} ({mode})" for column, mode in goals)
         lines += [f"`pareto` marks the trials no other trial beats in every objective: {named}.", ""]
-    failed_latency = [r for r in store.latencies() if r["status"] == "failed"]
+    failed_latency = [r for r in run.latencies if r["status"] == "failed"]
     if failed_latency:
         lines += ["## Failed latency measurements", ""] + [
             f"- `{r['trial_id']}` {r['backend']} on {r['target']}: {r['error']}" for r in failed_latency] + [""]
@@ -106,24 +103,23 @@ def markdown_report(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def html_report(run_dir: str | Path) -> str:
-    store = Store.of_run(run_dir)
-    meta = store.meta()
+def html_report(run: RunData) -> str:
+    meta = run.meta
     metric = meta["metric"]
-    results, history = load_results(run_dir), load_history(run_dir)
+    results, history = run.results, run.history
     figures = [
         metric_by(results, metric, "loss.name", f"{metric} by loss"),
         metric_by(results, metric, "model.arch", f"{metric} by architecture"),
         training_curves(history, metric),
         training_curves(history, "val/loss"),
     ]
-    speed = speed_frame(results, store.latencies())
+    speed = speed_frame(results, run.latencies)
     if not speed.empty:
         front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])
         figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
     # plotly.js is embedded once, so the page works offline
     parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
-    table = comparison_frame(run_dir, results)
+    table = comparison_frame(run)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(meta['sweep'])} — segsweep</title>"
         "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"
@@ -136,10 +132,9 @@ def html_report(run_dir: str | Path) -> str:
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run directory (atomically) and return their paths."""
-    run_dir = Path(run_dir)
+    run, paths = load_run(run_dir), RunDir(run_dir)
     outputs = []
-    for name, text in (("report.md", markdown_report(run_dir)), ("report.html", html_report(run_dir))):
-        path = run_dir / name
+    for path, text in ((paths.report_md, markdown_report(run)), (paths.report_html, html_report(run))):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)

@@ -1,5 +1,6 @@
 """Dataset adapters: each knows only its on-disk layout. It lists (image, label) pairs and decodes a label into
-class ids with 255 for ignore. Layouts and ids follow ``shared/reference/datasets-and-anchors.md`` exactly.
+class ids with 255 for ignore, in each dataset's layout and class ids as the dataset ships them (the README's
+dataset table lists them).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from orchestrator.errors import SegsweepError
+from orchestrator.errors import SegsweepError, UnknownNameError
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -341,8 +342,6 @@ def list_datasets() -> dict[str, str]:
 
 def create_adapter(dataset: str, encoding: str = "current", class_map: list | None = None) -> Adapter:
     """The adapter for ``dataset``, configured from the spec's ``data.encoding`` / ``data.class_map``."""
-    from orchestrator.errors import UnknownNameError
-
     if dataset not in DATASETS:
         raise UnknownNameError("dataset", dataset, DATASETS)
     if dataset == "bdd100k_drivable":

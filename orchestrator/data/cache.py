@@ -142,6 +142,11 @@ def class_pixel_stats(labels: Iterable[np.ndarray], num_classes: int, ignore_ind
     return counts, image_pixels
 
 
+def split_names(folder: str | Path) -> list[str]:
+    """The source image path of every cached item, in cache order."""
+    return json.loads((Path(folder) / "names.json").read_text())
+
+
 def load_split(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A cached split's images and labels, memory-mapped read-only."""
     return np.load(Path(folder) / "images.npy", mmap_mode="r"), np.load(Path(folder) / "labels.npy", mmap_mode="r")

@@ -53,6 +53,7 @@ def timed_loop(step, warmup: int, iters: int, sync=lambda: None, min_warmup_s: f
 def measure_onnxruntime(model: str, shape: list[int], warmup: int, iters: int, provider: str = "CPUExecutionProvider",
                         fp16: bool = False, threads: int | None = None) -> dict:
     """``threads``: onnxruntime's intra-op threads (its default: one per physical core)."""
+    # lazy: this file runs alone on a target (a Jetson) and in segsweep, where trtexec-only targets have no ort
     import numpy as np
     import onnxruntime as ort
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SegsweepError, UnknownNameError
-from orchestrator.latency.agent import measure_onnxruntime, summarize, timed_loop
+from orchestrator.gpu import GpuSampler
+from orchestrator.latency.agent import device_name, measure_onnxruntime, summarize, timed_loop
 from orchestrator.latency.trtexec import parse_trtexec, trtexec_command
 
 BACKENDS = {
@@ -88,9 +89,7 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
                   threads: int | None = None) -> LatencyResult:
     """Eager or compiled PyTorch. On a GPU: end to end (host input copied in, output copied out) and compute alone,
     with the GPU's SM clock sampled meanwhile (latency at batch 1 moves with it). ``threads``: CPU threads on a CPU."""
-    import torch
-
-    from orchestrator.perf import GpuSampler
+    import torch  # lazy: `orchestrate bench --backend ort-cpu MODEL.onnx` needs no torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
@@ -130,8 +129,6 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
     stats = summarize(end_to_end)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     if device.type == "cpu":
-        from orchestrator.latency.agent import device_name
-
         name = device_name("CPUExecutionProvider")
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
@@ -150,7 +147,7 @@ def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, i
         return run_trtexec_local(onnx_path, shape, warmup, iters, fp16)
     if not Path(onnx_path).is_file():
         raise SegsweepError(f"{onnx_path}: no such ONNX file")
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime's import costs a second and the torch backends never need it
 
     if ORT_PROVIDERS[backend] not in ort.get_available_providers():
         raise SegsweepError(f"{backend}: not available here (onnxruntime {ort.__version__} has "

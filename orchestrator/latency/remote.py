@@ -121,8 +121,12 @@ def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], wa
         model = f"{folder}/{Path(onnx_path).name}"
         facts = parse_facts(_ssh(target, options, FACTS_SCRIPT, timeout=60))
         if backend == "trtexec":
-            find = _ssh(target, options, "command -v trtexec || ls /usr/src/tensorrt/bin/trtexec", timeout=60)
+            find = _ssh(target, options, "command -v trtexec || ls /usr/src/tensorrt/bin/trtexec 2>/dev/null || true",
+                        timeout=60)
             trtexec = find.strip().splitlines()[0] if find.strip() else ""
+            if not trtexec:
+                raise SegsweepError(f"{url}: trtexec: not found on the target (not on PATH nor in "
+                                    f"/usr/src/tensorrt/bin); install TensorRT there or use --backend ort-cpu")
             try:
                 out = _ssh(target, options, trtexec_command(trtexec, model, 200, iters, fp16))
             except RemoteCommandError as e:

@@ -1,0 +1,20 @@
+"""Options and parsers shared by the commands."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.errors import SegsweepError
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override a dotted key: --set optimizer.lr=3e-4")]
+
+
+def hw(text: str, option: str) -> tuple[int, int]:
+    """``256x320`` -> (256, 320); anything else is a one-line error naming the option."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SegsweepError(f"{option} {text}: expected HxW, e.g. 256x320") from None
+    return height, width

@@ -1,0 +1,6 @@
+"""The driver: Ray Tune (searcher, scheduler, trainable), admission (GPU shares), the store writer and progress
+callbacks, the run directory's start, fit and resume."""
+
+from orchestrator.driver.run import Run, RunResult, fit, restore_run, start_run
+
+__all__ = ["Run", "RunResult", "fit", "restore_run", "start_run"]

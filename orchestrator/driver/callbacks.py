@@ -1,0 +1,183 @@
+"""Tune callbacks on the driver: the store writer (the results store's one writer), W&B tracking per trial, the
+release of finished trials' checkpoints, and the progress line. Each is picklable (Tune pickles callbacks for resume):
+they hold settings and paths."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from orchestrator.rundir import RunDir
+from orchestrator.spec.keys import expand_groups
+from orchestrator.store import Store, is_metric, progress_line
+from orchestrator.tracking import Tracker
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+def error_line(trace: str | None) -> str:
+    """The last ``SomeError: message`` line of a traceback (Ray wraps trial errors in several layers)."""
+    if not trace:
+        return "trial failed (no error recorded)"
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = _ERROR_LINE.match(line)
+        if match and not line.startswith(("ray::", "File ")) and match.group(1) not in ("RayTaskError", "TuneError"):
+            return line[:300]
+    return lines[-1][:300]
+
+
+class StoreCallback(tune.Callback):
+    """Writes every trial event to the results store."""
+
+    def __init__(self, store_path: str, max_epochs: int, groups: dict | None = None) -> None:
+        self.store_path, self.max_epochs, self.groups = store_path, max_epochs, groups or {}
+        self._known: set[str] = set()
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.store_path)
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_known": set(), "_store": None}
+
+    def config(self, trial) -> dict[str, Any]:
+        return expand_groups(trial.config, self.groups)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        new = [t for t in trials if t.trial_id not in self._known]
+        for trial in new:
+            if trial.status == "PENDING":
+                self.store.add_trial(trial.trial_id, self.config(trial), "pending")
+            self._known.add(trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._known.add(trial.trial_id)
+        self.store.add_trial(trial.trial_id, self.config(trial), "running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if "epoch" in result:
+            self.store.record_epoch(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        self.store.finish_trial(trial.trial_id, "completed" if epochs >= self.max_epochs else "early_stopped")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        # Tune writes the error into the trial's driver-side staging folder first and syncs it to storage later
+        staged = Path(trial.error_file) if trial.error_file else None
+        trace = staged.read_text() if staged is not None and staged.is_file() else trial.get_error()
+        self.store.add_trial(trial.trial_id, self.config(trial), "running")
+        self.store.finish_trial(trial.trial_id, "failed", error_line(trace))
+
+
+class WandbCallback(tune.Callback):
+    """A W&B run per trial (``Tracker``), fed by Tune's events."""
+
+    def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str, groups: dict | None = None) -> None:
+        self.wandb_spec, self.run_dir, self.group, self.groups = wandb_spec, run_dir, group, groups or {}
+        self._trackers: dict[str, Tracker] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_trackers": {}}
+
+    def _tracker(self, trial) -> Tracker:
+        if trial.trial_id not in self._trackers:
+            directory = RunDir(self.run_dir).trial(trial.trial_id).path
+            config = expand_groups(dict(trial.config), self.groups)
+            self._trackers[trial.trial_id] = Tracker(self.wandb_spec, directory, trial.trial_id, self.group, config)
+        return self._trackers[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._tracker(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if "epoch" in result:
+            row = {k: v for k, v in result.items() if is_metric(k) or k.startswith("model/") or k in ("epoch", "lr")}
+            self._tracker(trial).log(row)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        tracker = self._trackers.pop(trial.trial_id, None) or self._tracker(trial)
+        trial_dir = RunDir(self.run_dir).trial(trial.trial_id)
+        tracker.log_examples(trial_dir.examples)
+        tracker.log_panels(trial_dir.best_worst, int((trial.last_result or {}).get("epoch", 0)))
+        tracker.finish()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        tracker = self._trackers.pop(trial.trial_id, None)
+        if tracker is not None:
+            tracker.finish(failed=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for tracker in self._trackers.values():  # interrupted runs: close them, they resume under the same id
+            tracker.finish()
+        self._trackers.clear()
+
+
+def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
+    """Once a trial has finished, nothing resumes it: its Tune checkpoint (weights and optimiser state, 3x the model
+    for Adam) becomes a stub that says so, and its staging folder goes. ``trials/<id>/best.pt`` keeps the weights.
+
+    A stub rather than nothing: a driver killed before Tune's next snapshot restores the trial as unfinished, and its
+    resume then finds the stub and ends at once. Returns the bytes freed."""
+    run = RunDir(run_dir)
+    shutil.rmtree(run.trial(trial_id).staging, ignore_errors=True)
+    freed = 0
+    for state in run.tune_checkpoints(trial_id):
+        size = state.stat().st_size
+        stub = state.with_name(state.name + ".stub")
+        try:
+            with open(stub, "wb") as f:  # a file object: a failed write is an OSError, not torch's RuntimeError
+                torch.save({"finished": True}, f)
+        except OSError:
+            if stub.is_file():
+                stub.unlink()  # no half-written stub beside the whole checkpoint
+            raise
+        os.replace(stub, state)  # a kill here leaves either the whole checkpoint or the stub
+        freed += size - state.stat().st_size
+    return freed
+
+
+class CheckpointCallback(tune.Callback):
+    """A finished trial's Tune checkpoint becomes a stub (``release_checkpoint``): a sweep keeps per trial its
+    ``best.pt`` (1x the model) instead of also weights and optimiser state (3x with Adam). A failed trial keeps its
+    checkpoint, for the post-mortem."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        try:
+            release_checkpoint(self.run_dir, trial.trial_id)
+        except OSError as e:  # freeing space is no outcome of the trial: it keeps its whole checkpoint instead
+            print(f"[segsweep] trial {trial.trial_id}: its checkpoint under {RunDir(self.run_dir).tune} stays "
+                  f"whole ({e.strerror or e}); delete it by hand once the run has ended", file=sys.stderr, flush=True)
+
+
+class ProgressCallback(tune.Callback):
+    """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far."""
+
+    def __init__(self, store_path: str, total: int) -> None:
+        self.store_path, self.total = store_path, total
+
+    def _print(self) -> None:
+        print(progress_line(Store(self.store_path), self.total), file=sys.stderr, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._print()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._print()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._print()

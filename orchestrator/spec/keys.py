@@ -1,0 +1,137 @@
+"""Flat dotted keys and search domains: nested YAML <-> ``model.arch``-style keys, ``${ENV}`` expansion, ``--set``
+overrides, and the domains (``{choice: [...]}``, ``{uniform: [lo, hi]}`` ...) a leaf may be instead of a value."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import SpecError
+
+DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A search domain from the YAML; ``values`` are the choices or the inclusive bounds."""
+
+    kind: str
+    values: tuple[Any, ...]
+
+    def to_yaml(self) -> dict[str, list[Any]]:
+        return {self.kind: list(self.values)}
+
+    @property
+    def grouped(self) -> bool:
+        """A choice between whole mappings (``model: {choice: [{arch: fcn, encoder: resnet50}, ...]}``): the keys of
+        each option go together, so linked values (an architecture and its encoder) are searched as one."""
+        return self.kind == "choice" and all(isinstance(v, dict) for v in self.values)
+
+    def options(self, key: str) -> dict[str, dict[str, Any]]:
+        """Grouped choice: option label (``arch=fcn,encoder=resnet50``) -> its dotted keys under ``key``."""
+        return {group_label(v): flatten(v, key + ".") for v in self.values}
+
+
+def group_label(option: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in flatten(option).items())
+
+
+def expand_groups(config: dict[str, Any], groups: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A sampled flat config with each grouped choice's label expanded into its dotted keys (label kept)."""
+    out = dict(config)
+    for key, options in groups.items():
+        if key in config:
+            out.update(options[config[key]])
+    return out
+
+
+def is_domain(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) >= 1 and any(k in DOMAIN_KINDS for k in value)
+
+
+def parse_domain(key: str, value: dict[str, Any]) -> Domain:
+    """Turn ``{choice: [...]}`` etc. into a Domain, or raise ValueError saying what is wrong."""
+    if len(value) != 1:
+        raise ValueError(f"a search domain has exactly one of {', '.join(DOMAIN_KINDS)}; got keys {sorted(value)}")
+    (kind, values), = value.items()
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{kind} needs a non-empty list, got {values!r}")
+    if kind == "choice":
+        return Domain(kind, tuple(values))
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{kind} needs two numbers [lo, hi], got {values!r}")
+    lo, hi = values
+    if kind == "int" and not (isinstance(lo, int) and isinstance(hi, int)):
+        raise ValueError(f"int needs two integers [lo, hi], got {values!r}")
+    if lo > hi or (kind != "int" and lo == hi):
+        raise ValueError(f"{kind} bounds must satisfy lo < hi, got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ValueError(f"loguniform bounds must be > 0, got [{lo}, {hi}]")
+    return Domain(kind, (lo, hi))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys. Search domains and lists are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not is_domain(value):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{dotted}: '{part}' is a value, not a section")
+        node[leaf] = value
+    return tree
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; an unset VAR without default is an error."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise SpecError(f"{where}: environment variable {name} is not set (export it or write ${{{name}:-default}})")
+
+    expanded = _ENV.sub(sub, value)
+    if expanded != value and _ENV.fullmatch(value):
+        return yaml.safe_load(expanded) if expanded else expanded  # "${EPOCHS:-3}" stays a number
+    return expanded
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as YAML (numbers, lists, ``{choice: [..]}``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {text}: expected key=value, e.g. --set optimizer.lr=0.001")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {text}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+

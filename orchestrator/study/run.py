@@ -1,0 +1,50 @@
+"""What ``orchestrate run`` and ``orchestrate resume`` do, top to bottom: the driver runs the trials; then the chosen
+trials are exported and timed (``export:``), the report is written from the store, and the W&B summary run holds the
+model-wise table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from orchestrator.driver.run import Run, RunResult, fit, restore_run, start_run
+from orchestrator.rundir import RunDir
+from orchestrator.spec.load import Sweep
+from orchestrator.store import Store, progress_line
+from orchestrator.study.exports import measure_exports
+from orchestrator.tracking import Tracker
+from reports.build import build_report, comparison_frame
+from reports.collect import load_run
+
+
+def run_sweep(sweep: Sweep, out: str | Path | None = None, address: str | None = None,
+              max_trials: int | None = None) -> RunResult:
+    """Run a validated sweep to the end and write its report. Returns the run directory and final counts."""
+    run = start_run(sweep, out, address, max_trials)
+    return finish(run, fit(run))
+
+
+def resume_sweep(run_dir: str | Path, address: str | None = None) -> RunResult:
+    """Continue a killed or interrupted run: finished trials are kept, unfinished ones continue from checkpoints."""
+    run = restore_run(run_dir, address)
+    return finish(run, fit(run, restore=True))
+
+
+def finish(run: Run, result: RunResult) -> RunResult:
+    """After the trials: exports and latency (a finished run only), the report, the W&B summary run."""
+    spec = run.sweep.spec
+    store = Store(RunDir(run.run_dir).store)
+    if spec.export is not None and not result.interrupted:
+        measure_exports(run.run_dir, spec, store)
+    build_report(run.run_dir)
+    if not result.interrupted:
+        log_summary_run(run.run_dir, spec.tracking.wandb.model_dump(mode="json"), spec.name)
+    print(progress_line(store), file=sys.stderr, flush=True)
+    return result
+
+
+def log_summary_run(run_dir: Path, wandb_spec: dict, sweep: str) -> None:
+    """One more run in the sweep's group holding the model-wise comparison as a ``wandb.Table``."""
+    tracker = Tracker(wandb_spec, RunDir(run_dir).summary, f"{sweep}-summary", sweep, {"sweep": sweep})
+    tracker.log_table("comparison", lambda: comparison_frame(load_run(run_dir)))
+    tracker.finish()

@@ -1,0 +1,121 @@
+"""A trial's pieces from its flat config: model, loss, levers, data module, Lightning module and trainer. Shared by
+``run_trial``, the driver's GPU-memory probe and ``orchestrate bench-train``, so that each measures what trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+
+from models.complexity import Complexity, complexity
+from models.depthwise import native_depthwise
+from models.losses import create_loss, enet_weights, loss_graph_safe, loss_needs_class_weights
+from models.registry import create_model
+from orchestrator.data.cache import PreparedData
+from orchestrator.data.files import FilePairs
+from orchestrator.data.prepare import adapter_for, resolve_pairs
+from orchestrator.trial.config import TrialConfig
+from orchestrator.trial.data import CachedData
+from orchestrator.trial.levers import Levers, resolve_levers
+from orchestrator.trial.module import SegmentationModule
+
+
+@dataclass
+class TrialRun:
+    """One trial's built pieces, ready for ``trainer.fit(module, datamodule=datamodule)``."""
+
+    cfg: TrialConfig
+    levers: Levers
+    module: SegmentationModule
+    datamodule: CachedData
+    trainer: L.Trainer
+    constants: dict[str, float]
+
+
+def build_module(cfg: TrialConfig, data: PreparedData, use_gpu: bool, state: dict[str, Any] | None = None,
+                 started: float | None = None) -> SegmentationModule:
+    """The Lightning module of one configuration (model, loss, optimiser settings), its levers resolved for the
+    device; ``state``: a checkpoint to continue from."""
+    levers = resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported(),
+                            graph_safe_loss=loss_graph_safe(cfg.loss.name))
+    model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
+                         encoder_weights=cfg.model.encoder_weights, batchnorm=cfg.model.batchnorm)
+    class_weights = None
+    if loss_needs_class_weights(cfg.loss.name):
+        class_weights = enet_weights(data.pixel_counts, cfg.loss.enet_c)
+    loss = create_loss(cfg.loss.name, data.task, data.ignore_index, weights=cfg.loss.weights,
+                       class_weights=class_weights, alpha=cfg.loss.alpha, beta=cfg.loss.beta, gamma=cfg.loss.gamma,
+                       smooth=cfg.loss.smooth)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    if levers.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if levers.native_depthwise:
+        native_depthwise(model)
+    return SegmentationModule(
+        model, loss, data.classes, data.ignore_index, data.positive,
+        optim=cfg.optimizer.model_dump(), schedule=cfg.schedule.model_dump(), max_epochs=cfg.trainer.max_epochs,
+        stage1_epochs=cfg.model.stage1_epochs, levers=levers, batch_size=cfg.trainer.batch_size, resume_state=state,
+        started=started,
+    )
+
+
+def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
+                groups: dict[str, dict[str, dict[str, Any]]] | None = None, state: dict[str, Any] | None = None,
+                callbacks: list[L.Callback] | None = None) -> TrialRun:
+    """Model, loss, data, Lightning module and trainer of one configuration, with the speed levers resolved for the
+    device. ``state``: a checkpoint to continue from; ``callbacks``: the trainer's (reporting, timing)."""
+    cfg = TrialConfig.from_flat(config, groups)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    use_gpu = use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    if use_gpu:
+        torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
+    module = build_module(cfg, data, use_gpu, state, started)
+    levers = module.levers
+    info = model_complexity(module.model, cfg)
+    constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs,
+                 **levers.as_metrics()}
+    done = state["epoch"] if state else 0
+    aug = cfg.data.augment
+    sets = {} if cfg.data.cache else file_datasets(cfg)
+    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
+                            jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
+                            num_workers=0 if cfg.data.cache else cfg.data.workers,
+                            resident=device_resident(cfg, data, use_gpu, levers), **sets)
+    # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
+    # cuDNN autotuning only without graphs: a capture must find the very plans its warm-up built (measured on an H200:
+    # autotuned warm-up, then capture -> CUDNN_STATUS_INTERNAL_ERROR)
+    trainer = L.Trainer(
+        max_epochs=max(1, cfg.trainer.max_epochs - done), accelerator="gpu" if use_gpu else "cpu", devices=1,
+        benchmark=use_gpu and not levers.cuda_graphs, precision="32-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_train_batches=cfg.trainer.limit_train_batches, callbacks=callbacks or [],
+    )
+    return TrialRun(cfg, levers, module, datamodule, trainer, constants)
+
+
+_COMPLEXITY: dict[tuple, Complexity] = {}
+
+
+def model_complexity(model: torch.nn.Module, cfg: TrialConfig) -> Complexity:
+    """Params, MB and GMACs, counted once per model and size in a process (a reused actor skips the count)."""
+    key = (cfg.model.arch, cfg.model.encoder, cfg.model.batchnorm, tuple(cfg.data.size),
+           sum(p.numel() for p in model.parameters()))
+    if key not in _COMPLEXITY:
+        _COMPLEXITY[key] = complexity(model, tuple(cfg.data.size))
+    return _COMPLEXITY[key]
+
+
+def device_resident(cfg: TrialConfig, data: PreparedData, use_gpu: bool, levers: Levers) -> bool:
+    """``data.device_cache``: the decoded splits on the GPU (auto: when small enough); needs the cache and
+    augmentation on the device."""
+    return use_gpu and levers.device_augment and cfg.data.on_device(data.cache_bytes())
+
+
+def file_datasets(cfg: TrialConfig) -> dict[str, FilePairs]:
+    """``data.cache: false``: datasets that decode the files themselves, in the DataLoader workers."""
+    train, val = resolve_pairs(cfg.data)
+    args = (adapter_for(cfg.data), tuple(cfg.data.size), cfg.data.resize, cfg.data.task)
+    return {"train_set": FilePairs(train, *args), "val_set": FilePairs(val, *args)}

@@ -1,0 +1,188 @@
+"""A trial's data: batches of uint8 from the decode-once cache (memory-mapped, or resident on the GPU), converted,
+augmented and normalised on the device after transfer (augmentation in training only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from orchestrator.data.cache import load_split
+from orchestrator.trial.levers import CPU_LEVERS, Levers
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NxHxWx3 -> float Nx3xHxW in [0, 1] (augmentation works here; ``normalise`` follows)."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalise(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return ((x - mean) / std).contiguous(memory_format=layout)
+
+
+class ArrayPairs(Dataset):
+    """uint8 image HxWx3 and label HxW tensors straight from the memory-mapped cache."""
+
+    def __init__(self, folder: str) -> None:
+        self.images, self.labels = load_split(folder)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.array(self.images[i])), torch.from_numpy(np.array(self.labels[i]))
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: tuple[float, float] | None = None,
+                  jitter: float = 0.0, ignore_index: int = 255, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips, scale + crop and colour jitter of a batch, on its device, one draw per sample.
+
+    ``x``: float images in [0, 1], Nx3xHxW; ``y``: long labels NxHxW. Geometry is applied identically to both
+    (bilinear for images, nearest for labels); where a zoomed-out sample leaves the frame, the image is black and
+    the label is ``ignore_index``. No host synchronisation.
+    """
+    n = x.shape[0]
+    if hflip:
+        flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
+    if scale is not None and scale != (1.0, 1.0):
+        lo, hi = scale
+        s = lo + (hi - lo) * torch.rand(n, device=x.device, generator=generator)
+        inv = 1.0 / s  # the crop window's size relative to the frame
+        shift = (1.0 - inv).abs().unsqueeze(1) * (2 * torch.rand(n, 2, device=x.device, generator=generator) - 1)
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 1, 1] = inv, inv
+        theta[:, :, 2] = shift
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # labels shifted by one so that the zero padding marks "outside the frame"
+        moved = F.grid_sample((y + 1).unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False)[:, 0].long()
+        y = torch.where(moved == 0, ignore_index, moved - 1)
+    if jitter > 0:
+        factors = 1 + jitter * (2 * torch.rand(3, n, 1, 1, 1, device=x.device, generator=generator) - 1)
+        x = x * factors[0]  # brightness
+        gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x = (x - gray.mean((2, 3), keepdim=True)) * factors[1] + gray.mean((2, 3), keepdim=True)  # contrast
+        gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x = (gray + (x - gray) * factors[2]).clamp(0, 1)  # saturation
+    return x, y
+
+
+class BatchNumbers(Dataset):
+    """(split, batch number, batch size) triples: what a device-resident split's loader yields."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, split: str) -> None:
+        self.n, self.batch_size, self.split = n, batch_size, split
+        self.batches = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, i: int) -> tuple[str, int, int]:
+        if not 0 <= i < self.batches:
+            raise IndexError(i)
+        return self.split, i, min(self.batch_size, self.n - i * self.batch_size)
+
+
+class CachedData(L.LightningDataModule):
+    """Batches of uint8 from the cache; conversion, augmentation and normalisation happen on the device after
+    transfer (augmentation in training only)."""
+
+    def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True,
+                 scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
+                 ignore_index: int = 255, levers: Levers = CPU_LEVERS, train_set: Dataset | None = None,
+                 val_set: Dataset | None = None, resident: bool = False) -> None:
+        super().__init__()
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
+        self.hflip, self.scale, self.jitter = hflip, scale, jitter
+        self.levers = levers
+        self.given = (train_set, val_set)
+        self.resident = resident and train_set is None
+        self.on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def on_host(self) -> bool:
+        """Conversion and augmentation before transfer: only for host batches with trainer.device_augment off."""
+        return not (self.levers.device_augment or self.on_device)
+
+    def setup(self, stage: str | None = None) -> None:
+        train, val = self.given
+        # the decode-once cache, or (data.cache: false) datasets that decode files in the workers
+        self.train_set = train if train is not None else ArrayPairs(self.train_dir)
+        self.val_set = val if val is not None else ArrayPairs(self.val_dir)
+        if self.resident:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            # data.device_cache: the uint8 splits live on the GPU; a batch is one gather, no host work, no copy
+            self.on_device = {name: tuple(torch.from_numpy(np.array(a)).to(device) for a in
+                                          (split.images, split.labels))
+                              for name, split in (("train", self.train_set), ("val", self.val_set))}
+
+    def _drop_last(self, n: int) -> bool:
+        # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
+        return n % self.batch_size == 1 and n > 1
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self.train_set)
+        if self.on_device:  # batch numbers; the batches themselves are gathered on the device
+            return DataLoader(BatchNumbers(n, self.batch_size, self._drop_last(n), "train"), batch_size=None)
+        pin = self.num_workers > 0 or (self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          drop_last=self._drop_last(n), pin_memory=pin, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.on_device:
+            return DataLoader(BatchNumbers(len(self.val_set), self.batch_size, False, "val"), batch_size=None)
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def gather(self, batch: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of the device-resident split: a random permutation per training epoch, drawn on the device."""
+        split, number, n = batch
+        images, labels = self.on_device[split]
+        if split == "val":
+            index = slice(number * self.batch_size, (number + 1) * self.batch_size)
+            return images[index], labels[index]
+        if number == 0:
+            self._perm = torch.randperm(len(labels), device=labels.device, generator=self.generator(labels.device))
+        index = self._perm[number * self.batch_size:number * self.batch_size + n]
+        return images[index], labels[index]
+
+    def prepare(self, batch: Any, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch -> normalised float input and long labels, where the batch is; augmented when ``augment``
+        (default: while the trainer trains)."""
+        images, labels = batch
+        x, y = to_model_input(images), labels.long()
+        if augment is None:
+            augment = self.trainer is not None and self.trainer.training
+        if augment:
+            x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index, self.generator(x.device))
+        return normalise(x, self.levers.channels_last), y
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """Augmentation's own random stream, seeded from the trial's seed: independent of the model's draws and of
+        the default generator that CUDA-graph capture registers."""
+        if getattr(self, "_generator", None) is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(torch.initial_seed())
+        return self._generator
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.prepare(batch) if self.on_host else batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.on_device:
+            batch = self.gather(batch)
+        return batch if self.on_host else self.prepare(batch)

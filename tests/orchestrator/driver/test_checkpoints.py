@@ -1,0 +1,46 @@
+"""A finished trial's Tune checkpoint is released to a stub; its staging folder goes; other trials are untouched."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from orchestrator.driver.callbacks import CheckpointCallback, release_checkpoint
+from orchestrator.rundir import STATE_FILE, RunDir
+
+
+def _checkpoint(run_dir, trial_id, index, numel):
+    folder = run_dir / "tune" / trial_id / f"checkpoint_{index:06d}"
+    folder.mkdir(parents=True)
+    torch.save({"model": {"w": torch.zeros(numel)}, "epoch": index + 1, "best": 0.5}, folder / STATE_FILE)
+    return folder / STATE_FILE
+
+
+def test_release_checkpoint_leaves_a_stub_and_frees_the_rest(tmp_path):
+    done = _checkpoint(tmp_path, "a", 3, 250_000)  # 1 MB of float32
+    other = _checkpoint(tmp_path, "b", 1, 1000)
+    trial = RunDir(tmp_path).trial("a")
+    trial.staging.mkdir(parents=True)
+    (trial.staging / STATE_FILE).write_bytes(b"x" * 100)
+    trial.best_weights.write_bytes(b"weights")
+    size = done.stat().st_size
+
+    freed = release_checkpoint(tmp_path, "a")
+
+    assert torch.load(done, weights_only=False) == {"finished": True}
+    assert freed == size - done.stat().st_size and freed > 990_000
+    assert not trial.staging.exists()
+    assert trial.best_weights.read_bytes() == b"weights"
+    assert torch.load(other, weights_only=False)["epoch"] == 2  # another trial's checkpoint is its own
+    assert release_checkpoint(tmp_path, "a") == 0 and release_checkpoint(tmp_path, "never-ran") == 0
+
+
+def test_a_checkpoint_that_cannot_be_released_stays_whole_with_one_line(tmp_path, capsys):
+    state = _checkpoint(tmp_path, "a", 0, 1000)
+    size = state.stat().st_size
+    (state.parent / (STATE_FILE + ".stub")).mkdir()  # the stub cannot be written (a folder holds its name)
+    CheckpointCallback(str(tmp_path)).on_trial_complete(0, [], SimpleNamespace(trial_id="a"))
+    err = capsys.readouterr().err
+    assert state.stat().st_size == size and torch.load(state, weights_only=False)["epoch"] == 1
+    assert err.count("\n") == 1 and "trial a: its checkpoint" in err and "stays whole" in err

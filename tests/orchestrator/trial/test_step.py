@@ -1,0 +1,65 @@
+"""The training step: eager steps as plain PyTorch would take them (CPU), and on a GPU the CUDA-graph replay of the
+whole step against eager steps from the same weights and batches (``gpu``: run on the GPU machine)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from models.losses import create_loss
+from models.registry import create_model
+from orchestrator.trial.data import normalise, to_model_input
+from orchestrator.trial.levers import CPU_LEVERS, Levers
+from orchestrator.trial.module import SegmentationModule
+
+OPTIM = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}
+
+
+def losses_of(model: torch.nn.Module, levers: Levers, device: str, n: int = 6) -> tuple[list[float], int]:
+    """``n`` steps of ``model`` on seeded random batches; the losses and how many steps replayed a graph."""
+    torch.manual_seed(0)
+    model = model.to(device)
+    if levers.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    module = SegmentationModule(model, create_loss("ce", "multiclass"), tuple("abcdefg"), 255, None, OPTIM,
+                                {"name": "constant"}, max_epochs=1, levers=levers, batch_size=4).to(device)
+    optimizer = module.build_optimizer()
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        images = torch.randint(0, 255, (4, 64, 96, 3), dtype=torch.uint8, generator=g).to(device)
+        labels = torch.randint(0, 7, (4, 64, 96), generator=g).to(device)
+        out.append(float(module.step(normalise(to_model_input(images), levers.channels_last), labels, optimizer)))
+    return out, module.step.graphed
+
+
+def test_eager_steps_match_plain_pytorch_on_a_cpu():
+    base = create_model("unet", "resnet18", classes=7)
+    ours, graphed = losses_of(copy.deepcopy(base), CPU_LEVERS, "cpu", n=3)
+    torch.manual_seed(0)
+    model = copy.deepcopy(base)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+    g = torch.Generator().manual_seed(1)
+    plain = []
+    for _ in range(3):
+        images = torch.randint(0, 255, (4, 64, 96, 3), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 7, (4, 64, 96), generator=g)
+        optimizer.zero_grad()
+        loss = loss_fn(model(normalise(to_model_input(images))), labels)
+        loss.backward()
+        optimizer.step()
+        plain.append(float(loss))
+    assert graphed == 0 and ours == pytest.approx(plain, rel=1e-6)
+
+
+@pytest.mark.gpu
+def test_a_captured_step_replays_what_eager_steps_compute():
+    base = create_model("unet", "mobilenet_v2", classes=7)
+    fp32 = Levers("32", True, True, False, True, False)
+    eager, _ = losses_of(copy.deepcopy(base), fp32, "cuda")
+    graphs, replays = losses_of(copy.deepcopy(base), Levers("32", True, True, True, True, False), "cuda")
+    assert replays == 6 - 3  # three warm-up steps, then the graph
+    assert graphs == pytest.approx(eager, abs=1e-4)
