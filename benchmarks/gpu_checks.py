@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import torch
+from orchestrator.driver.admission import TrialResources, machine_memory_file
 
 from models.depthwise import native_depthwise
 from models.losses import create_loss
 from models.registry import create_model
 from orchestrator.data.prepare import prepare_data
-from orchestrator.driver.admission import TrialResources, machine_memory_file
 from orchestrator.gpu import gpu_identity
 from orchestrator.spec.schema import DataSpec
 from orchestrator.trial.data import normalise, to_model_input

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from typing import Any
 
 
@@ -69,6 +70,7 @@ class GpuSampler:
         # one GPU (a benchmark's CUDA device, as NVML numbers it), else every GPU
         self.index = None if index is None else nvml_index(index)
         self.samples: list[list[float]] = []
+        self.times: list[float] = []  # wall clock of each sample
         self.clocks: list[list[float]] = []
         self.reasons: set[str] = set()
         self.source = "none"
@@ -106,6 +108,7 @@ class GpuSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             util, clock = self._read()
+            self.times.append(time.time())
             self.samples.append(util)
             self.clocks.append(clock)
 
@@ -120,11 +123,15 @@ class GpuSampler:
         if self._thread is not None:
             self._thread.join()
 
-    def busy(self) -> list[float] | None:
-        """Mean utilisation per GPU in [0, 1]."""
-        if not self.samples:
+    def busy(self, since: float | None = None, until: float | None = None) -> list[float] | None:
+        """Mean utilisation per GPU in [0, 1], over the samples taken between ``since`` and ``until`` (wall clock;
+        default: all)."""
+        # read while sampling: the two lists may differ by one
+        rows = [s for t, s in zip(self.times, self.samples)  # noqa: B905
+                if (since is None or t >= since) and (until is None or t <= until)]
+        if not rows:
             return None
-        return [sum(s[i] for s in self.samples) / len(self.samples) / 100 for i in range(len(self.samples[0]))]
+        return [sum(r[i] for r in rows) / len(rows) / 100 for i in range(len(rows[0]))]
 
     def clock_summary(self) -> dict[str, Any] | None:
         """The first GPU's SM clock over the samples (MHz: min, median, max) and the reasons NVML gave for holding it

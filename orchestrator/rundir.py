@@ -2,9 +2,9 @@
 
 ```
 runs/<name>-<timestamp>/
-  spec.yaml  results.db  optuna.db  gpu_memory.json  report.md  report.html
+  spec.yaml  results.db  optuna.db  report.md  report.html
   cache/  exports/<trial>.onnx  tune/  summary/
-  trials/<id>/  best.pt  state.pt (Tune's checkpoint, staged in .checkpoint/)  examples.npz  best_worst/  wandb/
+  trials/<id>/  best.pt  state.pt (Tune's checkpoint, staged in .checkpoint-<epoch>/)  examples.npz  best_worst/  wandb/
 ```
 """
 
@@ -39,10 +39,13 @@ class TrialDir:
     def wandb(self) -> Path:
         return self.path / "wandb"
 
-    @property
-    def staging(self) -> Path:
-        """Where a checkpoint is written before Tune copies it: a hard-killed trial leaves it in the run, not /tmp."""
-        return self.path / ".checkpoint"
+    def checkpoint(self, epoch: int) -> Path:
+        """Where the checkpoint of ``epoch`` is written before Tune copies it (a hard-killed trial leaves it in the
+        run, not in /tmp; the trial's release removes it)."""
+        return self.path / f".checkpoint-{epoch}"
+
+    def staged_checkpoints(self) -> list[Path]:
+        return sorted(self.path.glob(".checkpoint-*"))
 
     @property
     def proxy_onnx(self) -> Path:
@@ -67,10 +70,6 @@ class RunDir:
     @property
     def optuna(self) -> Path:
         return self.path / "optuna.db"
-
-    @property
-    def gpu_memory(self) -> Path:
-        return self.path / "gpu_memory.json"
 
     @property
     def cache(self) -> Path:

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                           "orchestrator.spec.keys", "orchestrator.store", "orchestrator.gpu")),
     ("registries", ("models", "orchestrator.data", "orchestrator.latency", "orchestrator.tracking")),
     ("spec loading", ("orchestrator.spec",)),
-    ("trial", ("orchestrator.trial", "orchestrator.runs")),
+    ("trial", ("orchestrator.trial", "orchestrator.runs", "orchestrator.pool")),
     ("driver", ("orchestrator.driver",)),
     ("reports", ("reports",)),
     ("study", ("orchestrator.study", "orchestrator.evaluate", "orchestrator.bench", "orchestrator.service")),

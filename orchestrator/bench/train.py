@@ -31,7 +31,6 @@ from orchestrator.data.prepare import prepare_data
 from orchestrator.data.synthetic import generate_synthetic
 from orchestrator.driver.tuner import cluster_gpus
 from orchestrator.gpu import GpuSampler
-from orchestrator.rundir import RunDir
 from orchestrator.spec.load import build_sweep
 from orchestrator.store import Store
 from orchestrator.study import run_sweep
@@ -85,7 +84,6 @@ def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
     steady = [h["perf/images_per_s"] for t in trials for h in t.history[1:]]
     first = [t.history[0]["perf/epoch_s"] for t in trials if t.history and "perf/epoch_s" in t.history[0]]
     preloaded = [t.history[0].get("perf/preloaded", 0) for t in trials if t.history]
-    memory_file = RunDir(result.run_dir).gpu_memory
     return {
         "trials": len(trials), "completed": result.counts.get("completed", 0), "failed": result.counts.get("failed", 0),
         "images": round(images), "fit_s": round(meta.get("fit_seconds", 0), 2), "wall_s": round(wall, 2),
@@ -98,7 +96,7 @@ def segsweep_sweep(s: BenchSettings, root: Path, out: Path) -> dict[str, Any]:
         "gpus": cluster_gpus(),  # what Ray gave the sweep
         "gpu_peak_gb_per_trial": max(peaks) if peaks else None,
         "gpu_busy": sampler.busy(), "gpu_sampler": sampler.source,
-        "gpu_memory_probe": json.loads(memory_file.read_text()) if memory_file.is_file() else None,
+        "concurrent_max": max((h.get("perf/concurrent", 0) for t in trials for h in t.history[:1]), default=0),
         "run_dir": str(result.run_dir),
     }
 

@@ -120,3 +120,27 @@ def bench_train(
                              sweep_set=tuple(parse_override(text) for text in set_ or ()))
     result = run_bench(settings, out)
     typer.echo(json.dumps(result, indent=1, default=str) if format == "json" else markdown(result))
+
+
+def bench_sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep YAML file, run as shipped (but for --set)")],
+    set_: SetOption = None,
+    root: Annotated[Optional[Path], typer.Option(help="real data for the spec's dataset (default: synthetic scenes in "
+                                                 "the IDD-lite layout, of --shape)")] = None,
+    shape: Annotated[str, typer.Option(help="synthetic TRAINxVALxHxW")] = "281x204x227x320",
+    seeds_sample: Annotated[int, typer.Option(min=0, help="trials timed again with the seeds' plain loop")] = 3,
+    seeds_workers: Annotated[int, typer.Option(min=0, help="the seeds' DataLoader workers")] = 8,
+    out: Annotated[Path, typer.Option(help="where data, the run and bench_sweep.{json,md} go")] = Path("bench-sweep"),
+) -> None:
+    """A whole study as a user runs it (orchestrate run -> report), its phases and GPU use, against the seeds'
+    plain loop on a sample of the same trials."""
+    from orchestrator.bench.sweep import SweepBench, markdown, run_bench_sweep  # lazy: imports Ray
+
+    try:
+        dims = tuple(int(v) for v in shape.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) <= 0:
+        raise SegsweepError(f"--shape {shape}: expected TRAINxVALxHxW, e.g. 281x204x227x320")
+    result = run_bench_sweep(SweepBench(spec, tuple(set_ or ()), root, dims, seeds_sample, seeds_workers), out)
+    typer.echo(markdown(result))

@@ -4,20 +4,50 @@ they hold settings and paths."""
 
 from __future__ import annotations
 
+import collections
+import functools
+import json
 import os
 import re
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray import tune
 
+from orchestrator.pool.protocol import STUB
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import expand_groups
 from orchestrator.store import Store, is_metric, progress_line
 from orchestrator.tracking import Tracker
+
+SPENT: collections.Counter[str] = collections.Counter()  # the driver's seconds in each callback (bench-sweep)
+
+
+def _timed(kind: str, hook: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(hook)
+    def timed(self, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            SPENT[kind] += time.perf_counter() - started
+    return timed
+
+
+class Timed(tune.Callback):
+    """A driver callback whose hooks' seconds add up in ``SPENT[<class name>]``: what tracking and store writes cost
+    the driver (``orchestrate bench-sweep`` reports it)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, hook in list(vars(cls).items()):
+            if name.startswith("on_") and callable(hook):
+                setattr(cls, name, _timed(cls.__name__, hook))
+
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
 
@@ -30,11 +60,12 @@ def error_line(trace: str | None) -> str:
     for line in reversed(lines):
         match = _ERROR_LINE.match(line)
         if match and not line.startswith(("ray::", "File ")) and match.group(1) not in ("RayTaskError", "TuneError"):
-            return line[:300]
+            # the pool's proxy carries the worker's own line: "TrialError: RuntimeError: ..." -> "RuntimeError: ..."
+            return (match.group(2) if match.group(1) == "TrialError" and match.group(2) else line)[:300]
     return lines[-1][:300]
 
 
-class StoreCallback(tune.Callback):
+class StoreCallback(Timed):
     """Writes every trial event to the results store."""
 
     def __init__(self, store_path: str, max_epochs: int, groups: dict | None = None) -> None:
@@ -81,7 +112,7 @@ class StoreCallback(tune.Callback):
         self.store.finish_trial(trial.trial_id, "failed", error_line(trace))
 
 
-class WandbCallback(tune.Callback):
+class WandbCallback(Timed):
     """A W&B run per trial (``Tracker``), fed by Tune's events."""
 
     def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str, groups: dict | None = None) -> None:
@@ -131,14 +162,14 @@ def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
     A stub rather than nothing: a driver killed before Tune's next snapshot restores the trial as unfinished, and its
     resume then finds the stub and ends at once. Returns the bytes freed."""
     run = RunDir(run_dir)
-    shutil.rmtree(run.trial(trial_id).staging, ignore_errors=True)
+    for staged in run.trial(trial_id).staged_checkpoints():
+        shutil.rmtree(staged, ignore_errors=True)
     freed = 0
     for state in run.tune_checkpoints(trial_id):
         size = state.stat().st_size
         stub = state.with_name(state.name + ".stub")
         try:
-            with open(stub, "wb") as f:  # a file object: a failed write is an OSError, not torch's RuntimeError
-                torch.save({"finished": True}, f)
+            stub.write_text(json.dumps(STUB))  # JSON: a trial's proxy reads it without torch
         except OSError:
             if stub.is_file():
                 stub.unlink()  # no half-written stub beside the whole checkpoint
@@ -148,7 +179,7 @@ def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
     return freed
 
 
-class CheckpointCallback(tune.Callback):
+class CheckpointCallback(Timed):
     """A finished trial's Tune checkpoint becomes a stub (``release_checkpoint``): a sweep keeps per trial its
     ``best.pt`` (1x the model) instead of also weights and optimiser state (3x with Adam). A failed trial keeps its
     checkpoint, for the post-mortem."""
@@ -164,7 +195,7 @@ class CheckpointCallback(tune.Callback):
                   f"whole ({e.strerror or e}); delete it by hand once the run has ended", file=sys.stderr, flush=True)
 
 
-class ProgressCallback(tune.Callback):
+class ProgressCallback(Timed):
     """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far."""
 
     def __init__(self, store_path: str, total: int) -> None:
@@ -180,4 +211,7 @@ class ProgressCallback(tune.Callback):
         self._print()
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        row = next((t for t in Store(self.store_path).trials() if t.id == trial.trial_id), None)
+        if row is not None and row.error:
+            print(f"[segsweep] trial {trial.trial_id} failed: {row.error}", file=sys.stderr, flush=True)
         self._print()

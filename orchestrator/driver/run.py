@@ -8,17 +8,19 @@ experiment state.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import tune
 
 from orchestrator.data.prepare import prepare_data, resolve_pairs
-from orchestrator.driver.admission import gpus_per_trial
-from orchestrator.driver.tuner import build_tuner, cluster_gpus, init_ray, saved_trial_ids, trial_resources
+from orchestrator.driver.callbacks import SPENT
+from orchestrator.driver.pool import Pool, start_pool
+from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
 from orchestrator.spec.load import Sweep, count_trials, load_spec
@@ -28,12 +30,19 @@ from orchestrator.trial.config import TrialContext
 
 @dataclass(frozen=True)
 class Run:
-    """A sweep ready for Tune: its run directory, the trials' context and the number of trials."""
+    """A sweep ready for Tune: its run directory, the trials' context, the pool that trains them and the number of
+    trials."""
 
     sweep: Sweep
     run_dir: Path
     context: TrialContext
+    pool: Pool
     total: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the driver, kept in the store
+
+    def timed(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
+        Store(RunDir(self.run_dir).store).set_meta(timings=self.timings)
 
 
 @dataclass(frozen=True)
@@ -59,28 +68,37 @@ def new_run_dir(sweep: Sweep, out: str | Path | None) -> Path:
 def trial_context(sweep: Sweep, run_dir: Path, prepared) -> TrialContext:
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
-                        data=prepared, gpus_per_trial=gpus_per_trial(spec.resources, cluster_gpus()),
-                        groups=sweep.groups,
+                        data=prepared, groups=sweep.groups,
                         latency_proxy=spec.search.latency_proxy.model_dump() if spec.search.latency_proxy else None)
 
 
 def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None = None,
               max_trials: int | None = None) -> Run:
-    """A new run directory with the resolved spec, the decoded data and the store's meta; Ray joined; the first
-    GPU-memory probe done. Whatever fails before a trial starts leaves no run directory behind."""
+    """A new run directory with the resolved spec, the decoded data and the store's meta; Ray joined; the pool's
+    workers started (they import and warm up while the data is decoded). Whatever fails before a trial starts leaves
+    no run directory behind."""
     spec = sweep.spec
     total = count_trials(sweep, max_trials)
     if spec.data.dataset != "synthetic":
         resolve_pairs(spec.data)  # bad roots and splits fail here, before anything is written
     run_dir = new_run_dir(sweep, out)
     run = RunDir(run_dir)
+    marks = [time.perf_counter()]
+    init_ray(address, spec)
+    marks.append(time.perf_counter())
+    pool = start_pool(sweep)
+    marks.append(time.perf_counter())
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         run.spec.write_text(sweep.resolved_yaml())
         print(f"[segsweep] preparing data ({spec.data.dataset}, {spec.data.size[0]}x{spec.data.size[1]})",
               file=sys.stderr, flush=True)
         prepared = prepare_data(spec.data, run.cache)
+        marks.append(time.perf_counter())
+        context = trial_context(sweep, run_dir, prepared)
+        pool.attach(context)
     except BaseException:
+        pool.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no half-made run behind
         raise
     Store(run.store).set_meta(
@@ -90,16 +108,12 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
         objectives=[o.model_dump() for o in spec.search.objectives])
     h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
-          f"val {prepared.val.images} images (native {h}x{w})", file=sys.stderr, flush=True)
-    init_ray(address, spec)
-    context = trial_context(sweep, run_dir, prepared)
-    try:
-        # GPU memory is probed (and cached) before Tune starts, so that a probe that cannot run fails here
-        trial_resources(sweep, run_dir, context).share(sweep.fixed_config())
-    except SegsweepError:
-        shutil.rmtree(run_dir, ignore_errors=True)  # no trial ran: leave no half-made run behind
-        raise
-    return Run(sweep, run_dir, context, total)
+          f"val {prepared.val.images} images (native {h}x{w}); {len(pool.workers)} worker(s), "
+          f"{sum(pool.limits)} trial(s) at once", file=sys.stderr, flush=True)
+    started = Run(sweep, run_dir, context, pool, total)
+    for phase, (a, b) in zip(("ray_start", "pool_start", "data"), itertools.pairwise(marks)):
+        started.timed(phase, b - a)
+    return started
 
 
 def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
@@ -118,17 +132,32 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     if dropped:
         print(f"[segsweep] {len(dropped)} trial(s) started after Tune's last snapshot will run again under new ids: "
               f"{', '.join(dropped)}", file=sys.stderr, flush=True)
-    prepared = prepare_data(sweep.spec.data, run.cache)
     init_ray(address, sweep.spec)
+    pool = start_pool(sweep)
+    try:
+        context = trial_context(sweep, run_dir, prepare_data(sweep.spec.data, run.cache))
+        pool.attach(context)
+    except BaseException:
+        pool.shutdown()
+        raise
     print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
-    return Run(sweep, run_dir, trial_context(sweep, run_dir, prepared), store.meta().get("trials", 0))
+    meta = store.meta()
+    return Run(sweep, run_dir, context, pool, meta.get("trials", 0), dict(meta.get("timings", {})))
 
 
 def fit(run: Run, restore: bool = False) -> RunResult:
-    """Tune's fit of the run's trials; the store then says how many ended and whether the run was interrupted."""
-    tuner = build_tuner(run.sweep, run.run_dir, run.context, run.total, restore=restore)
+    """Tune's fit of the run's trials; the store then says how many ended and whether the run was interrupted. The
+    pool's workers go at the end."""
     started = time.perf_counter()
-    tuner.fit()
+    SPENT.clear()
+    try:
+        build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore=restore).fit()
+    finally:
+        run.pool.shutdown()
+    run.timed("fit", time.perf_counter() - started)
+    Store(RunDir(run.run_dir).store).set_meta(fit_window=(time.time() - (time.perf_counter() - started), time.time()))
+    for kind, seconds in SPENT.items():
+        run.timed(f"callbacks/{kind}", seconds)
     store = Store(RunDir(run.run_dir).store)
     meta = store.meta()
     store.set_meta(fit_seconds=meta.get("fit_seconds", 0) + time.perf_counter() - started)

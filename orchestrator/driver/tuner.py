@@ -1,9 +1,10 @@
 """Ray and the Tuner of a sweep: joining or starting Ray, the searcher (Optuna | random | grid), the scheduler
-(ASHA | FIFO), the trainable with its resources, and the driver's callbacks."""
+(ASHA | FIFO), the trainable (the pool's proxy) and the driver's callbacks."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,80 +17,58 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.driver.admission import TrialResources, gpus_per_trial
 from orchestrator.driver.callbacks import CheckpointCallback, ProgressCallback, StoreCallback, WandbCallback
+from orchestrator.driver.pool import PROXY_CPUS, Pool, check_resources
 from orchestrator.driver.space import to_tune_space
 from orchestrator.errors import SegsweepError
+from orchestrator.pool.proxy import proxy_trial
 from orchestrator.rundir import TUNE_DIR, RunDir
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.trial import preload
-from orchestrator.trial.config import TrialContext
-from orchestrator.trial.run import run_trial
 
 # Tune snapshots its experiment state at most this often; small, so that a killed driver loses little. Its warning
 # that snapshots come often (one per checkpointing epoch) is then expected, and 0 silences it.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-def ray_runtime_env(spec: SweepSpec) -> dict[str, Any]:
-    """The job's runtime environment: environment variables, and (``resources.preload_workers``) the hook that has
-    every Ray worker import the trial's modules as it starts (``orchestrator.trial.preload``)."""
-    # a stopped trial gets time to finish its W&B run before its actor is reused or torn down
-    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")}
-    runtime_env: dict[str, Any] = {"env_vars": env}
-    if spec.resources.preload_workers:
-        runtime_env["worker_process_setup_hook"] = preload.warm
-    return runtime_env
+# the sweep prints its own progress lines: no Tune tables, result paths or TensorBoard hints on the console
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def init_ray(address: str | None, spec: SweepSpec) -> None:
     """Join ``address`` (or this process's Ray, or a new local one) and check that a trial fits in the cluster."""
     if ray.is_initialized():
+        quiet_tune()
         check_resources(spec, ray.cluster_resources())
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING",
-                              "log_to_driver": True, "runtime_env": ray_runtime_env(spec)}
+    # Ray's own warnings of note become our one-line errors; the rest (token set-up) is noise on a sweep's console
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "ERROR",
+                              "log_to_driver": True}
     if address:
         kwargs["address"] = address
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SegsweepError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
+    quiet_tune()
     check_resources(spec, ray.cluster_resources())
+
+
+def quiet_tune() -> None:
+    """Tune logs a failed trial's whole traceback: the store keeps its one line, which the progress callback
+    prints, so Tune's own logging stays off the console."""
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
 def cluster_gpus() -> float:
     return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0.0
 
 
-def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
-    """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
-    need = {"CPU": spec.resources.cpus_per_trial, "GPU": gpus_per_trial(spec.resources, available.get("GPU", 0))}
-    for kind, amount in need.items():
-        if amount > available.get(kind, 0):
-            key = f"resources.{kind.lower()}s_per_trial"
-            raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
-                                f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
-
-
-def trial_resources(sweep: Sweep, run_dir: Path, context: TrialContext) -> TrialResources:
-    """Tune's resources callable for the sweep's trials (CPUs and a memory-checked GPU share)."""
-    res = sweep.spec.resources
-    data_bytes = context.data.cache_bytes()
-    resident = sweep.spec.data.on_device(data_bytes)  # the trials' splits then count towards their GPU memory
-    return TrialResources(res.cpus_per_trial, context.gpus_per_trial, res.memory_aware, str(run_dir), sweep.groups,
-                          res.trial_gpu_memory_gb, res.gpu_memory_gb, context.data,
-                          extra_bytes=data_bytes if resident else 0)
-
-
-def searcher(sweep: Sweep, run_dir: Path) -> Searcher:
+def searcher(sweep: Sweep, run_dir: Path, concurrency: int) -> Searcher:
     spec, search = sweep.spec, sweep.spec.search
     if search.algorithm != "optuna":
         # Tune applies max_concurrent_trials to Searchers only; the basic generator takes its own limit
-        return BasicVariantGenerator(random_state=search.seed, max_concurrent=spec.resources.max_concurrent)
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrency)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{RunDir(run_dir).optuna}")
     # several objectives: Optuna gets them all; Tune itself and ASHA keep the single search.metric
@@ -107,11 +86,12 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
                          spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor, **own)
 
 
-def build_tuner(sweep: Sweep, run_dir: Path, context: TrialContext, total: int, restore: bool = False) -> tune.Tuner:
-    """The Tuner for a new run, or the restored one for ``resume``."""
+def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bool = False) -> tune.Tuner:
+    """The Tuner for a new run, or the restored one for ``resume``: each trial a proxy of the pool."""
     spec, search, run = sweep.spec, sweep.spec.search, RunDir(run_dir)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=context),
-                                    trial_resources(sweep, run_dir, context))
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=pool.context(str(run_dir), sweep.groups)),
+                                    {"CPU": PROXY_CPUS})
+    concurrency = pool.concurrency(spec.resources.max_concurrent)
     if restore:
         return tune.Tuner.restore(str(run.tune), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
@@ -122,9 +102,9 @@ def build_tuner(sweep: Sweep, run_dir: Path, context: TrialContext, total: int, 
         param_space=to_tune_space(sweep),
         tune_config=tune.TuneConfig(
             metric=None if multi else search.metric, mode=None if multi else search.mode,
-            search_alg=searcher(sweep, run_dir), scheduler=scheduler(sweep),
+            search_alg=searcher(sweep, run_dir, concurrency), scheduler=scheduler(sweep),
             num_samples=1 if search.algorithm == "grid" else total,
-            max_concurrent_trials=(spec.resources.max_concurrent or None) if search.algorithm == "optuna" else None,
+            max_concurrent_trials=concurrency if search.algorithm == "optuna" else None,
             reuse_actors=spec.resources.reuse_actors,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),

@@ -187,6 +187,8 @@ class TrainerSpec(Strict):
                                                       "cuDNN's, which compiles them at run time once per process: "
                                                       "faster start, slower epochs (for short trials in new processes)")
     seed: int = 0
+    checkpoint_every_s: float = Field(30.0, ge=0, description="a running trial's resumable checkpoint at most this "
+                                      "often (0: every epoch); resume continues a trial from its last one")
     limit_train_batches: int | None = Field(None, ge=1)
     log_images: int = Field(4, ge=0, description="validation images with masks sent to W&B at the end")
     best_worst: int = Field(3, ge=0, description="best and worst validation images (per-image mIoU) saved as panels")
@@ -269,16 +271,20 @@ class ExportSpec(Strict):
 class ResourcesSpec(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float | Literal["auto"] = Field(
-        "auto", description="auto: 1/trials_per_gpu where the cluster has GPUs, else 0")
-    trials_per_gpu: int = Field(4, ge=1, description="packing for gpus_per_trial: auto")
-    max_concurrent: int = Field(0, ge=0, description="0: as many as the resources allow")
-    memory_aware: bool = Field(True, description="measure a trial's peak GPU memory before packing it and give it a "
-                                                 "larger share (alone on a GPU if need be) when it would not fit")
-    trial_gpu_memory_gb: float | None = Field(None, gt=0, description="a trial's peak GPU memory; None: measured")
-    gpu_memory_gb: float | None = Field(None, gt=0, description="one GPU's memory; None: read from the GPU")
-    reuse_actors: bool = Field(True, description="keep trial processes (and their imports) for the next trial")
-    preload_workers: bool = Field(True, description="Ray's worker processes import torch, Lightning and the models "
-                                                    "as they start, before a trial is handed to them")
+        "auto", description="auto: trials_per_gpu trials share each GPU where the cluster has GPUs; a fraction f: "
+                            "1/f share one; 0: train on CPUs")
+    trials_per_gpu: int = Field(4, ge=1, description="trials one GPU's worker trains at once, for gpus_per_trial: auto")
+    max_concurrent: int = Field(0, ge=0, description="0: as many as the workers' slots allow")
+    memory_aware: bool = Field(True, description="a worker starts another trial only where its GPU has room for "
+                                                 "the largest trial seen, and restarts one that ran out of memory "
+                                                 "beside others once fewer run")
+    trial_gpu_memory_gb: float | None = Field(None, gt=0, description="a trial's peak GPU memory, with gpu_memory_gb: "
+                                              "fewer trials per GPU from the start where they would not fit")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="one GPU's memory, with trial_gpu_memory_gb")
+    reuse_actors: bool = Field(True, description="Tune reuses a finished trial's proxy process for the next trial")
+    preload_workers: bool = Field(True, description="each worker steps the study's architectures once per slot "
+                                                    "before the first trial (cuDNN compiles and plans them while "
+                                                    "Tune starts)")
 
     @field_validator("gpus_per_trial")
     @classmethod

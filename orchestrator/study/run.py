@@ -5,6 +5,9 @@ model-wise table."""
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from orchestrator.driver.run import Run, RunResult, fit, restore_run, start_run
@@ -35,12 +38,24 @@ def finish(run: Run, result: RunResult) -> RunResult:
     spec = run.sweep.spec
     store = Store(RunDir(run.run_dir).store)
     if spec.export is not None and not result.interrupted:
-        measure_exports(run.run_dir, spec, store)
-    build_report(run.run_dir)
+        with timed(run, "exports"):
+            measure_exports(run.run_dir, spec, store)
+    with timed(run, "report"):
+        build_report(run.run_dir)
     if not result.interrupted:
-        log_summary_run(run.run_dir, spec.tracking.wandb.model_dump(mode="json"), spec.name)
+        with timed(run, "summary"):
+            log_summary_run(run.run_dir, spec.tracking.wandb.model_dump(mode="json"), spec.name)
     print(progress_line(store), file=sys.stderr, flush=True)
     return result
+
+
+@contextmanager
+def timed(run: Run, phase: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        run.timed(phase, time.perf_counter() - started)
 
 
 def log_summary_run(run_dir: Path, wandb_spec: dict, sweep: str) -> None:

@@ -1,5 +1,6 @@
 """A trial's pieces from its flat config: model, loss, levers, data module, Lightning module and trainer. Shared by
-``run_trial``, the driver's GPU-memory probe and ``orchestrate bench-train``, so that each measures what trains."""
+the pool's workers (a trial, and their warm-up steps) and ``orchestrate bench-train``, so that each measures what
+trains."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 
 from models.complexity import Complexity, complexity
 from models.depthwise import native_depthwise
@@ -20,6 +22,18 @@ from orchestrator.trial.config import TrialConfig
 from orchestrator.trial.data import CachedData
 from orchestrator.trial.levers import Levers, resolve_levers
 from orchestrator.trial.module import SegmentationModule
+
+
+class SharedCUDA(CUDAAccelerator):
+    """Lightning's CUDA accelerator for trials that share a process (the pool's threads): its set-up and teardown
+    leave the process's memory alone. Lightning's own empty the allocator's cache and free every stream's cuBLAS
+    workspace, which the captured CUDA graphs of the trials still running would then write into."""
+
+    def setup(self, trainer: L.Trainer) -> None:
+        self.set_nvidia_flags(trainer.local_rank)
+
+    def teardown(self) -> None:
+        pass
 
 
 @dataclass
@@ -83,13 +97,14 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
                             jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
                             num_workers=0 if cfg.data.cache else cfg.data.workers,
-                            resident=device_resident(cfg, data, use_gpu, levers), **sets)
+                            resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed, **sets)
     # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
-    # cuDNN autotuning only without graphs: a capture must find the very plans its warm-up built (measured on an H200:
-    # autotuned warm-up, then capture -> CUDNN_STATUS_INTERNAL_ERROR)
+    # benchmark=None leaves cuDNN's autotuning as the process has it (off): the trials of a worker share the flag, and
+    # a capture must find the very plans its warm-up built (measured on an H200: autotuned warm-up, then capture ->
+    # CUDNN_STATUS_INTERNAL_ERROR)
     trainer = L.Trainer(
-        max_epochs=max(1, cfg.trainer.max_epochs - done), accelerator="gpu" if use_gpu else "cpu", devices=1,
-        benchmark=use_gpu and not levers.cuda_graphs, precision="32-true", logger=False, enable_checkpointing=False,
+        max_epochs=max(1, cfg.trainer.max_epochs - done), accelerator=SharedCUDA() if use_gpu else "cpu", devices=1,
+        benchmark=None, precision="32-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_train_batches=cfg.trainer.limit_train_batches, callbacks=callbacks or [],
     )

@@ -1,16 +1,17 @@
-"""Lightning callbacks of a trial run by Tune: the end-of-trial visuals, then the epoch's report to Tune with the best
-weights and a resumable checkpoint. Listed in that order: a scheduler may stop the trial inside the last report
-(ASHA does at ``max_t``), and nothing after it would run."""
+"""Lightning callbacks of a trial: the end-of-trial visuals, then the epoch's report (best weights, a resumable
+checkpoint now and then, the metrics handed on to the trial's proxy and so to Tune). Listed in that order: a
+scheduler may stop the trial at its last report, and nothing after it would run."""
 
 from __future__ import annotations
 
 import math
 import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-from ray import tune
 
 from orchestrator.data.cache import PreparedData
 from orchestrator.rundir import STATE_FILE, TrialDir
@@ -37,31 +38,38 @@ class SaveVisuals(L.Callback):
             save_visuals(module, trainer.datamodule, self.cfg, self.data, epoch, self.trial_dir)
 
 
-class ReportToTune(L.Callback):
-    """Per epoch: the best weights to ``trials/<id>/best.pt`` when ``metric`` improved, then ``tune.report`` of the
-    epoch's metrics (with ``constants``: size, GMACs, levers) and a resumable checkpoint (weights, optimiser,
-    schedule, epoch, best), staged in the trial's folder and copied by Tune."""
+class ReportEpochs(L.Callback):
+    """Per epoch: the best weights to ``trials/<id>/best.pt`` when ``metric`` improved, a resumable checkpoint
+    (weights, optimiser, schedule, epoch, best) at most every ``checkpoint_every_s`` seconds (0: every epoch; never
+    after the last epoch), then the epoch's metrics (with ``constants``: size, GMACs, levers) handed to ``send``.
+    ``send`` answers whether the trial goes on (Tune's scheduler may stop it); if not, the fit ends after this
+    epoch."""
 
     def __init__(self, metric: str, mode: str, trial_dir: TrialDir, constants: dict[str, float],
-                 best: float | None = None) -> None:
+                 send: Callable[[dict[str, float], Path | None], bool], best: float | None = None,
+                 checkpoint_every_s: float = 30.0) -> None:
         self.metric, self.mode, self.trial_dir, self.constants, self.best = metric, mode, trial_dir, constants, best
+        self.send, self.checkpoint_every_s = send, checkpoint_every_s
         self.last_save_s: float | None = None
+        self.last_checkpoint = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: SegmentationModule) -> None:
         started = time.perf_counter()
-        metrics = dict(module.epoch_metrics())
+        metrics = {**module.epoch_metrics(), **self.constants}
+        epoch = int(metrics["epoch"])
         if self.last_save_s is not None:
-            metrics["perf/save_s"] = self.last_save_s  # the previous epoch's checkpoint saving
+            metrics["perf/save_s"] = self.last_save_s  # the previous epoch's saving
         if better(metrics.get(self.metric), self.best, self.mode):
             self.best = metrics[self.metric]
             torch.save(module.model.state_dict(), self.trial_dir.best_weights)
-        staging = self.trial_dir.staging
-        shutil.rmtree(staging, ignore_errors=True)  # left by a trial killed inside its report
-        staging.mkdir()
-        try:
-            torch.save({**module.training_state(), "epoch": int(metrics["epoch"]), "best": self.best},
-                       staging / STATE_FILE)
-            self.last_save_s = time.perf_counter() - started  # reported with the next epoch; the report itself
-            tune.report({**metrics, **self.constants}, checkpoint=tune.Checkpoint.from_directory(staging))
-        finally:  # Tune has copied it, or the trial is stopping (a scheduler stops it inside the report)
-            shutil.rmtree(staging, ignore_errors=True)
+        checkpoint = None
+        due = time.monotonic() - self.last_checkpoint >= self.checkpoint_every_s
+        if epoch < module.max_epochs and (self.checkpoint_every_s == 0 or due):
+            checkpoint = self.trial_dir.checkpoint(epoch)
+            shutil.rmtree(checkpoint, ignore_errors=True)  # left by a trial killed while writing it
+            checkpoint.mkdir(parents=True)
+            torch.save({**module.training_state(), "epoch": epoch, "best": self.best}, checkpoint / STATE_FILE)
+            self.last_checkpoint = time.monotonic()
+        self.last_save_s = time.perf_counter() - started
+        if not self.send(metrics, checkpoint):
+            trainer.should_stop = True

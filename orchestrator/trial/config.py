@@ -50,6 +50,5 @@ class TrialContext:
     metric: str
     mode: str
     data: PreparedData
-    gpus_per_trial: float = 0.0
     latency_proxy: dict[str, Any] | None = None
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

@@ -3,6 +3,7 @@ augmented and normalised on the device after transfer (augmentation in training 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import lightning.pytorch as L
@@ -97,6 +98,26 @@ class BatchNumbers(Dataset):
         return self.split, i, min(self.batch_size, self.n - i * self.batch_size)
 
 
+# DataLoader workers (data.cache: false) start from a clean server process: forking a trial worker, which runs
+# several trials in threads with CUDA initialised, could copy a lock another thread holds
+LOADER_CONTEXT = "forkserver"
+_RESIDENT: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_RESIDENT_LOCK = threading.Lock()
+
+
+def resident_split(folder: str, split: ArrayPairs, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cached split's uint8 images and labels on ``device``, uploaded once per process: the trials of a worker
+    share them (read-only; batches are gathers)."""
+    key = (str(folder), str(device))
+    with _RESIDENT_LOCK:
+        if key not in _RESIDENT:
+            tensors = tuple(torch.from_numpy(np.array(a)).to(device) for a in (split.images, split.labels))
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # ready before another stream reads it
+            _RESIDENT[key] = tensors
+        return _RESIDENT[key]
+
+
 class CachedData(L.LightningDataModule):
     """Batches of uint8 from the cache; conversion, augmentation and normalisation happen on the device after
     transfer (augmentation in training only)."""
@@ -104,12 +125,12 @@ class CachedData(L.LightningDataModule):
     def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True,
                  scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
                  ignore_index: int = 255, levers: Levers = CPU_LEVERS, train_set: Dataset | None = None,
-                 val_set: Dataset | None = None, resident: bool = False) -> None:
+                 val_set: Dataset | None = None, resident: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.train_dir, self.val_dir = train_dir, val_dir
         self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
         self.hflip, self.scale, self.jitter = hflip, scale, jitter
-        self.levers = levers
+        self.levers, self.seed = levers, seed
         self.given = (train_set, val_set)
         self.resident = resident and train_set is None
         self.on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -127,9 +148,8 @@ class CachedData(L.LightningDataModule):
         if self.resident:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             # data.device_cache: the uint8 splits live on the GPU; a batch is one gather, no host work, no copy
-            self.on_device = {name: tuple(torch.from_numpy(np.array(a)).to(device) for a in
-                                          (split.images, split.labels))
-                              for name, split in (("train", self.train_set), ("val", self.val_set))}
+            self.on_device = {"train": resident_split(self.train_dir, self.train_set, device),
+                              "val": resident_split(self.val_dir, self.val_set, device)}
 
     def _drop_last(self, n: int) -> bool:
         # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
@@ -141,13 +161,15 @@ class CachedData(L.LightningDataModule):
             return DataLoader(BatchNumbers(n, self.batch_size, self._drop_last(n), "train"), batch_size=None)
         pin = self.num_workers > 0 or (self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          drop_last=self._drop_last(n), pin_memory=pin, persistent_workers=self.num_workers > 0)
+                          drop_last=self._drop_last(n), pin_memory=pin, persistent_workers=self.num_workers > 0,
+                          multiprocessing_context=LOADER_CONTEXT if self.num_workers else None)
 
     def val_dataloader(self) -> DataLoader:
         if self.on_device:
             return DataLoader(BatchNumbers(len(self.val_set), self.batch_size, False, "val"), batch_size=None)
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          multiprocessing_context=LOADER_CONTEXT if self.num_workers else None)
 
     def gather(self, batch: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of the device-resident split: a random permutation per training epoch, drawn on the device."""
@@ -176,7 +198,7 @@ class CachedData(L.LightningDataModule):
         """Augmentation's own random stream, seeded from the trial's seed: independent of the model's draws and of
         the default generator that CUDA-graph capture registers."""
         if getattr(self, "_generator", None) is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(torch.initial_seed())
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._generator
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

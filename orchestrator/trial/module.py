@@ -104,6 +104,9 @@ class SegmentationModule(L.LightningModule):
         self._train_items += x.shape[0]
 
     def on_validation_epoch_start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()  # this trial's stream only: its training steps are done
+        self._val_start = time.perf_counter()
         self._cm = ConfusionMatrix(len(self.classes), self.ignore_index, self.device)
         self._val_loss = torch.zeros((), device=self.device)
         self._val_items = 0
@@ -137,9 +140,12 @@ class SegmentationModule(L.LightningModule):
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch}; lower optimizer.lr?")
         seconds = time.perf_counter() - self._epoch_start  # the loss read above waited for the GPU
+        val_start = getattr(self, "_val_start", None)
         lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         metrics = {"epoch": epoch, "train/loss": train_loss, "lr": lr,
                    "perf/images_per_s": self._train_items / max(seconds, 1e-9), "perf/epoch_s": seconds,
+                   "perf/train_s": (val_start or time.perf_counter()) - self._epoch_start,
+                   "perf/val_s": time.perf_counter() - val_start if val_start else 0.0,
                    "perf/cuda_graphs": float(self.step.graphed > 0)}
         if self.startup_s is not None:
             metrics["perf/startup_s"] = self.startup_s

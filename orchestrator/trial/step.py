@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,6 +16,53 @@ if TYPE_CHECKING:
     from orchestrator.trial.module import SegmentationModule
 
 log = logging.getLogger("segsweep.trial")
+
+
+class CaptureLock:
+    """Trials that share a process (the trial pool's threads, each on its own CUDA stream) take their steps under
+    this lock: a capture is exclusive, eager steps and graph replays are shared.
+
+    A capture puts the default CUDA generator into capture mode; an eager random op of another thread meanwhile (a
+    dropout of a warm-up step) would fail with 'Offset increment outside graph capture', and a replay would move the
+    generator's offsets under the capture. Writers go first, so a capture waits only for the steps in flight."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+STEP_LOCK = CaptureLock()  # one per process: every CUDA training step of the process goes through it
 
 
 class TrainStep:
@@ -65,10 +114,22 @@ class TrainStep:
         return loss.detach()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        if not x.is_cuda:
+            return self.eager(x, y, optimizer)  # CPU trials of one process run their steps side by side
+        if self.use_graphs and self.graph is None and self.seen >= self.WARMUP and self.key == self._key(x, y):
+            with STEP_LOCK.exclusive():
+                return self._step(x, y, optimizer)
+        with STEP_LOCK.shared():
+            return self._step(x, y, optimizer)
+
+    def _key(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        return (tuple(x.shape), tuple(y.shape), x.is_contiguous(memory_format=torch.channels_last),
+                self.module.in_stage1)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         if not self.use_graphs or x.shape[0] != self.batch_size:
             return self.eager(x, y, optimizer)
-        key = (tuple(x.shape), tuple(y.shape), x.is_contiguous(memory_format=torch.channels_last),
-               self.module.in_stage1)
+        key = self._key(x, y)
         if key != self.key:
             self.key, self.seen, self.graph = key, 0, None
         if self.graph is None:
@@ -116,7 +177,6 @@ class TrainStep:
             for g, f in zip(groups, floats, strict=True):
                 g["lr"] = f
         self.static_loss, self.graph = loss.detach(), graph
-        torch.cuda.empty_cache()  # the warm-up's cached blocks: packed trials can use them
 
     def sync_lr(self, optimizer: torch.optim.Optimizer) -> None:
         """After a schedule step: the graph's learning-rate tensors follow (no host read)."""

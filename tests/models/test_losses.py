@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.errors import UnknownNameError
-from models.errors import ModelError
+from models.errors import ModelError, UnknownNameError
 from models.losses import (
     LOSSES,
     create_loss,

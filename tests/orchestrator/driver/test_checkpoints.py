@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import torch
 
 from orchestrator.driver.callbacks import CheckpointCallback, release_checkpoint
+from orchestrator.pool.protocol import is_stub
 from orchestrator.rundir import STATE_FILE, RunDir
 
 
@@ -21,16 +23,17 @@ def test_release_checkpoint_leaves_a_stub_and_frees_the_rest(tmp_path):
     done = _checkpoint(tmp_path, "a", 3, 250_000)  # 1 MB of float32
     other = _checkpoint(tmp_path, "b", 1, 1000)
     trial = RunDir(tmp_path).trial("a")
-    trial.staging.mkdir(parents=True)
-    (trial.staging / STATE_FILE).write_bytes(b"x" * 100)
+    for epoch in (2, 3):  # staged, and left by a worker killed before the proxy reported them
+        trial.checkpoint(epoch).mkdir(parents=True)
+        (trial.checkpoint(epoch) / STATE_FILE).write_bytes(b"x" * 100)
     trial.best_weights.write_bytes(b"weights")
     size = done.stat().st_size
 
     freed = release_checkpoint(tmp_path, "a")
 
-    assert torch.load(done, weights_only=False) == {"finished": True}
+    assert is_stub(done) and json.loads(done.read_text()) == {"finished": True}
     assert freed == size - done.stat().st_size and freed > 990_000
-    assert not trial.staging.exists()
+    assert trial.staged_checkpoints() == []
     assert trial.best_weights.read_bytes() == b"weights"
     assert torch.load(other, weights_only=False)["epoch"] == 2  # another trial's checkpoint is its own
     assert release_checkpoint(tmp_path, "a") == 0 and release_checkpoint(tmp_path, "never-ran") == 0

@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 
 from models.losses import loss_graph_safe
-from orchestrator.driver.admission import TrialResources, memory_key
 from orchestrator.spec.schema import DataSpec, ResourcesSpec, TrainerSpec
 from orchestrator.trial.levers import resolve_levers
 
@@ -43,9 +42,8 @@ def test_data_and_resource_levers_can_be_turned_off():
     assert not DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32], device_cache=False).on_device(1)
     auto = DataSpec(dataset="synthetic", root="/tmp/x", size=[32, 32], device_cache_max_gb=1)
     assert auto.on_device(GiB) and not auto.on_device(GiB + 1)
-    off = ResourcesSpec(memory_aware=False, reuse_actors=False, gpus_per_trial=0.25)
-    assert TrialResources(1, 0.25, off.memory_aware, "/nonexistent", trial_gpu_memory_gb=70,
-                          gpu_memory_gb=80).share({}) == 0.25
+    off = ResourcesSpec(memory_aware=False, reuse_actors=False, preload_workers=False, gpus_per_trial=0.25)
+    assert not (off.memory_aware or off.reuse_actors or off.preload_workers)
 
 
 def test_native_depthwise_is_opt_in_and_only_on_a_gpu():
@@ -56,7 +54,6 @@ def test_native_depthwise_is_opt_in_and_only_on_a_gpu():
     assert not default.native_depthwise and default.as_metrics()["perf/native_depthwise"] == 0.0
     assert on == dataclasses.replace(default, native_depthwise=True) and on.as_metrics()["perf/native_depthwise"] == 1
     assert not resolve_levers(TrainerSpec(native_depthwise=True), on_gpu=False).native_depthwise
-    assert memory_key({"trainer.native_depthwise": True}) != memory_key({"trainer.native_depthwise": False})
 
 
 def test_levers_on_a_cpu_and_where_they_cannot_apply():

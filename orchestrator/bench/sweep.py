@@ -1,0 +1,213 @@
+"""``orchestrate bench-sweep SPEC``: a study file, unchanged (but for ``--set``), timed as a user runs it, from
+``orchestrate run`` (a process of its own) to its report, on data of the real shape; then the seeds' plain loop (a
+process per trial, PIL decoding, fp32, eager) on a fixed sample of the same trials, and the ratio of the two.
+
+Data: ``--root`` (real data, as the spec's dataset reads it), else synthetic road scenes written in the IDD-lite
+layout with IDD-lite's shape: 281 train / 204 val images of 227x320. The figures: wall time, trained and validated
+images, GPU busy (NVML) over the run and over the fit, trials running over time, the wall split by phase (the
+driver's phases from the store, the trials' start-up, training, validation, checkpointing and queueing from their
+epochs, the driver's tracking and store writes, and the time no trial trained), and for the seeds' sample its epochs'
+seconds and validation metrics beside the sweep's for the same trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.data.synthetic import generate_synthetic
+from orchestrator.errors import SegsweepError
+from orchestrator.gpu import GpuSampler
+from orchestrator.store import Store, TrialRow
+
+
+@dataclass(frozen=True)
+class SweepBench:
+    spec: Path
+    sets: tuple[str, ...] = ()
+    root: Path | None = None  # real data; None: synthetic in the IDD-lite layout, of ``shape``
+    shape: tuple[int, int, int, int] = (281, 204, 227, 320)  # synthetic train and val images, height, width
+    seeds_sample: int = 3  # trials of the study timed again the seeds' way (0: none)
+    seeds_workers: int = 8  # the seeds' DataLoader workers
+    timeout_s: float = 3600.0
+
+
+def run_bench_sweep(b: SweepBench, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    root = b.root or generate_synthetic(out / "data", *b.shape)
+    run_dir = out / f"run-{time.strftime('%H%M%S')}"
+    sets = [*b.sets, f"data.root={root}"]
+    command = [sys.executable, "-m", "orchestrator.cli", "run", str(b.spec), "--out", str(run_dir)]
+    for item in sets:
+        command += ["--set", item]
+    env = {**os.environ, "IDD_LITE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    with GpuSampler(interval_s=0.2) as sampler:
+        started = time.time()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=b.timeout_s, env=env)
+        wall = time.time() - started
+    (out / "orchestrate_run.log").write_text(done.stderr)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SegsweepError(f"orchestrate run {b.spec} failed (exit {done.returncode}): {last}")
+    store = Store.of_run(run_dir)
+    trials = store.trials(history=True)
+    result: dict[str, Any] = {"spec": str(b.spec), "sets": sets, "root": str(root), "synthetic": b.root is None,
+                              "wall_s": round(wall, 2), "run_dir": str(run_dir),
+                              **sweep_figures(store.meta(), trials, started, wall, sampler)}
+    save(result, out)
+    if b.seeds_sample:
+        result["seeds"] = seeds_sample(trials, store.meta(), b, out, wall)
+        save(result, out)
+    return result
+
+
+def sweep_figures(meta: dict, trials: list[TrialRow], started: float, wall: float,
+                  sampler: GpuSampler) -> dict[str, Any]:
+    """What the store and the GPU sampler say about one run of the study (pure over its inputs but the sampler)."""
+    train_images, val_images = meta["data"]["train"]["images"], meta["data"]["val"]["images"]
+    epochs = [h for t in trials for h in t.history]
+    timings = meta.get("timings", {})
+    intervals = [(t.history[0]["perf/started_at"], max(h["perf/at"] for h in t.history)) for t in trials
+                 if t.history and "perf/started_at" in t.history[0]]
+    fit_start, fit_end = meta.get("fit_window", (started, started + wall))
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    busy, fit_busy = sampler.busy(), sampler.busy(fit_start, fit_end)
+    return {
+        "trials": len(trials), "statuses": counts, "epochs": len(epochs),
+        "trained_images": len(epochs) * train_images, "validated_images": len(epochs) * val_images,
+        "gpu_busy": busy, "gpu_busy_fit": fit_busy, "gpu_sampler": sampler.source,
+        "phases_s": {k: round(v, 2) for k, v in timings.items()},
+        "trial_seconds": trial_seconds(trials),
+        "running_over_time": running_over_time(intervals, started, wall),
+        "no_trial_training_s": round(idle_seconds(intervals, fit_start, fit_end), 2),
+        "idle_gpu_s": round(wall * (1 - busy[0]), 2) if busy else None,
+        "best": {meta["metric"]: max((t.best.get(meta["metric"], float("nan")) for t in trials), default=None)},
+    }
+
+
+def trial_seconds(trials: list[TrialRow]) -> dict[str, float]:
+    """Seconds of all trials together (they overlap: trial-seconds, not wall): queueing in a worker, start-up (build,
+    first step), training, validation, checkpoint and best-weight saving, and the first epochs' excess over the
+    trial's later epochs (cuDNN planning and graph capture)."""
+    out = {"queued": 0.0, "startup": 0.0, "train": 0.0, "validation": 0.0, "saving": 0.0, "first_epoch_excess": 0.0}
+    for t in trials:
+        if not t.history:
+            continue
+        first = t.history[0]
+        out["queued"] += first.get("perf/queued_s", 0.0)
+        out["startup"] += first.get("perf/startup_s", 0.0)
+        out["train"] += sum(h.get("perf/train_s", 0.0) for h in t.history)
+        out["validation"] += sum(h.get("perf/val_s", 0.0) for h in t.history)
+        out["saving"] += sum(h.get("perf/save_s", 0.0) for h in t.history)
+        later = [h.get("perf/train_s", 0.0) for h in t.history[1:]]
+        if later:
+            out["first_epoch_excess"] += max(0.0, first.get("perf/train_s", 0.0) - statistics.median(later))
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def running_over_time(intervals: list[tuple[float, float]], start: float, wall: float, step: float = 5.0) -> list:
+    """Trials training (between their start in a worker and their last epoch) every ``step`` seconds of the run."""
+    return [sum(a <= start + s < b for a, b in intervals) for s in [i * step for i in range(int(wall // step) + 1)]]
+
+
+def idle_seconds(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds between ``start`` and ``end`` in which no trial was training (the union's gaps)."""
+    covered, cursor = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, cursor), min(b, end)
+        if b > a:
+            covered += b - a
+            cursor = b
+    return max(0.0, (end - start) - covered)
+
+
+def sample(trials: list[TrialRow], k: int) -> list[TrialRow]:
+    """``k`` finished trials spread evenly over the study's order (the first, the last, and between)."""
+    done = [t for t in trials if t.status in ("completed", "early_stopped") and t.epochs]
+    if len(done) <= k:
+        return done
+    return [done[round(i * (len(done) - 1) / max(1, k - 1))] for i in range(k)]
+
+
+def seeds_sample(trials: list[TrialRow], meta: dict, b: SweepBench, out: Path, sweep_wall: float) -> dict[str, Any]:
+    """The sampled trials, each the seeds' way in a process of its own for the epochs it trained in the sweep; their
+    whole study estimated from them (per architecture: a process's start plus epochs x seconds per epoch)."""
+    rows = []
+    for t in sample(trials, b.seeds_sample):
+        request = out / f"seeds-{t.id}.json"
+        request.write_text(json.dumps({"config": t.config, "data": meta["data"], "epochs": t.epochs,
+                                       "workers": b.seeds_workers}))
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "orchestrator.bench.seeds", str(request)], capture_output=True,
+                              text=True, timeout=b.timeout_s)
+        if done.returncode != 0:
+            raise SegsweepError(f"the seeds' loop failed on trial {t.id}: "
+                                f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        metric = meta["metric"]
+        rows.append({"trial": t.id, "arch": t.config.get("model.arch"), "loss": t.config.get("loss.name"),
+                     "epochs": t.epochs, "process_s": round(time.perf_counter() - started, 2),
+                     "epoch_s": result["epoch_s"],
+                     "seeds_best": max((h.get(metric, float("nan")) for h in result["history"]), default=None),
+                     "sweep_best": t.best.get(metric)})
+    estimate = seeds_estimate(trials, rows)
+    return {"trials": rows, "estimated_study_s": round(estimate, 1),
+            "x_sweep": round(estimate / sweep_wall, 2) if sweep_wall else None}
+
+
+def seeds_estimate(trials: list[TrialRow], rows: list[dict[str, Any]]) -> float:
+    """The whole study run the seeds' way, one trial after another: per trial, a process's fixed cost (its seconds
+    less its epochs') plus its epochs at the seconds per epoch of sampled trials of its architecture (of all sampled
+    trials where none has it)."""
+    if not rows:
+        return 0.0
+    per_epoch = {}
+    for r in rows:
+        per_epoch.setdefault(r["arch"], []).append(sum(r["epoch_s"]) / max(1, len(r["epoch_s"])))
+    overall = statistics.mean(s for v in per_epoch.values() for s in v)
+    fixed = statistics.mean(r["process_s"] - sum(r["epoch_s"]) for r in rows)
+    return sum(fixed + t.epochs * statistics.mean(per_epoch.get(t.config.get("model.arch"), [overall]))
+               for t in trials if t.epochs)
+
+
+def save(result: dict[str, Any], out: Path) -> None:
+    (out / "bench_sweep.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench_sweep.md").write_text(markdown(result))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    busy = ", ".join(f"{v:.0%}" for v in r["gpu_busy"]) if r.get("gpu_busy") else "not sampled"
+    fit_busy = ", ".join(f"{v:.0%}" for v in r["gpu_busy_fit"]) if r.get("gpu_busy_fit") else "not sampled"
+    lines = [f"`orchestrate run {r['spec']}` {' '.join('--set ' + s for s in r['sets'])}", "",
+             "| figure | value |", "|---|---:|",
+             f"| wall, `orchestrate run` to report | {r['wall_s']:.1f} s |",
+             f"| trials (statuses) | {r['trials']} ({', '.join(f'{k} {v}' for k, v in r['statuses'].items())}) |",
+             f"| epochs; images trained / validated | {r['epochs']}; {r['trained_images']:,} / "
+             f"{r['validated_images']:,} |",
+             f"| GPU busy over the run / over the fit | {busy} / {fit_busy} |",
+             f"| no trial training during the fit | {r['no_trial_training_s']:.1f} s |",
+             f"| best {next(iter(r['best']))} | {next(iter(r['best'].values())) or float('nan'):.4f} |"]
+    lines += ["", "Driver phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items()),
+              "", "Trial-seconds (overlapping): " + ", ".join(f"{k} {v:.1f}" for k, v in r["trial_seconds"].items()),
+              "", "Trials training, every 5 s: " + " ".join(map(str, r["running_over_time"]))]
+    if "seeds" in r:
+        s = r["seeds"]
+        lines += ["", f"Seeds' plain loop (a process per trial, PIL, fp32, eager) on {len(s['trials'])} of the "
+                      f"trials: the study estimated at {s['estimated_study_s']:.0f} s, **{s['x_sweep']}x** the "
+                      "sweep's wall.", "",
+                  "| trial | arch | loss | epochs | seeds process s | seeds s/epoch | best (seeds) | best (sweep) |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for t in s["trials"]:
+            per = sum(t["epoch_s"]) / max(1, len(t["epoch_s"]))
+            lines.append(f"| {t['trial']} | {t['arch']} | {t['loss']} | {t['epochs']} | {t['process_s']:.1f} | "
+                         f"{per:.2f} | {t['seeds_best']:.4f} | {t['sweep_best']:.4f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,136 @@
+"""The driver's side of the trial pool: how many workers, where, with how many slots; the dispatcher; and the
+context every proxy gets. One worker per GPU of the cluster (``resources.gpus_per_trial`` of them where a trial
+takes whole GPUs), else one one-slot worker per ``cpus_per_trial`` CPUs of each node.
+
+Slots per GPU: ``trials_per_gpu`` for ``gpus_per_trial: auto``, else ``1 / gpus_per_trial``. Stated memory figures
+(``trial_gpu_memory_gb``, ``gpu_memory_gb``) lower the number that start at once; otherwise the worker reads its own
+GPU (``pool.worker``). No probe runs before a trial: a GPU with room for twenty trials waits for none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from orchestrator.errors import SegsweepError
+from orchestrator.pool.dispatch import Dispatcher
+from orchestrator.pool.protocol import PoolContext, decision_epochs, slots_for
+from orchestrator.pool.worker import TrialWorker, WorkerSettings
+from orchestrator.spec.load import Sweep
+from orchestrator.spec.schema import ResourcesSpec, SweepSpec
+from orchestrator.trial.config import TrialContext
+
+MAX_CONCURRENCY = 256  # a worker's method threads: each waiting proxy holds one
+PROXY_CPUS = 0.01  # a proxy holds no GPU and does next to nothing; Tune wants some resource per trial
+WARM_LIMIT = 8  # architectures stepped once per slot before the first trial
+
+
+def gpu_slots(resources: ResourcesSpec) -> int:
+    """Trials sharing one GPU: ``trials_per_gpu`` (auto), ``1/gpus_per_trial`` below one GPU, else one."""
+    share = resources.gpus_per_trial
+    if share == "auto":
+        return resources.trials_per_gpu
+    return max(1, math.floor(1 / share + 1e-9)) if share < 1 else 1
+
+
+def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
+    share = spec.resources.gpus_per_trial
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": 0.0 if share == "auto" else float(share)}
+    for kind, amount in need.items():
+        if amount > available.get(kind, 0):
+            key = f"resources.{kind.lower()}s_per_trial"
+            raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
+                                f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
+
+
+def warm_configs(sweep: Sweep) -> tuple[dict[str, Any], ...]:
+    """One flat config per architecture the study can sample (its model keys' choices), the rest at their first
+    values and the loss plain CE: what a worker steps once per slot to compile and plan its convolutions."""
+    base = {**sweep.fixed_config(), "loss.name": "ce"}
+    options: list[list[dict[str, Any]]] = []
+    for key, domain in sweep.domains.items():
+        if key == "model" and domain.grouped:
+            options.append(list(domain.options(key).values()))
+        elif key.startswith("model.") and domain.kind == "choice":
+            options.append([{key: v} for v in domain.values])
+    configs = [dict(base, **{k: v for part in combo for k, v in part.items()})
+               for combo in itertools.product(*options)]
+    return tuple(configs[:WARM_LIMIT])
+
+
+@dataclass
+class Pool:
+    workers: list[Any]
+    dispatcher: Any
+    limits: list[int]
+
+    def concurrency(self, max_concurrent: int = 0) -> int:
+        """Trials Tune runs at once: every slot that may start, plus one waiting per worker so that a slot that
+        frees starts its next trial at once; at most ``resources.max_concurrent`` where set."""
+        total = sum(self.limits) + len(self.workers)
+        return min(total, max_concurrent) if max_concurrent else total
+
+    def context(self, run_dir: str, groups: dict) -> PoolContext:
+        return PoolContext(run_dir=run_dir, workers=tuple(self.workers), dispatcher=self.dispatcher, groups=groups)
+
+    def attach(self, context: TrialContext) -> None:
+        """The sweep's context for every worker. Not waited for: Tune starts while the workers still import (a
+        worker that cannot start fails its trials with the reason, ``pool.proxy``)."""
+        for worker in self.workers:
+            worker.attach.remote(context)
+
+    def shutdown(self) -> None:
+        for actor in [*self.workers, self.dispatcher]:
+            ray.kill(actor)
+
+
+def start_pool(sweep: Sweep) -> Pool:
+    """The workers (starting now: they import torch and the models while the driver prepares the data)."""
+    spec = sweep.spec
+    res = spec.resources
+    gpus = ray.cluster_resources().get("GPU", 0)
+    scheduler = spec.search.scheduler
+    decisions = decision_epochs(spec.trainer.max_epochs, scheduler.grace_period if scheduler.name == "asha" else None,
+                                scheduler.reduction_factor)
+    warm = warm_configs(sweep) if res.preload_workers else ()
+    placements: list[tuple[int, dict[str, Any]]] = []
+    if gpus > 0 and res.gpus_per_trial != 0:
+        per_worker = 1 if res.gpus_per_trial == "auto" or res.gpus_per_trial <= 1 else int(res.gpus_per_trial)
+        slots = gpu_slots(res)
+        placements = [(slots, {"num_gpus": per_worker, "num_cpus": 0})] * int(gpus // per_worker)
+    else:
+        for node in ray.nodes():
+            cpus = node["Resources"].get("CPU", 0) if node["Alive"] else 0
+            if cpus >= res.cpus_per_trial:
+                # on CPUs a trial is Python-bound as much as compute-bound: a process each, not threads sharing one
+                # interpreter lock (measured on 2 cores: the demo's epochs 1.2-2.1 s in two threads, 0.9 s apart)
+                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                placements += [(1, {"num_cpus": 0, "scheduling_strategy": strategy})] * math.floor(
+                    cpus / res.cpus_per_trial)
+    if not placements:
+        raise SegsweepError(f"no node of the Ray cluster has resources.cpus_per_trial ({res.cpus_per_trial:g}) CPUs")
+    limits = [stated_limit(res, slots) if gpus > 0 else slots for slots, _ in placements]
+    actor = ray.remote(TrialWorker)
+    workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
+        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions, warm))
+        for (slots, options), limit in zip(placements, limits)]
+    dispatcher = ray.remote(Dispatcher).options(num_cpus=0).remote(limits)
+    return Pool(workers, dispatcher, limits)
+
+
+def stated_limit(res: ResourcesSpec, slots: int) -> int:
+    """Trials per GPU by the stated memory figures (both given), with one line when that is fewer than the slots."""
+    if res.trial_gpu_memory_gb is None or res.gpu_memory_gb is None:
+        return slots
+    limit = slots_for(res.trial_gpu_memory_gb, res.gpu_memory_gb, slots)
+    if limit < slots:
+        print(f"[segsweep] a trial needs {res.trial_gpu_memory_gb:.1f} GiB of a {res.gpu_memory_gb:.0f} GiB GPU: "
+              f"{limit} trial(s) per GPU at once instead of {slots}", file=sys.stderr, flush=True)
+    return limit

@@ -1,0 +1,61 @@
+"""What the driver, the proxies and the workers agree on: the proxies' context, the events a worker sends about a
+trial, the scheduler's decision points, the checkpoint stub, and the admission arithmetic. Imports no torch."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HEADROOM = 0.15  # allocator fragmentation and cuDNN workspaces beyond a trial's measured peak
+STUB = {"finished": True}  # what a finished trial's released checkpoint (state.pt) says, as JSON
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """What every proxy needs (passed with ``tune.with_parameters``; small and torch-free)."""
+
+    run_dir: str
+    workers: tuple[Any, ...]  # Ray actor handles of the TrialWorkers
+    dispatcher: Any  # Ray actor handle of the Dispatcher
+    groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def decision_epochs(max_epochs: int, grace_period: int | None, reduction_factor: float) -> tuple[int, ...]:
+    """The epochs after which ASHA may stop a trial (its rungs: grace_period * rf^k below max_epochs). A worker waits
+    there for Tune's decision instead of training an epoch that may be thrown away; elsewhere it runs at most one
+    epoch ahead. ``grace_period`` None (no early stopping): none."""
+    if grace_period is None:
+        return ()
+    rungs, k = [], 0
+    while True:
+        epoch = int(math.ceil(grace_period * reduction_factor ** k))
+        if epoch >= max_epochs:
+            return tuple(rungs)
+        rungs.append(epoch)
+        k += 1
+
+
+def slots_for(trial_bytes: float, gpu_bytes: float, slots: int, headroom: float = HEADROOM) -> int:
+    """How many trials of ``trial_bytes`` peak GPU memory (plus headroom) share one GPU of ``gpu_bytes``, at most
+    ``slots`` and at least one (a trial too large for the GPU runs alone, and may fail as a trial)."""
+    need = trial_bytes * (1 + headroom)
+    return max(1, min(slots, math.floor(gpu_bytes / need))) if need > 0 else slots
+
+
+def is_stub(state: Path) -> bool:
+    """Whether a trial's ``state.pt`` is the stub a finished trial's checkpoint becomes (checked without torch)."""
+    if not state.is_file() or state.stat().st_size > 256:
+        return False
+    try:
+        return json.loads(state.read_text()) == STUB
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def failure(error: BaseException) -> str:
+    """A trial's exception as one line: ``RuntimeError: Output size is too small``."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")[:300]

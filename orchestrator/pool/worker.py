@@ -1,0 +1,295 @@
+"""A trial worker: one long-lived process per GPU (per node on a CPU cluster) that trains several trials at once.
+
+Each of its ``slots`` is a thread with its own CUDA stream that takes trials one after another, so the process's
+imports, its CUDA context, cuDNN's run-time compiled kernels and each thread's cuDNN plans serve every trial that
+follows (measured on an H200: a fresh process's first step 15 s, a fresh thread's 2 s), and the kernels of
+concurrent trials overlap on the GPU as the kernels of separate processes do not. A trial is the same Lightning fit
+as ever (``trial.build``); the worker only decides when it starts and hands its epochs to the trial's proxy.
+
+Admission: at most ``limit`` trials run at once (the slots, or fewer where stated memory figures say so); with
+``memory_aware`` a trial starts only when the GPU has room for the largest per-trial footprint seen so far, and a
+trial that runs out of GPU memory beside others restarts, from its start, once fewer run (``perf/restarts`` says
+so); alone, it fails with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import gc
+import logging
+import queue
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.depthwise import cudnn_depthwise
+from orchestrator.latency.measure import Protocol, measure
+from orchestrator.pool.protocol import HEADROOM, failure
+from orchestrator.rundir import RunDir
+from orchestrator.trial.build import build_module, build_trial
+from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
+from orchestrator.trial.config import TrialConfig, TrialContext
+from orchestrator.trial.data import normalise, to_model_input
+from orchestrator.trial.step import STEP_LOCK
+
+DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
+BUILD_LOCK = threading.Lock()  # seeding and model initialisation use the process's global random state
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    slots: int  # threads: the most trials this worker trains at once
+    limit: int  # trials admitted at once at the start (slots, or fewer by the stated memory figures)
+    threads: int  # torch's CPU threads (the trial's CPU share)
+    memory_aware: bool
+    decision_epochs: tuple[int, ...]  # where Tune's scheduler may stop a trial: wait there for its word
+    warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per slot
+
+
+class Job:
+    """One trial in this worker: its events for the proxy and the proxy's word back."""
+
+    def __init__(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
+        self.trial_id, self.config, self.state_path = trial_id, config, state_path
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.cond = threading.Condition()
+        self.confirmed = 0  # the last epoch Tune let go on
+        self.reported = 0  # the last epoch sent to the proxy (a restarted trial does not send its epochs twice)
+        self.stopped = False
+        self.restarts = 0
+        self.submitted = self.started = time.time()
+        self.max_epochs = 0  # known once the trial's config is read
+
+    def decide(self, epoch: int) -> None:
+        with self.cond:
+            self.confirmed = max(self.confirmed, epoch)
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def wait(self, epoch: int, decisions: tuple[int, ...]) -> bool:
+        """After sending ``epoch``: at a decision epoch wait for Tune's word on it; elsewhere run at most one epoch
+        ahead of it. Returns whether the trial goes on."""
+        target = epoch if epoch in decisions else epoch - 1
+        with self.cond:
+            self.cond.wait_for(lambda: self.stopped or self.confirmed >= target, timeout=DECISION_TIMEOUT_S)
+            if self.confirmed < target:
+                self.stopped = True
+            return not self.stopped
+
+
+class TrialWorker:
+    """The Ray actor of the pool (``ray.remote(TrialWorker)`` with ``max_concurrency``: its methods run in threads)."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        quiet_libraries()
+        self.settings = settings
+        torch.set_num_threads(settings.threads)
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.backends.cudnn.benchmark = False  # shared by the trials; captures need the warm-up's plans
+        self.context: TrialContext | None = None
+        self.attached = threading.Event()
+        self.warmed = threading.Event()
+        self.jobs: dict[str, Job] = {}
+        self.pending: collections.deque[Job] = collections.deque()
+        self.cond = threading.Condition()
+        self.running = 0
+        self.limit = settings.limit
+        self.per_trial_bytes = 0.0  # the largest footprint of one trial seen so far (memory_aware)
+        self.warm_left = settings.slots
+        for index in range(settings.slots):
+            threading.Thread(target=self._slot, name=f"segsweep-slot-{index}", daemon=True).start()
+
+    # ---------------------------------------------------------------------------------------- the proxies' calls
+    def ready(self) -> dict[str, Any]:
+        return {"cuda": self.cuda, "device": torch.cuda.get_device_name(0) if self.cuda else "cpu",
+                "slots": self.settings.slots, "limit": self.limit}
+
+    def attach(self, context: TrialContext) -> None:
+        """The sweep's context (run directory, data, metric): the slots start warming up, then take trials."""
+        self.context = context
+        self.attached.set()
+
+    def start(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
+        job = Job(trial_id, config, state_path)
+        with self.cond:
+            self.jobs[trial_id] = job
+            self.pending.append(job)
+            self.cond.notify_all()
+
+    def next_event(self, trial_id: str, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.jobs[trial_id].events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def decide(self, trial_id: str, epoch: int) -> None:
+        if trial_id in self.jobs:
+            self.jobs[trial_id].decide(epoch)
+
+    def stop(self, trial_id: str) -> None:
+        job = self.jobs.pop(trial_id, None)
+        if job is not None:
+            job.stop()
+            with self.cond:
+                self.cond.notify_all()
+
+    def load(self) -> dict[str, int]:
+        with self.cond:
+            return {"running": self.running, "pending": len(self.pending), "limit": self.limit}
+
+    # ---------------------------------------------------------------------------------------- the slots
+    def _slot(self) -> None:
+        stream = torch.cuda.Stream() if self.cuda else None
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            self.attached.wait()
+            self._warm_up()
+            while True:
+                job = self._take()
+                try:
+                    self._run(job)
+                finally:
+                    with self.cond:
+                        self.running -= 1
+                        self.cond.notify_all()
+
+    def _warm_up(self) -> None:
+        """One training step of each of the study's architectures in this thread, before any trial: cuDNN compiles
+        its kernels once per process and plans once per thread, while the driver still starts Tune (GPU only)."""
+        try:
+            for config in self.settings.warm if self.cuda else ():
+                if self.pending:
+                    break  # trials have come: they plan what is left themselves
+                cfg = TrialConfig.from_flat(config)
+                with BUILD_LOCK:
+                    module = build_module(cfg, self.context.data, use_gpu=self.cuda)
+                device = torch.device("cuda" if self.cuda else "cpu")
+                module = module.to(device)
+                optimizer = module.build_optimizer()
+                n, (h, w) = cfg.trainer.batch_size, cfg.data.size
+                images = torch.randint(0, 255, (n, h, w, 3), dtype=torch.uint8, device=device)
+                labels = torch.randint(0, max(2, len(self.context.data.classes)), (n, h, w), device=device)
+                module.step(normalise(to_model_input(images), module.levers.channels_last), labels, optimizer)
+                module.step = None  # the step holds the module: no cycle left for the collector
+                del module, optimizer
+        except Exception as e:  # noqa: BLE001 - a warm-up is no trial: the trial itself fails with the reason
+            logging.getLogger("segsweep.pool").warning("warm-up skipped: %s", failure(e))
+        finally:
+            with self.cond:
+                self.warm_left -= 1
+                if self.warm_left == 0:
+                    self.warmed.set()
+
+    def _take(self) -> Job:
+        """The next trial to start, when fewer than ``limit`` run and (memory_aware) the GPU has room for it."""
+        with self.cond:
+            while True:
+                while self.pending and self.pending[0].stopped:
+                    self.pending.popleft()
+                if self.pending and self.running < self.limit and self._room():
+                    job = self.pending.popleft()
+                    self.running += 1
+                    job.started = time.time()
+                    return job
+                self.cond.wait(timeout=0.5)
+
+    def _room(self) -> bool:
+        if not (self.cuda and self.settings.memory_aware) or self.running == 0 or not self.per_trial_bytes:
+            return True
+        free, _ = torch.cuda.mem_get_info()
+        cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        return free + cached >= self.per_trial_bytes * (1 + HEADROOM)
+
+    def _run(self, job: Job) -> None:
+        if job.stopped:
+            return
+        ctx = self.context
+        trial_dir = RunDir(ctx.run_dir).trial(job.trial_id)
+        trial_dir.path.mkdir(parents=True, exist_ok=True)
+        try:
+            # our own file, written by ReportEpochs: optimiser and schedule state are not plain tensors
+            state = torch.load(job.state_path, map_location="cpu", weights_only=False) if job.state_path else None
+            cfg = TrialConfig.from_flat(job.config, ctx.groups)
+            job.max_epochs = cfg.trainer.max_epochs
+            if state is not None and state["epoch"] >= cfg.trainer.max_epochs:
+                job.events.put({"kind": "done"})
+                return
+            with self.cond:
+                concurrent = self.running
+            constants: dict[str, float] = {"perf/preloaded": float(self.warmed.is_set()),
+                                           "perf/restarts": float(job.restarts), "perf/concurrent": float(concurrent),
+                                           "perf/queued_s": job.started - job.submitted, "perf/started_at": job.started}
+            report = ReportEpochs(ctx.metric, ctx.mode, trial_dir, constants, lambda m, c: self._send(job, m, c),
+                                  state["best"] if state else None, cfg.trainer.checkpoint_every_s)
+            with BUILD_LOCK:
+                run = build_trial(job.config, ctx.data, self.cuda, job.started, ctx.groups, state,
+                                  callbacks=[SaveVisuals(cfg, ctx.data, trial_dir), report])
+            constants |= run.constants
+            if ctx.latency_proxy:
+                constants |= proxy_latency(run.module.model, ctx.latency_proxy, tuple(cfg.data.size))
+            try:
+                run.trainer.fit(run.module, datamodule=run.datamodule)
+            finally:
+                run.module.step = None  # its CUDA graph and memory pool go with the module, not at the next collection
+            job.events.put({"kind": "done"})
+        except torch.OutOfMemoryError:
+            self._out_of_memory(job)
+        except Exception as e:  # noqa: BLE001 - the trial's failure, reported as its one line; the worker goes on
+            job.events.put({"kind": "failed", "error": failure(e)})
+
+    def _out_of_memory(self, job: Job) -> None:
+        gc.collect()
+        with STEP_LOCK.shared():  # not while another trial captures its step
+            torch.cuda.empty_cache()
+        with self.cond:
+            if self.running <= 1:
+                job.events.put({"kind": "failed", "error": "OutOfMemoryError: the trial does not fit in its GPU even "
+                                "alone; lower trainer.batch_size or data.size"})
+                return
+            self.limit = max(1, self.running - 1)  # this one restarts once fewer run beside it
+            job.restarts += 1
+            self.pending.appendleft(job)
+            self.cond.notify_all()
+
+    def _send(self, job: Job, metrics: dict[str, float], checkpoint) -> bool:
+        """An epoch for the proxy; then wait as ``Job.wait`` says. Returns whether the trial goes on."""
+        epoch = int(metrics["epoch"])
+        if epoch == 1 and self.cuda and self.settings.memory_aware:
+            with self.cond:
+                self.per_trial_bytes = max(self.per_trial_bytes, torch.cuda.memory_reserved() / max(1, self.running))
+        if epoch <= job.reported:  # a restarted trial retraining what it already reported
+            return not job.stopped
+        job.reported = epoch
+        metrics["perf/at"] = time.time()  # when the epoch ended: the benchmark's timeline of running trials
+        job.events.put({"kind": "epoch", "metrics": metrics, "checkpoint": str(checkpoint) if checkpoint else None})
+        if epoch >= job.max_epochs:
+            return True  # the last: nothing to wait for
+        return job.wait(epoch, self.settings.decision_epochs)
+
+
+def proxy_latency(model: torch.nn.Module, proxy: dict[str, Any], size: tuple[int, int]) -> dict[str, float]:
+    """The spec's latency proxy, measured before training (latency does not depend on the weights):
+    ``latency/mean_ms``, ``latency/p50_ms``, ``latency/p90_ms``, ``latency/p99_ms``."""
+    deployed = cudnn_depthwise(copy.deepcopy(model))  # the model as deployed, not as the trial trains it
+    result = measure(proxy["backend"], [1, 3, *size], Protocol(proxy["warmup"], proxy["iters"], proxy["fp16"]),
+                     model=deployed, target=proxy.get("target") or "local", remote_python=proxy["remote_python"],
+                     ssh_options=tuple(proxy["ssh_options"]))
+    return {f"latency/{k}": getattr(result, k) for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")}
+
+
+def quiet_libraries() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*GPU available.*")

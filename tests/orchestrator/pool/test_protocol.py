@@ -1,0 +1,59 @@
+"""The pool's pure parts: where ASHA may stop a trial, how many trials share a GPU, the checkpoint stub, the one-line
+failure, and the dispatcher's choice of worker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.pool.dispatch import Dispatcher
+from orchestrator.pool.protocol import STUB, decision_epochs, failure, is_stub, slots_for
+
+GiB = 2**30
+
+
+def test_decision_epochs_are_ashas_rungs_below_max_t():
+    # grace 3, rf 3, 20 epochs: rungs at 3 and 9 (27 is past the end)
+    assert decision_epochs(20, 3, 3) == (3, 9)
+    assert decision_epochs(6, 1, 2) == (1, 2, 4)  # the demo's
+    assert decision_epochs(10, 1, 1.5) == (1, 2, 3, 4, 6, 8)  # ceil(1.5^k): 1, 1.5, 2.25, 3.4, 5.1, 7.6
+    assert decision_epochs(3, 3, 3) == () and decision_epochs(20, None, 3) == ()
+
+
+def test_slots_for_by_hand():
+    # 10 GiB * 1.15 = 11.5 of 80: 6 fit, more than the 4 asked for -> 4
+    assert slots_for(10 * GiB, 80 * GiB, 4) == 4
+    # 30 GiB * 1.15 = 34.5 of 80: 2 fit
+    assert slots_for(30 * GiB, 80 * GiB, 4) == 2
+    # 25 GiB * 1.15 = 28.75 of 100: 3 fit
+    assert slots_for(25 * GiB, 100 * GiB, 4) == 3
+    # 60 GiB * 1.15 = 69 of 80: alone; larger than the GPU: alone too (it may still fail, as a trial)
+    assert slots_for(60 * GiB, 80 * GiB, 4) == 1 and slots_for(90 * GiB, 80 * GiB, 4) == 1
+    assert slots_for(30, 40, 4) == 1  # the units only need to agree
+
+
+def test_the_stub_is_read_without_torch(tmp_path):
+    state = tmp_path / "state.pt"
+    state.write_text(json.dumps(STUB))
+    assert is_stub(state)
+    state.write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a torch checkpoint (a zip file)
+    assert not is_stub(state) and not is_stub(tmp_path / "missing.pt")
+
+
+def test_failure_is_one_line():
+    assert failure(RuntimeError("Output size is too small\n  (more detail)")) == "RuntimeError: Output size is too small"
+    assert failure(FloatingPointError("")) == "FloatingPointError"
+    assert "\n" not in failure(ValueError("a\nb\nc"))
+
+
+def test_the_dispatcher_fills_the_roomiest_worker_and_forgets_dead_ones():
+    d = Dispatcher([2, 4])
+    assert [d.assign(t) for t in "abcd"] == [1, 1, 0, 1]  # free room 2 vs 4, then 2 vs 3, 2 vs 2 (first), 1 vs 2
+    assert d.assign("a") == 1  # asked again: the same worker
+    d.release("b")
+    d.lost(1)
+    assert d.assign("e") == 0 and d.assign("a") == 0  # worker 1 is gone: its trials go to worker 0
+    d.lost(0)
+    with pytest.raises(RuntimeError, match="every trial worker has died"):
+        d.assign("f")

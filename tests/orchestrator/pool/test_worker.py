@@ -1,0 +1,101 @@
+"""A trial worker in this process (no Ray: it is a plain class), training real trials on the CPU: epochs reach its
+proxy, a trial waits for Tune's word at a rung, a stop ends it after that epoch, a failure is one line, and a trial
+that ran out of memory beside others is started again once fewer run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from orchestrator.data.prepare import prepare_data
+from orchestrator.pool.worker import Job, TrialWorker, WorkerSettings
+from orchestrator.spec import build_sweep
+from orchestrator.trial.config import TrialContext
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture
+def worker(synthetic_root, tmp_path):
+    spec = tiny_spec(synthetic_root)
+    spec["trainer"] = {"max_epochs": 3, "batch_size": 4, "log_images": 0, "best_worst": 0, "checkpoint_every_s": 0}
+    sweep = build_sweep(spec)
+    data = prepare_data(sweep.spec.data, tmp_path / "cache")
+    w = TrialWorker(WorkerSettings(slots=1, limit=1, threads=1, memory_aware=True, decision_epochs=(1,)))
+    w.attach(TrialContext(run_dir=str(tmp_path / "run"), sweep="tiny", metric="val/miou", mode="max", data=data))
+    return w, sweep.fixed_config(), tmp_path / "run"
+
+
+def events(worker: TrialWorker, trial_id: str, until: str = "done", timeout: float = 120) -> list[dict]:
+    out, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        event = worker.next_event(trial_id, 1.0)
+        if event is None:
+            continue
+        out.append(event)
+        if event["kind"] in (until, "failed"):
+            return out
+    pytest.fail(f"no {until} event in {timeout} s: {out}")
+
+
+def test_epochs_reach_the_proxy_and_a_rung_waits_for_tunes_word(worker):
+    w, config, run_dir = worker
+    w.start("a", config, None)
+    first = events(w, "a", until="epoch")
+    assert first[-1]["metrics"]["epoch"] == 1 and 0 <= first[-1]["metrics"]["val/miou"] <= 1
+    checkpoint = first[-1]["checkpoint"]
+    assert checkpoint and (run_dir / "trials" / "a" / ".checkpoint-1" / "state.pt").is_file()  # checkpoint_every_s 0
+    time.sleep(2)
+    assert w.next_event("a", 0.1) is None  # epoch 1 is a rung: nothing more until Tune's word
+    w.decide("a", 1)
+    rest = events(w, "a")
+    assert [e["metrics"]["epoch"] for e in rest if e["kind"] == "epoch"] == [2, 3] and rest[-1]["kind"] == "done"
+    assert rest[-1] == {"kind": "done"} and rest[-2]["checkpoint"] is None  # no checkpoint after the last epoch
+    assert (run_dir / "trials" / "a" / "best.pt").is_file()
+    assert rest[0]["metrics"]["perf/concurrent"] == 1 and rest[0]["metrics"]["perf/restarts"] == 0
+
+
+def test_a_stop_ends_the_trial_and_the_slot_takes_the_next(worker):
+    w, config, _ = worker
+    w.start("a", config, None)
+    w.start("b", config, None)  # one slot: b waits for it
+    assert events(w, "a", until="epoch")[-1]["metrics"]["epoch"] == 1
+    assert w.load()["pending"] == 1
+    w.stop("a")  # ASHA stopped it at the rung
+    got = events(w, "b", until="epoch")
+    assert got[-1]["metrics"]["epoch"] == 1 and w.load() == {"running": 1, "pending": 0, "limit": 1}
+    w.stop("b")
+
+
+def test_a_failing_trial_is_one_line_and_the_worker_goes_on(worker):
+    w, config, _ = worker
+    w.start("bad", {**config, "model.arch": "pan"}, None)  # PAN cannot run at 32x64
+    (failed,) = events(w, "bad")
+    assert failed["kind"] == "failed" and "Output size is too small" in failed["error"] and "\n" not in failed["error"]
+    w.start("good", config, None)
+    assert events(w, "good", until="epoch")[-1]["kind"] == "epoch"
+    w.stop("good")
+
+
+def test_out_of_memory_beside_others_restarts_the_trial_once_fewer_run(worker):
+    w, config, _ = worker
+    job = Job("x", config, None)
+    w.running, w.limit = 3, 3  # as if x ran out of memory while three ran
+    w._out_of_memory(job)
+    assert w.limit == 2 and job.restarts == 1 and list(w.pending) == [job]  # first in line, two at once from now
+    w.pending.clear()
+    w.running = 1  # alone and still out of memory: the trial fails, saying what to change
+    w._out_of_memory(job)
+    (event,) = [job.events.get_nowait()]
+    assert event["kind"] == "failed" and "even alone" in event["error"] and "trainer.batch_size" in event["error"]
+    w.running = 0
+
+
+def test_a_restarted_trial_does_not_report_its_epochs_twice(worker):
+    w, config, _ = worker
+    job = Job("r", config, None)
+    job.reported, job.confirmed, job.max_epochs = 2, 2, 5
+    assert w._send(job, {"epoch": 1.0}, None) and w._send(job, {"epoch": 2.0}, None)
+    assert job.events.empty()  # retrained epochs 1 and 2 stay quiet
+    assert w._send(job, {"epoch": 3.0}, None) is True  # not a decision epoch: runs on
+    assert job.events.get_nowait()["metrics"]["epoch"] == 3.0
