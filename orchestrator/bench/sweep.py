@@ -114,7 +114,7 @@ def trial_seconds(trials: list[TrialRow]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def running_over_time(intervals: list[tuple[float, float]], start: float, wall: float, step: float = 5.0) -> list:
+def running_over_time(intervals: list[tuple[float, float]], start: float, wall: float, step: float = 1.0) -> list:
     """Trials training (between their start in a worker and their last epoch) every ``step`` seconds of the run."""
     return [sum(a <= start + s < b for a, b in intervals) for s in [i * step for i in range(int(wall // step) + 1)]]
 
@@ -198,7 +198,8 @@ def markdown(r: dict[str, Any]) -> str:
              f"| best {next(iter(r['best']))} | {next(iter(r['best'].values())) or float('nan'):.4f} |"]
     lines += ["", "Driver phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items()),
               "", "Trial-seconds (overlapping): " + ", ".join(f"{k} {v:.1f}" for k, v in r["trial_seconds"].items()),
-              "", "Trials training, every 5 s: " + " ".join(map(str, r["running_over_time"]))]
+              "", "Trials training (the most in each 5 s of the run): " + " ".join(
+                  str(max(r["running_over_time"][i:i + 5])) for i in range(0, len(r["running_over_time"]), 5))]
     if "seeds" in r:
         s = r["seeds"]
         lines += ["", f"Seeds' plain loop (a process per trial, PIL, fp32, eager) on {len(s['trials'])} of the "

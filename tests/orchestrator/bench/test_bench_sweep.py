@@ -1,0 +1,55 @@
+"""``orchestrate bench-sweep`` on CPU: a small study file run as a user runs it, with the seeds' loop on a sample of
+its trials; the phase figures agree with the store, and the pure parts by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from orchestrator.bench.sweep import SweepBench, idle_seconds, run_bench_sweep, running_over_time, sample
+from orchestrator.store import Store, TrialRow
+
+
+def row(i: int, status: str = "completed", epochs: int = 2) -> TrialRow:
+    return TrialRow(f"t{i}", status, {}, None, epochs, {}, {}, None, None, None, None)
+
+
+def test_timeline_arithmetic_by_hand():
+    intervals = [(10.0, 20.0), (15.0, 30.0), (40.0, 45.0)]
+    assert idle_seconds(intervals, 0.0, 50.0) == pytest.approx(10 + 10 + 5)  # 0-10, 30-40, 45-50
+    assert running_over_time(intervals, 0.0, 45.0, step=5.0) == [0, 0, 1, 2, 1, 1, 0, 0, 1, 0]
+    assert len(running_over_time(intervals, 0.0, 45.0)) == 46  # every second by default
+    trials = [row(i) for i in range(7)] + [row(7, "failed"), row(8, "early_stopped", 0)]
+    assert [t.id for t in sample(trials, 3)] == ["t0", "t3", "t6"]
+    assert [t.id for t in sample(trials[:2], 3)] == ["t0", "t1"]
+
+
+@pytest.mark.slow
+def test_bench_sweep_on_cpu(tmp_path):
+    spec = {"name": "bs", "data": {"dataset": "idd_lite", "root": "${IDD_LITE_ROOT}", "task": "binary",
+                                   "size": [64, 96], "resize": "pad"},
+            "model": {"arch": {"choice": ["unet", "fpn"]}, "encoder": "resnet18"},
+            "loss": {"name": {"choice": ["dice", "focal"]}},
+            "trainer": {"max_epochs": 2, "batch_size": 4, "log_images": 0, "best_worst": 0},
+            "search": {"algorithm": "optuna", "num_samples": 3, "metric": "val/iou/road", "mode": "max",
+                       "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
+            "resources": {"cpus_per_trial": 1}, "tracking": {"wandb": {"mode": "disabled"}}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_bench_sweep(SweepBench(path, shape=(12, 6, 57, 80), seeds_sample=2, seeds_workers=0), tmp_path / "b")
+    store = Store.of_run(result["run_dir"])
+    trials = store.trials(history=True)
+    assert result["trials"] == len(trials) == 3 and result["epochs"] == sum(t.epochs for t in trials)
+    assert result["trained_images"] == 12 * result["epochs"] and result["validated_images"] == 6 * result["epochs"]
+    assert {"ray_start", "pool_start", "data", "fit", "report"} <= set(result["phases_s"])
+    assert result["phases_s"]["fit"] < result["wall_s"] and result["trial_seconds"]["train"] > 0
+    assert max(result["running_over_time"]) >= 1
+    seeds = result["seeds"]
+    assert len(seeds["trials"]) == 2 and all(len(t["epoch_s"]) == t["epochs"] for t in seeds["trials"])
+    assert all(0 <= t["seeds_best"] <= 1 for t in seeds["trials"]) and seeds["x_sweep"] > 0
+    saved = json.loads((tmp_path / "b" / "bench_sweep.json").read_text())
+    assert saved["seeds"]["estimated_study_s"] == seeds["estimated_study_s"]
+    md = (tmp_path / "b" / "bench_sweep.md").read_text()
+    assert "| wall, `orchestrate run` to report |" in md and "Seeds' plain loop" in md
