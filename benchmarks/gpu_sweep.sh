@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
 #   bash benchmarks/gpu_sweep.sh [binary|multiclass|real|gpu-tests ...]   (default: binary multiclass)
-# Needs the wheels: the earlier calls copied .wheels/part1 and part2 to /tmp/segsweep-parts; this one carries part3
-# (and .data, the IDD-lite subset, for `real`). Summaries land in $OUT (runs stay in /tmp: too many files).
+# Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
+# /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts) and,
+# for `real`, .data (the IDD-lite subset). Summaries land in $OUT (runs stay in /tmp: too many files).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-if [ -d .wheels/part3 ]; then bash .wheels/part3/install.sh > /dev/null || exit 1; fi
+for last in .wheels/part3 .wheels2/partB; do
+  if [ -d "$last" ]; then bash "$last/install.sh" > /dev/null || exit 1; fi
+done
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 bench() {  # name timeout args...
@@ -17,14 +20,15 @@ bench() {  # name timeout args...
   cp "/tmp/bs-$name/bench_sweep.md" "$OUT/$name.md" 2>/dev/null && cat "$OUT/$name.md"
   cp "/tmp/bs-$name/bench_sweep.json" "$OUT/$name.json" 2>/dev/null
   tail -3 "/tmp/bs-$name/orchestrate_run.log" 2>/dev/null
+  cp "/tmp/bs-$name/orchestrate_run.log" "$OUT/$name.run.log" 2>/dev/null
 }
 for part in ${@:-binary multiclass}; do
   case $part in
-    binary) bench binary "${BINARY_S:-330}" --seeds-sample "${SEEDS:-3}" ;;
-    multiclass) bench multiclass "${MULTICLASS_S:-240}" --seeds-sample 0 --set data.task=multiclass \
+    binary) bench binary "${BINARY_S:-290}" --seeds-sample "${SEEDS:-2}" ;;
+    multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \
       --set search.metric=val/miou --set trainer.max_epochs=100 --set search.num_samples=16 ;;
     real) bench real "${REAL_S:-300}" --root .data/idd_lite_train_subset --set data.val_fraction=0.2 \
       --seeds-sample "${SEEDS:-2}" ;;
-    gpu-tests) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
+    gpu-tests) timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
   esac
 done

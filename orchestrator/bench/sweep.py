@@ -60,7 +60,8 @@ def run_bench_sweep(b: SweepBench, out: Path) -> dict[str, Any]:
     trials = store.trials(history=True)
     result: dict[str, Any] = {"spec": str(b.spec), "sets": sets, "root": str(root), "synthetic": b.root is None,
                               "wall_s": round(wall, 2), "run_dir": str(run_dir),
-                              **sweep_figures(store.meta(), trials, started, wall, sampler)}
+                              **sweep_figures(store.meta(), trials, started, wall, sampler),
+                              "workers": worker_timelines(run_dir, started)}
     save(result, out)
     if b.seeds_sample:
         result["seeds"] = seeds_sample(trials, store.meta(), b, out, wall)
@@ -92,6 +93,21 @@ def sweep_figures(meta: dict, trials: list[TrialRow], started: float, wall: floa
         "idle_gpu_s": round(wall * (1 - busy[0]), 2) if busy else None,
         "best": {meta["metric"]: max((t.best.get(meta["metric"], float("nan")) for t in trials), default=None)},
     }
+
+
+def worker_timelines(run_dir: Path, started: float) -> list[dict[str, Any]]:
+    """Each worker's start, readiness (imports done), attachment, warm-up steps and first trial, in seconds since
+    ``orchestrate run`` started (from ``RUN_DIR/pool/worker-*.json``)."""
+    out = []
+    for path in sorted((run_dir / "pool").glob("worker-*.json")):
+        events = json.loads(path.read_text())
+        first = {e["event"]: round(e["at"] - started, 2) for e in reversed(events)}
+        trials = [e for e in events if e["event"] == "trial"]
+        out.append({"process": first.get("process"), "ready": first.get("ready"), "attached": first.get("attached"),
+                    "warm_up": [{"arch": e["arch"], "s": e["seconds"]} for e in events if e["event"] == "warm-up"],
+                    "first_trial_started": round(min(e["started"] for e in trials) - started, 2) if trials else None,
+                    "trials": len(trials)})
+    return out
 
 
 def trial_seconds(trials: list[TrialRow]) -> dict[str, float]:
@@ -198,6 +214,10 @@ def markdown(r: dict[str, Any]) -> str:
              f"| best {next(iter(r['best']))} | {next(iter(r['best'].values())) or float('nan'):.4f} |"]
     lines += ["", "Driver phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items()),
               "", "Trial-seconds (overlapping): " + ", ".join(f"{k} {v:.1f}" for k, v in r["trial_seconds"].items()),
+              "", "Workers (s since orchestrate run): " + "; ".join(
+                  f"process {w['process']}, ready {w['ready']}, attached {w['attached']}, warm-up "
+                  f"{'+'.join(str(x['s']) for x in w['warm_up']) or 'none'}, first trial {w['first_trial_started']}"
+                  for w in r.get("workers", [])),
               "", "Trials training (the most in each 5 s of the run): " + " ".join(
                   str(max(r["running_over_time"][i:i + 5])) for i in range(0, len(r["running_over_time"]), 5))]
     if "seeds" in r:

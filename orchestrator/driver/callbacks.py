@@ -8,9 +8,11 @@ import collections
 import functools
 import json
 import os
+import queue
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,46 +115,80 @@ class StoreCallback(Timed):
 
 
 class WandbCallback(Timed):
-    """A W&B run per trial (``Tracker``), fed by Tune's events."""
+    """A W&B run per trial (``Tracker``), fed by Tune's events on a thread of its own: starting a run takes a
+    fraction of a second, which Tune's loop (and so every trial waiting for a decision) should not wait for. Events
+    keep their order; at the experiment's end the thread finishes every run (within W&B's finish timeout each)."""
 
     def __init__(self, wandb_spec: dict[str, Any], run_dir: str, group: str, groups: dict | None = None) -> None:
         self.wandb_spec, self.run_dir, self.group, self.groups = wandb_spec, run_dir, group, groups or {}
         self._trackers: dict[str, Tracker] = {}
+        self._queue: queue.Queue | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_trackers": {}}
+        return {**self.__dict__, "_trackers": {}, "_queue": None}
 
-    def _tracker(self, trial) -> Tracker:
-        if trial.trial_id not in self._trackers:
-            directory = RunDir(self.run_dir).trial(trial.trial_id).path
-            config = expand_groups(dict(trial.config), self.groups)
-            self._trackers[trial.trial_id] = Tracker(self.wandb_spec, directory, trial.trial_id, self.group, config)
-        return self._trackers[trial.trial_id]
+    def _later(self, call: Callable[[], None]) -> None:
+        if self.wandb_spec.get("mode") == "disabled":
+            return
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._drain, args=(self._queue,), name="segsweep-wandb", daemon=True).start()
+        self._queue.put(call)
+
+    @staticmethod
+    def _drain(calls: queue.Queue) -> None:
+        while True:
+            call = calls.get()
+            try:
+                call()  # Tracker guards every W&B call: a failure is one line and never reaches here
+            finally:
+                calls.task_done()
+
+    def _tracker(self, trial_id: str, config: dict[str, Any]) -> Tracker:
+        if trial_id not in self._trackers:
+            directory = RunDir(self.run_dir).trial(trial_id).path
+            self._trackers[trial_id] = Tracker(self.wandb_spec, directory, trial_id, self.group, config)
+        return self._trackers[trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._tracker(trial)
+        trial_id, config = trial.trial_id, expand_groups(dict(trial.config), self.groups)
+        self._later(lambda: self._tracker(trial_id, config))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if "epoch" in result:
             row = {k: v for k, v in result.items() if is_metric(k) or k.startswith("model/") or k in ("epoch", "lr")}
-            self._tracker(trial).log(row)
+            trial_id, config = trial.trial_id, expand_groups(dict(trial.config), self.groups)
+            self._later(lambda: self._tracker(trial_id, config).log(row))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        tracker = self._trackers.pop(trial.trial_id, None) or self._tracker(trial)
-        trial_dir = RunDir(self.run_dir).trial(trial.trial_id)
-        tracker.log_examples(trial_dir.examples)
-        tracker.log_panels(trial_dir.best_worst, int((trial.last_result or {}).get("epoch", 0)))
-        tracker.finish()
+        trial_id, config = trial.trial_id, expand_groups(dict(trial.config), self.groups)
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        trial_dir = RunDir(self.run_dir).trial(trial_id)
+
+        def complete() -> None:
+            tracker = self._trackers.pop(trial_id, None) or self._tracker(trial_id, config)
+            tracker.log_examples(trial_dir.examples)
+            tracker.log_panels(trial_dir.best_worst, epoch)
+            tracker.finish()
+        self._later(complete)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        tracker = self._trackers.pop(trial.trial_id, None)
-        if tracker is not None:
-            tracker.finish(failed=True)
+        trial_id = trial.trial_id
+
+        def failed() -> None:
+            tracker = self._trackers.pop(trial_id, None)
+            if tracker is not None:
+                tracker.finish(failed=True)
+        self._later(failed)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for tracker in self._trackers.values():  # interrupted runs: close them, they resume under the same id
-            tracker.finish()
-        self._trackers.clear()
+        def finish_all() -> None:  # interrupted runs: close them, they resume under the same id
+            for tracker in self._trackers.values():
+                tracker.finish()
+            self._trackers.clear()
+        self._later(finish_all)
+        if self._queue is not None:
+            self._queue.join()
 
 
 def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import collections
 import copy
 import gc
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,6 +28,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import torch
 
 from models.depthwise import cudnn_depthwise
@@ -91,6 +94,8 @@ class TrialWorker:
     """The Ray actor of the pool (``ray.remote(TrialWorker)`` with ``max_concurrency``: its methods run in threads)."""
 
     def __init__(self, settings: WorkerSettings) -> None:
+        self.timeline: list[dict[str, Any]] = [{"event": "process", "at": psutil.Process().create_time()}]
+        self.timeline_lock = threading.Lock()
         quiet_libraries()
         self.settings = settings
         torch.set_num_threads(settings.threads)
@@ -106,9 +111,9 @@ class TrialWorker:
         self.running = 0
         self.limit = settings.limit
         self.per_trial_bytes = 0.0  # the largest footprint of one trial seen so far (memory_aware)
-        self.warm_left = settings.slots
         for index in range(settings.slots):
-            threading.Thread(target=self._slot, name=f"segsweep-slot-{index}", daemon=True).start()
+            threading.Thread(target=self._slot, args=(index,), name=f"segsweep-slot-{index}", daemon=True).start()
+        self._mark("ready")
 
     # ---------------------------------------------------------------------------------------- the proxies' calls
     def ready(self) -> dict[str, Any]:
@@ -118,6 +123,7 @@ class TrialWorker:
     def attach(self, context: TrialContext) -> None:
         """The sweep's context (run directory, data, metric): the slots start warming up, then take trials."""
         self.context = context
+        self._mark("attached")
         self.attached.set()
 
     def start(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
@@ -149,11 +155,12 @@ class TrialWorker:
             return {"running": self.running, "pending": len(self.pending), "limit": self.limit}
 
     # ---------------------------------------------------------------------------------------- the slots
-    def _slot(self) -> None:
+    def _slot(self, index: int) -> None:
         stream = torch.cuda.Stream() if self.cuda else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             self.attached.wait()
-            self._warm_up()
+            if index == 0:
+                self._warm_up()
             while True:
                 job = self._take()
                 try:
@@ -164,12 +171,14 @@ class TrialWorker:
                         self.cond.notify_all()
 
     def _warm_up(self) -> None:
-        """One training step of each of the study's architectures in this thread, before any trial: cuDNN compiles
-        its kernels once per process and plans once per thread, while the driver still starts Tune (GPU only)."""
+        """One training step of each of the study's architectures, in the first slot, until the first trial comes:
+        cuDNN compiles its run-time kernels once per process (a fresh process's first step: 15-17 s on an H200), here
+        while the driver still starts Tune; the other slots take trials at once (GPU only)."""
         try:
             for config in self.settings.warm if self.cuda else ():
                 if self.pending:
                     break  # trials have come: they plan what is left themselves
+                started = time.time()
                 cfg = TrialConfig.from_flat(config)
                 with BUILD_LOCK:
                     module = build_module(cfg, self.context.data, use_gpu=self.cuda)
@@ -182,13 +191,11 @@ class TrialWorker:
                 module.step(normalise(to_model_input(images), module.levers.channels_last), labels, optimizer)
                 module.step = None  # the step holds the module: no cycle left for the collector
                 del module, optimizer
+                self._mark("warm-up", arch=cfg.model.arch, seconds=round(time.time() - started, 2))
         except Exception as e:  # noqa: BLE001 - a warm-up is no trial: the trial itself fails with the reason
             logging.getLogger("segsweep.pool").warning("warm-up skipped: %s", failure(e))
         finally:
-            with self.cond:
-                self.warm_left -= 1
-                if self.warm_left == 0:
-                    self.warmed.set()
+            self.warmed.set()
 
     def _take(self) -> Job:
         """The next trial to start, when fewer than ``limit`` run and (memory_aware) the GPU has room for it."""
@@ -242,10 +249,21 @@ class TrialWorker:
             finally:
                 run.module.step = None  # its CUDA graph and memory pool go with the module, not at the next collection
             job.events.put({"kind": "done"})
+            self._mark("trial", trial=job.trial_id, started=job.started, epochs=job.reported)
         except torch.OutOfMemoryError:
             self._out_of_memory(job)
         except Exception as e:  # noqa: BLE001 - the trial's failure, reported as its one line; the worker goes on
             job.events.put({"kind": "failed", "error": failure(e)})
+
+    def _mark(self, event: str, **details: Any) -> None:
+        """The worker's timeline (start, warm-up, trials), kept beside the run for the benchmarks:
+        ``RUN_DIR/pool/worker-<pid>.json``."""
+        with self.timeline_lock:
+            self.timeline.append({"event": event, "at": time.time(), **details})
+            if self.context is not None:
+                path = RunDir(self.context.run_dir).path / "pool" / f"worker-{os.getpid()}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(self.timeline))
 
     def _out_of_memory(self, job: Job) -> None:
         gc.collect()

@@ -172,6 +172,8 @@ class ScheduleSpec(Strict):
 class TrainerSpec(Strict):
     max_epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
+    val_batch_size: int = Field(64, ge=1, description="validation's batches (forward only: larger is faster; the "
+                                "metrics come from a confusion matrix over the whole split either way)")
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on a GPU that has bf16, else 32 (also for 16-mixed without a GPU)")
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

@@ -97,7 +97,10 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
                             jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
                             num_workers=0 if cfg.data.cache else cfg.data.workers,
-                            resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed, **sets)
+                            resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed,
+                            # batch statistics in evaluation too (model.batchnorm: batch): validate as it trains
+                            val_batch_size=cfg.trainer.batch_size if cfg.model.batchnorm == "batch" else
+                            cfg.trainer.val_batch_size, **sets)
     # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
     # benchmark=None leaves cuDNN's autotuning as the process has it (off): the trials of a worker share the flag, and
     # a capture must find the very plans its warm-up built (measured on an H200: autotuned warm-up, then capture ->

@@ -125,12 +125,14 @@ class CachedData(L.LightningDataModule):
     def __init__(self, train_dir: str, val_dir: str, batch_size: int, hflip: bool = True,
                  scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
                  ignore_index: int = 255, levers: Levers = CPU_LEVERS, train_set: Dataset | None = None,
-                 val_set: Dataset | None = None, resident: bool = False, seed: int = 0) -> None:
+                 val_set: Dataset | None = None, resident: bool = False, seed: int = 0,
+                 val_batch_size: int | None = None) -> None:
         super().__init__()
         self.train_dir, self.val_dir = train_dir, val_dir
         self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
         self.hflip, self.scale, self.jitter = hflip, scale, jitter
         self.levers, self.seed = levers, seed
+        self.val_batch_size = val_batch_size or batch_size
         self.given = (train_set, val_set)
         self.resident = resident and train_set is None
         self.on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -166,8 +168,8 @@ class CachedData(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.on_device:
-            return DataLoader(BatchNumbers(len(self.val_set), self.batch_size, False, "val"), batch_size=None)
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
+            return DataLoader(BatchNumbers(len(self.val_set), self.val_batch_size, False, "val"), batch_size=None)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
                           multiprocessing_context=LOADER_CONTEXT if self.num_workers else None)
 
@@ -176,7 +178,7 @@ class CachedData(L.LightningDataModule):
         split, number, n = batch
         images, labels = self.on_device[split]
         if split == "val":
-            index = slice(number * self.batch_size, (number + 1) * self.batch_size)
+            index = slice(number * self.val_batch_size, (number + 1) * self.val_batch_size)
             return images[index], labels[index]
         if number == 0:
             self._perm = torch.randperm(len(labels), device=labels.device, generator=self.generator(labels.device))

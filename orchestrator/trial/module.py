@@ -50,8 +50,8 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # TrainStep runs the step (eager or a CUDA graph), schedules step here
         self.levers = levers
-        self.step = TrainStep(self, levers, batch_size)
         self.model, self.loss = model, loss
+        self.step = TrainStep(self, levers, batch_size)
         self.stage1_epochs = stage1_epochs
         self.classes, self.ignore_index, self.positive = classes, ignore_index, positive
         self.optim, self.schedule, self.max_epochs = optim, schedule, max_epochs

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from orchestrator.trial.levers import Levers
 
@@ -19,12 +20,14 @@ log = logging.getLogger("segsweep.trial")
 
 
 class CaptureLock:
-    """Trials that share a process (the trial pool's threads, each on its own CUDA stream) take their steps under
-    this lock: a capture is exclusive, eager steps and graph replays are shared.
+    """Trials that share a process (the trial pool's threads, each on its own CUDA stream) serialise what cannot
+    overlap a CUDA-graph capture: a capture is exclusive (one at a time), an eager training step of a model with
+    dropout is shared. Replays and eager steps without random ops take no lock at all.
 
     A capture puts the default CUDA generator into capture mode; an eager random op of another thread meanwhile (a
-    dropout of a warm-up step) would fail with 'Offset increment outside graph capture', and a replay would move the
-    generator's offsets under the capture. Writers go first, so a capture waits only for the steps in flight."""
+    dropout) fails with 'Offset increment outside graph capture encountered unexpectedly'. Writers go first, so a
+    capture waits only for the steps in flight. (A global lock around every step stalled all trials for each
+    capture: measured on an H200, 41% GPU busy over a 40-trial sweep.)"""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -89,6 +92,9 @@ class TrainStep:
         self.graphed = 0  # replays so far
         self.fallback: str | None = None
         self.lr: list[torch.Tensor] = []
+        # does an eager step draw from the default CUDA generator (dropout in training)? then it may not overlap a
+        # capture of another trial of the process
+        self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.model.modules())
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -119,7 +125,8 @@ class TrainStep:
         if self.use_graphs and self.graph is None and self.seen >= self.WARMUP and self.key == self._key(x, y):
             with STEP_LOCK.exclusive():
                 return self._step(x, y, optimizer)
-        with STEP_LOCK.shared():
+        replay = self.graph is not None and x.shape[0] == self.batch_size and self.key == self._key(x, y)
+        with contextlib.nullcontext() if replay or not self.random else STEP_LOCK.shared():
             return self._step(x, y, optimizer)
 
     def _key(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
