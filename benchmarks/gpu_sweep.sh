@@ -15,7 +15,7 @@ bench() {  # name timeout args...
   local name=$1 limit=$2; shift 2
   rm -rf "/tmp/bs-$name"
   timeout "$limit" python3 -m orchestrator.cli bench-sweep sweeps/idd_lite_loss.yaml --out "/tmp/bs-$name" "$@" \
-    > "$OUT/$name.log" 2>&1
+    > "/tmp/bs-$name.log" 2>&1
   echo "$name rc=$?"
   cp "/tmp/bs-$name/bench_sweep.md" "$OUT/$name.md" 2>/dev/null && cat "$OUT/$name.md"
   cp "/tmp/bs-$name/bench_sweep.json" "$OUT/$name.json" 2>/dev/null
