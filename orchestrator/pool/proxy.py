@@ -5,6 +5,7 @@ drops the trial at once: no process is killed, nothing is torn down mid-step."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ class TrialError(RuntimeError):
 
 
 def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint otherwise, on the console
     trial_id = tune.get_context().get_trial_id()
     state = restored_state()
     if state is not None and is_stub(state):

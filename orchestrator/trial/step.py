@@ -21,13 +21,14 @@ log = logging.getLogger("segsweep.trial")
 
 class CaptureLock:
     """Trials that share a process (the trial pool's threads, each on its own CUDA stream) serialise what cannot
-    overlap a CUDA-graph capture: a capture is exclusive (one at a time), an eager training step of a model with
-    dropout is shared. Replays and eager steps without random ops take no lock at all.
+    overlap a CUDA-graph capture: a capture is exclusive (one at a time); every step of a model with dropout, eager
+    or replayed, is shared. Steps of models without random ops take no lock at all.
 
-    A capture puts the default CUDA generator into capture mode; an eager random op of another thread meanwhile (a
-    dropout) fails with 'Offset increment outside graph capture encountered unexpectedly'. Writers go first, so a
-    capture waits only for the steps in flight. (A global lock around every step stalled all trials for each
-    capture: measured on an H200, 41% GPU busy over a 40-trial sweep.)"""
+    A capture puts the default CUDA generator into capture mode; a draw from it by another thread meanwhile fails
+    with 'Offset increment outside graph capture encountered unexpectedly': an eager dropout, and the replay of a
+    graph that holds one (its prologue advances the generator's offset; seen on an H200: 6 of 40 trials failed
+    before replays of such graphs took the lock). Writers go first, so a capture waits only for the steps in
+    flight."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -125,8 +126,7 @@ class TrainStep:
         if self.use_graphs and self.graph is None and self.seen >= self.WARMUP and self.key == self._key(x, y):
             with STEP_LOCK.exclusive():
                 return self._step(x, y, optimizer)
-        replay = self.graph is not None and x.shape[0] == self.batch_size and self.key == self._key(x, y)
-        with contextlib.nullcontext() if replay or not self.random else STEP_LOCK.shared():
+        with STEP_LOCK.shared() if self.random else contextlib.nullcontext():
             return self._step(x, y, optimizer)
 
     def _key(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
