@@ -113,3 +113,20 @@ def onnx_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> flo
     if got.shape != expected.shape:
         raise ModelError(f"{path}: onnxruntime output {got.shape} differs from PyTorch's {expected.shape}")
     return float(np.abs(got - expected).max())
+
+
+def onnx_input_shape(path: str | Path) -> list[int | str]:
+    """The model's input shape as stored: a number per fixed axis, the axis's name (``batch``, ``height``) or ``?``
+    per dynamic one. The weights are not read."""
+    import onnx  # lazy, as in export_onnx
+
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: no such ONNX file")
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # noqa: BLE001 - onnx's parse errors are untyped; a corrupt file
+        raise ModelError(f"{path}: not an ONNX model ({str(e).strip().splitlines()[0][:200]})") from None
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    dims = inputs[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]

@@ -77,8 +77,13 @@ class RunDir:
 
     @property
     def tune(self) -> Path:
-        """Ray Tune's experiment folder: its state snapshots and each trial's last checkpoint."""
+        """Ray Tune's experiment folder of the first run: its state snapshots and each trial's last checkpoint."""
         return self.path / TUNE_DIR
+
+    def experiment(self, number: int) -> Path:
+        """Tune's folder of the run's ``number``-th experiment: ``tune`` for the first, ``tune-2`` for the first
+        ``orchestrate extend``, and so on."""
+        return self.path / experiment_name(number)
 
     @property
     def summary(self) -> Path:
@@ -100,8 +105,12 @@ class RunDir:
         return self.path / "exports" / f"{trial_id}.onnx"
 
     def tune_checkpoints(self, trial_id: str) -> list[Path]:
-        """The ``state.pt`` files of a trial's Tune checkpoints."""
-        return sorted((self.tune / trial_id).glob(f"checkpoint_*/{STATE_FILE}"))
+        """The ``state.pt`` files of a trial's Tune checkpoints (in whichever experiment the trial ran)."""
+        return sorted(self.path.glob(f"{TUNE_DIR}*/{trial_id}/checkpoint_*/{STATE_FILE}"))
 
 
 TUNE_DIR = "tune"  # also Tune's experiment name (RunConfig(name=...)) under storage_path = the run directory
+
+
+def experiment_name(number: int) -> str:
+    return TUNE_DIR if number <= 1 else f"{TUNE_DIR}-{number}"

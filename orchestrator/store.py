@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS latency (
     measured_at REAL NOT NULL,
     PRIMARY KEY (trial_id, backend, target)
 );
+CREATE TABLE IF NOT EXISTS evaluations (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    split TEXT NOT NULL,
+    tta TEXT NOT NULL,
+    images INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    evaluated_at REAL NOT NULL,
+    PRIMARY KEY (trial_id, split, tta)
+);
 CREATE TABLE IF NOT EXISTS epochs (
     trial_id TEXT NOT NULL REFERENCES trials(id),
     epoch INTEGER NOT NULL,
@@ -183,6 +192,19 @@ class Store:
                               "ORDER BY trial_id, backend, target").fetchall()
         return [{"trial_id": r[0], "backend": r[1], "target": r[2], "status": r[3], "p50_ms": r[4],
                  "result": json.loads(r[5]) if r[5] else None, "error": r[6]} for r in rows]
+
+    def record_evaluation(self, trial_id: str, split: str, tta: str, images: int, metrics: dict[str, float]) -> None:
+        """A trial's best weights evaluated on a labelled split (``metrics``: ``miou``, ``iou/<class>`` ...)."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
+                       (trial_id, split, tta, images, json.dumps(metrics), time.time()))
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT trial_id, split, tta, images, metrics FROM evaluations "
+                              "ORDER BY trial_id, split, tta").fetchall()
+        return [{"trial_id": r[0], "split": r[1], "tta": r[2], "images": r[3], "metrics": json.loads(r[4])}
+                for r in rows]
 
     # ------------------------------------------------------------------ reading
     def meta(self) -> dict[str, Any]:

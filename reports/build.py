@@ -11,8 +11,17 @@ import pandas as pd
 
 from models.complexity import COUNTER
 from orchestrator.rundir import RunDir
+from reports.analysis import analysis_markdown
 from reports.collect import RunData, load_run
-from reports.figures import latency_bars, metric_by, speed_frame, speed_vs_accuracy, training_curves
+from reports.figures import (
+    importance_bars,
+    latency_bars,
+    metric_by,
+    parallel_coordinates,
+    speed_frame,
+    speed_vs_accuracy,
+    training_curves,
+)
 from reports.summary import latency_columns, pareto_front
 from reports.tables import comparison_table, to_markdown, varying_keys
 
@@ -28,6 +37,9 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
     latencies: dict[str, list[dict]] = {}
     for r in run.latencies:
         latencies.setdefault(r["trial_id"], []).append(r)
+    evaluations: dict[str, list[dict]] = {}
+    for e in run.evaluations:
+        evaluations.setdefault(e["trial_id"], []).append({k: e[k] for k in ("split", "tta", "images", "metrics")})
     trials = []
     for t in run.trials:
         trials.append({
@@ -38,8 +50,10 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "latency": [{k: r[k] for k in ("backend", "target", "status", "p50_ms", "error")} | (
                 {k: r["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
                 if r["result"] else {}) for r in latencies.get(t.id, [])],
+            "evaluations": evaluations.get(t.id, []),
         })
-    return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials}
+    return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials,
+            "importances": run.importances}
 
 
 def objectives(meta: dict) -> list[tuple[str, str]]:
@@ -60,11 +74,29 @@ def comparison_frame(run: RunData) -> pd.DataFrame:
     latency = latency_columns(run.latencies)
     for column in latency.columns:
         table.insert(table.columns.get_loc("epochs"), column, table["trial"].map(latency[column]))
+    for column, values in heldout_columns(run).items():
+        table.insert(table.columns.get_loc(meta["metric"]) + 1, column, table["trial"].map(values))
     goals = objectives(meta)
     if len(goals) > 1:
         front = pareto_front(results, goals)
         table.insert(1, "pareto", table["trial"].map(dict(zip(results["id"], front))).map({True: "*", False: ""}))
     return table
+
+
+def heldout_columns(run: RunData) -> dict[str, dict[str, float]]:
+    """``<split>/<metric>`` (and ``<split>/miou``) per evaluated trial, one pair per split and test-time
+    augmentation, e.g. ``test/iou/road``, ``test/miou (hflip)``."""
+    short = run.meta["metric"].split("/", 1)[1]
+    columns: dict[str, dict[str, float]] = {}
+    for e in run.evaluations:
+        suffix = "" if e["tta"] == "none" else f" ({e['tta']})"
+        # the validation split evaluated again (at the best weights, with TTA): not the search's own val/ column
+        prefix = "eval " if e["split"] == run.meta["metric"].split("/", 1)[0] else ""
+        for name in dict.fromkeys([short, "miou"]):
+            if name in e["metrics"]:
+                column = f"{prefix}{e['split']}/{name}{suffix}"
+                columns.setdefault(column, {})[e["trial_id"]] = round(e["metrics"][name], 4)
+    return dict(reversed(list(columns.items())))  # inserted one by one after the metric: keeps this order
 
 
 def markdown_report(run: RunData) -> str:
@@ -88,6 +120,12 @@ def markdown_report(run: RunData) -> str:
     if len(goals) > 1:
         named = ", ".join(f"{column.removeprefix('metric/')} ({mode})" for column, mode in goals)
         lines += [f"`pareto` marks the trials no other trial beats in every objective: {named}.", ""]
+    if run.evaluations:
+        splits = sorted({e["split"] for e in run.evaluations})
+        lines += [f"Held-out figures ({', '.join(splits)}): the trials selected on `{metric}`, each at its best "
+                  "validation weights, on a split no trial saw (`orchestrate evaluate`). Publish these, not the "
+                  "validation ones the search selected on.", ""]
+    lines += analysis_markdown(meta, run.trials, run.domains, run.importances)
     failed_latency = [r for r in run.latencies if r["status"] == "failed"]
     if failed_latency:
         lines += ["## Failed latency measurements", ""] + [
@@ -113,6 +151,10 @@ def html_report(run: RunData) -> str:
         training_curves(history, metric),
         training_curves(history, "val/loss"),
     ]
+    if run.domains:
+        figures.append(parallel_coordinates(results, run.domains, metric))
+    if run.importances:
+        figures.append(importance_bars(run.importances, metric))
     speed = speed_frame(results, run.latencies)
     if not speed.empty:
         front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.store import Store, TrialRow
+from reports.analysis import param_importances, searched_domains
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class RunData:
     trials: list[TrialRow]
     counts: dict[str, int]
     latencies: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]  # held-out splits: trial_id, split, tta, images, metrics
 
     @cached_property
     def results(self) -> pd.DataFrame:
@@ -31,10 +33,20 @@ class RunData:
     def history(self) -> pd.DataFrame:
         return history_frame(self.trials)
 
+    @cached_property
+    def domains(self) -> dict[str, dict[str, Any]]:
+        return searched_domains(self.meta, self.trials)
+
+    @cached_property
+    def importances(self) -> dict[str, float]:
+        """fANOVA importances of the searched keys for the sweep's metric (computed once per report)."""
+        return param_importances(self.trials, self.domains, self.meta["metric"], self.meta["mode"])
+
 
 def load_run(run_dir: str | Path) -> RunData:
     store = Store.of_run(run_dir)
-    return RunData(Path(run_dir), store.meta(), store.trials(history=True), store.counts(), store.latencies())
+    return RunData(Path(run_dir), store.meta(), store.trials(history=True), store.counts(), store.latencies(),
+                   store.evaluations())
 
 
 def results_frame(trials: list[TrialRow]) -> pd.DataFrame:

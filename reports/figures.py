@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -59,3 +60,32 @@ def latency_bars(speed: pd.DataFrame) -> go.Figure:
     frame = speed.assign(label=speed["model"] + " (" + speed["id"] + ")")
     fig = px.bar(frame, x="label", y="latency_ms", color="where", barmode="group", title="p50 latency per model")
     return fig.update_layout(xaxis_title="model (trial)", yaxis_title="p50 latency (ms)")
+
+
+def parallel_coordinates(results: pd.DataFrame, domains: dict, metric: str) -> go.Figure:
+    """Every finished trial as a line through its searched values to its ``metric`` (W&B's sweep view, offline):
+    choices on categorical axes, log-uniform values as log10."""
+    col = f"metric/{metric}"
+    frame = results.dropna(subset=[col]) if col in results else results.iloc[0:0]
+    dims = []
+    for key, domain in domains.items():
+        values = frame.get(f"config/{key}")
+        if values is None:
+            continue
+        if domain["kind"] == "choice":
+            labels = [str(v) for v in domain["values"]]
+            dims.append({"label": key, "values": values.astype(str).map({v: i for i, v in enumerate(labels)}),
+                         "tickvals": list(range(len(labels))), "ticktext": labels})
+        elif domain["kind"] == "loguniform":
+            dims.append({"label": f"log10 {key}", "values": np.log10(values.astype(float))})
+        else:
+            dims.append({"label": key, "values": values.astype(float)})
+    dims.append({"label": metric, "values": frame[col] if col in frame else []})
+    fig = go.Figure(go.Parcoords(line={"color": frame[col] if col in frame else [], "colorscale": "Viridis",
+                                       "showscale": True}, dimensions=dims))
+    return fig.update_layout(title=f"searched values -> {metric} (one line per finished trial)")
+
+
+def importance_bars(importances: dict[str, float], metric: str) -> go.Figure:
+    fig = px.bar(x=list(importances), y=list(importances.values()), title=f"importance for {metric} (fANOVA)")
+    return fig.update_layout(xaxis_title="searched key", yaxis_title="importance")

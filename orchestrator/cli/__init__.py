@@ -16,8 +16,9 @@ from orchestrator.errors import KNOWN_ERRORS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="segsweep: sweep orchestration for semantic-segmentation experiments.")
-for command in (sweeps.validate, sweeps.run, sweeps.resume, sweeps.status, deploy.model_info, deploy.export,
-                deploy.bench, deploy.bench_train, deploy.bench_sweep, sweeps.report, sweeps.list_):
+for command in (sweeps.validate, sweeps.run, sweeps.resume, sweeps.extend, sweeps.status, sweeps.evaluate,
+                deploy.model_info, deploy.export, deploy.bench, deploy.bench_train, deploy.bench_sweep, sweeps.report,
+                sweeps.list_):
     app.command(command.__name__.strip("_").replace("_", "-"))(command)
 app.add_typer(data.app, name="data")
 

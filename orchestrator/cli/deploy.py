@@ -61,7 +61,8 @@ def bench(
     arch: Annotated[Optional[str], typer.Option(help="benchmark a registry model (random weights) instead")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="with --arch")] = None,
     classes: Annotated[int, typer.Option(help="with --arch")] = 2,
-    shape: Annotated[str, typer.Option(help="input NxCxHxW")] = "1x3x256x320",
+    shape: Annotated[Optional[str], typer.Option(help="input NxCxHxW (default: an ONNX model's own static shape, a "
+                                                "run's training size, or 1x3x256x320 for --arch)")] = None,
     warmup: Annotated[int, typer.Option(min=0)] = 10,
     iters: Annotated[int, typer.Option(min=1)] = 100,
     fp16: Annotated[bool, typer.Option("--fp16")] = False,
@@ -79,11 +80,34 @@ def bench(
     from orchestrator.runs import bench_model
 
     check_backend(backend)
-    dims = parse_shape(shape)
     model, onnx_path = bench_model(source, trial, arch, encoder, classes)
+    dims = parse_shape(shape) if shape else default_shape(source, onnx_path, trial)
     result = measure(backend, dims, Protocol(warmup, iters, fp16, threads), model=model, onnx_path=onnx_path,
                      target=target or "local", remote_python=remote_python, ssh_options=tuple(ssh_option or ()))
     typer.echo(json.dumps(result.to_json(), indent=2) if format == "json" else format_result(result))
+
+
+def default_shape(source: Path | None, onnx_path: Path | None, trial: str) -> list[int]:
+    """The input shape ``bench`` times without ``--shape``, said on stderr: an ONNX model's own (a dynamic one
+    needs --shape), a run's training size, else 1x3x256x320."""
+    # lazy: onnx, and the store's trial rows
+    from models.export import onnx_input_shape
+    from orchestrator.runs import pick_trial, trial_model
+    from orchestrator.store import Store
+
+    if onnx_path is not None:
+        dims = onnx_input_shape(onnx_path)
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            raise SegsweepError(f"{onnx_path}: its input is dynamic ({' x '.join(map(str, dims))}): give --shape NxCxHxW, "
+                                f"e.g. --shape 1x3x256x320")
+        where = "the model's own"
+    elif source is not None:
+        _, cfg = trial_model(source, pick_trial(Store.of_run(source), trial))
+        dims, where = [1, 3, *cfg.data.size], "the run's training size"
+    else:
+        dims, where = [1, 3, 256, 320], "the default"
+    typer.echo(f"shape {'x'.join(map(str, dims))} ({where}; --shape sets another)", err=True)
+    return dims
 
 
 def bench_train(

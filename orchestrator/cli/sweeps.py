@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.options import SetOption
+from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
 from orchestrator.store import Store, progress_line
 
@@ -62,6 +63,47 @@ def resume(
     from orchestrator.study import resume_sweep  # lazy: imports Ray
 
     _finish(resume_sweep(run_dir, address=address))
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    split: Annotated[str, typer.Option(help="a labelled split: test (CamVid), val (Cityscapes, BDD100K), ...")] = "test",
+    top_k: Annotated[int, typer.Option(min=1, help="the k best trials by the sweep's metric")] = 3,
+    trial: Annotated[Optional[str], typer.Option(help="one trial instead: best, or a trial id")] = None,
+    tta: Annotated[str, typer.Option(help="none | hflip (logits averaged with the mirrored image's)")] = "none",
+) -> None:
+    """The best trials at their best-validation weights on a held-out split; rows in the store, columns in the
+    report."""
+    # lazy: torch, pandas, plotly and W&B
+    from orchestrator.spec import load_spec
+    from orchestrator.study.evaluate import evaluate_run
+    from orchestrator.study.run import log_summary_run
+    from reports.build import build_report
+
+    if tta not in ("none", "hflip"):
+        raise SegsweepError(f"--tta {tta}: none or hflip")
+    store = Store.of_run(run_dir)
+    metric = store.meta()["metric"].split("/", 1)[1]
+    for e in evaluate_run(run_dir, split, top_k, trial, tta):
+        figures = "  ".join(f"{split}/{name} {e.metrics.get(name, float('nan')):.4f}"
+                            for name in dict.fromkeys([metric, "miou"]))
+        typer.echo(f"{e.trial}  {figures}  ({e.images} images{', hflip' if tta == 'hflip' else ''})")
+    md, _ = build_report(run_dir)
+    spec = load_spec(RunDir(run_dir).spec).spec
+    log_summary_run(Path(run_dir), spec.tracking.wandb.model_dump(mode="json"), spec.name)  # with the new columns
+    typer.echo(f"report: {md}")
+
+
+def extend(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a finished or interrupted sweep")],
+    trials: Annotated[int, typer.Option("--trials", min=1, help="more trials to run")] = 8,
+    address: Annotated[Optional[str], typer.Option(help="join a running Ray cluster")] = None,
+) -> None:
+    """Continue a study with N more trials: the same Optuna study (or more random points), store and report; an
+    interrupted run finishes its own trials first."""
+    from orchestrator.study import extend_sweep  # lazy: imports Ray
+
+    _finish(extend_sweep(run_dir, trials, address=address))
 
 
 def _finish(result) -> None:

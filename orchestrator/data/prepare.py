@@ -64,12 +64,8 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
     adapter = adapter_for(spec)
     root = _ensure_root(spec)
     train_pairs, val_pairs = resolve_pairs(spec, root)
-    size = tuple(spec.size)
-    folders = {}
-    for split, pairs in (("train", train_pairs), ("val", val_pairs)):
-        key = cache_key(adapter.name, adapter.version, pairs, size, spec.resize, spec.task)
-        folder = Path(cache_root) / f"{adapter.name}-{split}-{size[0]}x{size[1]}-{spec.task}-{key}"
-        folders[split] = build_split_cache(adapter, pairs, size, spec.resize, spec.task, folder)
+    folders = {split: split_cache(spec, adapter, pairs, split, cache_root)
+               for split, pairs in (("train", train_pairs), ("val", val_pairs))}
     classes = adapter.task_classes(spec.task)
     stats_file = folders["train"] / "stats.json"
     if stats_file.is_file():
@@ -92,6 +88,32 @@ def prepare_data(spec, cache_root: Path) -> PreparedData:
         pixel_counts=tuple(stats["pixel_counts"]),
         image_pixels=tuple(stats["image_pixels"]),
     )
+
+
+def split_cache(spec, adapter: Adapter, pairs: list[Pair], split: str, cache_root: Path) -> Path:
+    """``pairs`` decoded once at the training size into ``cache_root`` (reused while its files are unchanged)."""
+    size = tuple(spec.size)
+    key = cache_key(adapter.name, adapter.version, pairs, size, spec.resize, spec.task)
+    folder = Path(cache_root) / f"{adapter.name}-{split}-{size[0]}x{size[1]}-{spec.task}-{key}"
+    return build_split_cache(adapter, pairs, size, spec.resize, spec.task, folder)
+
+
+def split_pairs(spec, split: str) -> list[Pair]:
+    """The pairs of ``split`` for evaluation: the sweep's own validation images for its validation split (the
+    held-out share of train with ``data.val_fraction``), else the dataset's split as stored. A dataset without that
+    split, or a split without label files, is a one-line DataError."""
+    if split == spec.val_split or (split == "val" and spec.val_fraction):
+        return resolve_pairs(spec)[1]
+    adapter, root = adapter_for(spec), Path(spec.root)
+    if not adapter.has_split(root, split):
+        have = [s for s in ("train", "val", "test") if adapter.has_split(root, s)]
+        raise DataError(f"{root}: {spec.dataset} has no '{split}' split here (it has {', '.join(have) or 'none'}); "
+                        f"choose --split from those")
+    pairs = adapter.pairs(root, split)
+    if not any(p.label.is_file() for p in pairs):
+        raise DataError(f"{root}: the '{split}' split has no labels (none of its {len(pairs)} images has a label "
+                        f"file, e.g. {pairs[0].label}); evaluate on a labelled split")
+    return pairs
 
 
 def task_palette(adapter: Adapter, task: str) -> tuple[tuple[int, int, int], ...]:

@@ -227,18 +227,18 @@ class CheckpointCallback(Timed):
         try:
             release_checkpoint(self.run_dir, trial.trial_id)
         except OSError as e:  # freeing space is no outcome of the trial: it keeps its whole checkpoint instead
-            print(f"[segsweep] trial {trial.trial_id}: its checkpoint under {RunDir(self.run_dir).tune} stays "
+            print(f"[segsweep] trial {trial.trial_id}: its checkpoint under {RunDir(self.run_dir).path} stays "
                   f"whole ({e.strerror or e}); delete it by hand once the run has ended", file=sys.stderr, flush=True)
 
 
 class ProgressCallback(Timed):
     """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far."""
 
-    def __init__(self, store_path: str, total: int) -> None:
-        self.store_path, self.total = store_path, total
+    def __init__(self, store_path: str) -> None:
+        self.store_path = store_path
 
     def _print(self) -> None:
-        print(progress_line(Store(self.store_path), self.total), file=sys.stderr, flush=True)
+        print(progress_line(Store(self.store_path)), file=sys.stderr, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._print()

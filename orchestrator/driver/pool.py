@@ -96,9 +96,6 @@ def start_pool(sweep: Sweep) -> Pool:
     spec = sweep.spec
     res = spec.resources
     gpus = ray.cluster_resources().get("GPU", 0)
-    scheduler = spec.search.scheduler
-    decisions = decision_epochs(spec.trainer.max_epochs, scheduler.grace_period if scheduler.name == "asha" else None,
-                                scheduler.reduction_factor)
     warm = warm_configs(sweep) if res.preload_workers else ()
     placements: list[tuple[int, dict[str, Any]]] = []
     if gpus > 0 and res.gpus_per_trial != 0:
@@ -119,10 +116,17 @@ def start_pool(sweep: Sweep) -> Pool:
     limits = [stated_limit(res, slots) if gpus > 0 else slots for slots, _ in placements]
     actor = ray.remote(TrialWorker)
     workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
-        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions, warm))
+        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(spec), warm))
         for (slots, options), limit in zip(placements, limits)]
     dispatcher = ray.remote(Dispatcher).options(num_cpus=0).remote(limits)
     return Pool(workers, dispatcher, limits)
+
+
+def decisions(spec: SweepSpec) -> tuple[int, ...]:
+    """The epochs at which the sweep's scheduler may stop a trial (ASHA's rungs; none without early stopping)."""
+    scheduler = spec.search.scheduler
+    return decision_epochs(spec.trainer.max_epochs, scheduler.grace_period if scheduler.name == "asha" else None,
+                           scheduler.reduction_factor)
 
 
 def stated_limit(res: ResourcesSpec, slots: int) -> int:

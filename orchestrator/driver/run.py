@@ -17,12 +17,14 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator.data.prepare import prepare_data, resolve_pairs
+from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
 from orchestrator.driver.callbacks import SPENT
 from orchestrator.driver.pool import Pool, start_pool
+from orchestrator.driver.pool import decisions as pool_decisions
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
+from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
 from orchestrator.store import TERMINAL, Store
 from orchestrator.trial.config import TrialContext
@@ -37,8 +39,10 @@ class Run:
     run_dir: Path
     context: TrialContext
     pool: Pool
-    total: int
+    total: int  # trials of this experiment (the study's are the store's meta "trials")
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the driver, kept in the store
+    experiment: int = 1  # Tune's experiment of the run: 1, then one more per ``orchestrate extend``
+    seed_offset: int = 0  # for a random search's extension: new points
 
     def timed(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
@@ -65,6 +69,12 @@ def new_run_dir(sweep: Sweep, out: str | Path | None) -> Path:
     return run_dir.absolute()
 
 
+def domain_meta(sweep: Sweep) -> dict[str, dict]:
+    """The searched keys as the report's analysis reads them: kind and values (a grouped choice by its labels)."""
+    return {k: {"kind": d.kind, "values": [group_label(v) for v in d.values] if d.grouped else list(d.values)}
+            for k, d in sweep.domains.items()}
+
+
 def trial_context(sweep: Sweep, run_dir: Path, prepared) -> TrialContext:
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
@@ -81,6 +91,8 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
     total = count_trials(sweep, max_trials)
     if spec.data.dataset != "synthetic":
         resolve_pairs(spec.data)  # bad roots and splits fail here, before anything is written
+        if spec.evaluate is not None:
+            split_pairs(spec.data, spec.evaluate.split)  # and a held-out split that is not there
     run_dir = new_run_dir(sweep, out)
     run = RunDir(run_dir)
     marks = [time.perf_counter()]
@@ -105,7 +117,8 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
         sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode, trials=total,
         max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
         data=prepared.to_json(), source=sweep.source, created=time.time(),
-        objectives=[o.model_dump() for o in spec.search.objectives])
+        objectives=[o.model_dump() for o in spec.search.objectives], domains=domain_meta(sweep),
+        rungs=list(pool_decisions(spec)))
     h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
           f"val {prepared.val.images} images (native {h}x{w}); {len(pool.workers)} worker(s), "
@@ -119,30 +132,58 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
 def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     """A killed or interrupted run, ready to continue: trials started after Tune's last snapshot are dropped from the
     store (Tune suggests them again under new ids), the data cache is reused, Ray joined."""
+    run_dir, run, sweep, store = _existing(run_dir)
+    meta = store.meta()
+    experiment = meta.get("experiment", 1)
+    if not tune.Tuner.can_restore(str(run.experiment(experiment))):
+        raise SegsweepError(f"{run_dir}: Tune saved no experiment state before the driver stopped; start the sweep "
+                            f"again with 'orchestrate run'")
+    dropped = store.drop_unfinished_except(saved_trial_ids(run.experiment(experiment)))
+    if dropped:
+        print(f"[segsweep] {len(dropped)} trial(s) started after Tune's last snapshot will run again under new ids: "
+              f"{', '.join(dropped)}", file=sys.stderr, flush=True)
+    context, pool = _rejoin(sweep, run_dir, address)
+    print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
+    return Run(sweep, run_dir, context, pool, meta.get("experiment_trials", meta.get("trials", 0)),
+               dict(meta.get("timings", {})), experiment, meta.get("seed_offset", 0))
+
+
+def extend_run(run_dir: str | Path, trials: int, address: str | None = None) -> Run:
+    """A finished run, ready for ``trials`` more in a new Tune experiment of its own (``tune-<k>``): Optuna goes on
+    with the same study (its trials so far are its history), a random search draws new points."""
+    run_dir, run, sweep, store = _existing(run_dir)
+    if sweep.spec.search.algorithm == "grid":
+        raise SegsweepError(f"{run_dir}: a grid search has run every combination of its domains; add values to them "
+                            f"and start a new sweep, or search with optuna or random")
+    meta = store.meta()
+    experiment, offset = meta.get("experiment", 1) + 1, len(store.trials())
+    context, pool = _rejoin(sweep, run_dir, address)
+    store.set_meta(trials=meta.get("trials", 0) + trials, experiment=experiment, experiment_trials=trials,
+                   seed_offset=offset)
+    print(f"[segsweep] extending {run_dir} by {trials} trial(s) (experiment {run.experiment(experiment).name})",
+          file=sys.stderr, flush=True)
+    return Run(sweep, run_dir, context, pool, trials, dict(meta.get("timings", {})), experiment, offset)
+
+
+def _existing(run_dir: str | Path) -> tuple[Path, RunDir, Sweep, Store]:
     run_dir = Path(run_dir).absolute()
     run = RunDir(run_dir)
     if not run.spec.is_file() or not run.store.is_file():
         raise SegsweepError(f"{run_dir}: not a segsweep run directory (no {run.spec.name} / {run.store.name})")
-    if not tune.Tuner.can_restore(str(run.tune)):
-        raise SegsweepError(f"{run_dir}: Tune saved no experiment state before the driver stopped; start the sweep "
-                            f"again with 'orchestrate run'")
-    sweep = load_spec(run.spec)
-    store = Store(run.store)
-    dropped = store.drop_unfinished_except(saved_trial_ids(run.tune))
-    if dropped:
-        print(f"[segsweep] {len(dropped)} trial(s) started after Tune's last snapshot will run again under new ids: "
-              f"{', '.join(dropped)}", file=sys.stderr, flush=True)
+    return run_dir, run, load_spec(run.spec), Store(run.store)
+
+
+def _rejoin(sweep: Sweep, run_dir: Path, address: str | None) -> tuple[TrialContext, Pool]:
+    """Ray joined, the pool started and given the run's data (its cache, decoded when the run began)."""
     init_ray(address, sweep.spec)
     pool = start_pool(sweep)
     try:
-        context = trial_context(sweep, run_dir, prepare_data(sweep.spec.data, run.cache))
+        context = trial_context(sweep, run_dir, prepare_data(sweep.spec.data, RunDir(run_dir).cache))
         pool.attach(context)
     except BaseException:
         pool.shutdown()
         raise
-    print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
-    meta = store.meta()
-    return Run(sweep, run_dir, context, pool, meta.get("trials", 0), dict(meta.get("timings", {})))
+    return context, pool
 
 
 def fit(run: Run, restore: bool = False) -> RunResult:
@@ -151,7 +192,7 @@ def fit(run: Run, restore: bool = False) -> RunResult:
     started = time.perf_counter()
     SPENT.clear()
     try:
-        build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore=restore).fit()
+        build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore, run.experiment, run.seed_offset).fit()
     finally:
         run.pool.shutdown()
     run.timed("fit", time.perf_counter() - started)

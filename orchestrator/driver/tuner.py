@@ -22,7 +22,7 @@ from orchestrator.driver.pool import PROXY_CPUS, Pool, check_resources
 from orchestrator.driver.space import to_tune_space
 from orchestrator.errors import SegsweepError
 from orchestrator.pool.proxy import proxy_trial
-from orchestrator.rundir import TUNE_DIR, RunDir
+from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
 
@@ -64,16 +64,19 @@ def cluster_gpus() -> float:
     return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0.0
 
 
-def searcher(sweep: Sweep, run_dir: Path, concurrency: int) -> Searcher:
+def searcher(sweep: Sweep, run_dir: Path, concurrency: int, seed_offset: int = 0) -> Searcher:
+    """Optuna (its study in the run's optuna.db, continued by ``extend``) or Tune's random/grid generator."""
     spec, search = sweep.spec, sweep.spec.search
     if search.algorithm != "optuna":
         # Tune applies max_concurrent_trials to Searchers only; the basic generator takes its own limit
-        return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrency)
+        return BasicVariantGenerator(random_state=search.seed + seed_offset, max_concurrent=concurrency)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{RunDir(run_dir).optuna}")
     # several objectives: Optuna gets them all; Tune itself and ASHA keep the single search.metric
     objectives = {"metric": [o.metric for o in search.objectives], "mode": [o.mode for o in search.objectives]}
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed), storage=storage, study_name=spec.name,
+    # an extension's sampler starts from another seed: the same one would draw its first (random) points again
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
+                        study_name=spec.name,
                         **(objectives if len(search.objectives) > 1 else {}))
 
 
@@ -86,14 +89,17 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
                          spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor, **own)
 
 
-def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bool = False) -> tune.Tuner:
-    """The Tuner for a new run, or the restored one for ``resume``: each trial a proxy of the pool."""
+def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bool = False, experiment: int = 1,
+                seed_offset: int = 0) -> tune.Tuner:
+    """The Tuner for a new run, or the restored one for ``resume``: each trial a proxy of the pool. ``experiment``:
+    Tune's experiment of the run (``orchestrate extend`` starts the next); ``seed_offset``: added to a random
+    search's seed (and Optuna's sampler's), so that an extension draws new points."""
     spec, search, run = sweep.spec, sweep.spec.search, RunDir(run_dir)
     trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=pool.context(str(run_dir), sweep.groups)),
                                     {"CPU": PROXY_CPUS})
     concurrency = pool.concurrency(spec.resources.max_concurrent)
     if restore:
-        return tune.Tuner.restore(str(run.tune), trainable, resume_unfinished=True, resume_errored=False,
+        return tune.Tuner.restore(str(run.experiment(experiment)), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
     multi = len(search.objectives) > 1
     store_path = str(run.store)
@@ -102,20 +108,20 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
         param_space=to_tune_space(sweep),
         tune_config=tune.TuneConfig(
             metric=None if multi else search.metric, mode=None if multi else search.mode,
-            search_alg=searcher(sweep, run_dir, concurrency), scheduler=scheduler(sweep),
+            search_alg=searcher(sweep, run_dir, concurrency, seed_offset), scheduler=scheduler(sweep),
             num_samples=1 if search.algorithm == "grid" else total,
             max_concurrent_trials=concurrency if search.algorithm == "optuna" else None,
             reuse_actors=spec.resources.reuse_actors,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(run_dir), verbose=0,
+            name=experiment_name(experiment), storage_path=str(run_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
                        WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
                                      sweep.groups),
-                       CheckpointCallback(str(run_dir)), ProgressCallback(store_path, total)],
+                       CheckpointCallback(str(run_dir)), ProgressCallback(store_path)],
         ),
     )
 

@@ -238,6 +238,14 @@ class SearchSpec(Strict):
     latency_proxy: LatencyProxySpec | None = None
 
 
+class EvaluateSpec(Strict):
+    """After training: the top-k trials, each at its best-validation weights, on a labelled held-out split."""
+
+    split: str = Field("test", description="a labelled split of the dataset (CamVid test, Cityscapes val, ...)")
+    top_k: int = Field(3, ge=1)
+    tta: Literal["none", "hflip"] = Field("none", description="hflip: logits averaged with the flipped image's")
+
+
 class ExportSpec(Strict):
     """After training: export chosen trials to ONNX and measure them on each backend and target."""
 
@@ -323,4 +331,5 @@ class SweepSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     export: ExportSpec | None = None
+    evaluate: EvaluateSpec | None = None
 

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from orchestrator.driver.run import Run, RunResult, fit, restore_run, start_run
+from orchestrator.driver.run import Run, RunResult, extend_run, fit, restore_run, start_run
 from orchestrator.rundir import RunDir
 from orchestrator.spec.load import Sweep
-from orchestrator.store import Store, progress_line
+from orchestrator.store import TERMINAL, Store, progress_line
+from orchestrator.study.evaluate import evaluate_run
 from orchestrator.study.exports import measure_exports
 from orchestrator.tracking import Tracker
 from reports.build import build_report, comparison_frame
@@ -33,6 +34,18 @@ def resume_sweep(run_dir: str | Path, address: str | None = None) -> RunResult:
     return finish(run, fit(run, restore=True))
 
 
+def extend_sweep(run_dir: str | Path, trials: int, address: str | None = None) -> RunResult:
+    """``trials`` more trials for a finished study (an interrupted one finishes its own first, as ``resume``)."""
+    store = Store.of_run(run_dir)
+    counts, meta = store.counts(), store.meta()
+    if counts["pending"] or counts["running"] or sum(counts[s] for s in TERMINAL) < meta.get("trials", 0):
+        result = resume_sweep(run_dir, address)
+        if result.interrupted:
+            return result
+    run = extend_run(run_dir, trials, address)
+    return finish(run, fit(run))
+
+
 def finish(run: Run, result: RunResult) -> RunResult:
     """After the trials: exports and latency (a finished run only), the report, the W&B summary run."""
     spec = run.sweep.spec
@@ -40,6 +53,9 @@ def finish(run: Run, result: RunResult) -> RunResult:
     if spec.export is not None and not result.interrupted:
         with timed(run, "exports"):
             measure_exports(run.run_dir, spec, store)
+    if spec.evaluate is not None and not result.interrupted:
+        with timed(run, "evaluate"):
+            evaluate_run(run.run_dir, spec.evaluate.split, spec.evaluate.top_k, tta=spec.evaluate.tta)
     with timed(run, "report"):
         build_report(run.run_dir)
     if not result.interrupted:

@@ -159,3 +159,16 @@ def test_demo_sweep_end_to_end(tmp_path):
         assert rows[t["id"]][2:5] == [t["config"]["model.arch"], "resnet18", t["config"]["loss.name"]]
     assert all(len(list((run_dir / "trials" / t["id"] / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
                for t in trials)
+    # the README's flow: export the best trial, then time that file with no --shape: the model's own is used
+    exported = cli("export", str(run_dir))
+    assert exported.returncode == 0, exported.stderr
+    onnx = exported.stdout.split(":", 1)[0].strip()
+    bench = cli("bench", onnx, "--backend", "ort-cpu", "--iters", "5", "--warmup", "1", "--format", "json")
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["shape"] == [1, 3, 64, 96]
+    assert "shape 1x3x64x96 (the model's own; --shape sets another)" in bench.stderr
+    dynamic = cli("export", str(run_dir), "--dynamic")
+    onnx = dynamic.stdout.split(":", 1)[0].strip()
+    refused = cli("bench", onnx, "--backend", "ort-cpu")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "its input is dynamic (batch x 3 x height x width): give --shape NxCxHxW" in refused.stderr
