@@ -160,15 +160,15 @@ def test_demo_sweep_end_to_end(tmp_path):
     assert all(len(list((run_dir / "trials" / t["id"] / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
                for t in trials)
     # the README's flow: export the best trial, then time that file with no --shape: the model's own is used
-    exported = cli("export", str(run_dir))
-    assert exported.returncode == 0, exported.stderr
+    runner = CliRunner()  # in this process: the same commands without three more interpreter starts
+    exported = runner.invoke(app, ["export", str(run_dir)], catch_exceptions=False)
+    assert exported.exit_code == 0, exported.output
     onnx = exported.stdout.split(":", 1)[0].strip()
-    bench = cli("bench", onnx, "--backend", "ort-cpu", "--iters", "5", "--warmup", "1", "--format", "json")
-    assert bench.returncode == 0, bench.stderr
-    assert json.loads(bench.stdout)["shape"] == [1, 3, 64, 96]
+    bench = runner.invoke(app, ["bench", onnx, "--backend", "ort-cpu", "--iters", "5", "--warmup", "1", "--format",
+                                "json"], catch_exceptions=False)
+    assert bench.exit_code == 0 and json.loads(bench.stdout)["shape"] == [1, 3, 64, 96]
     assert "shape 1x3x64x96 (the model's own; --shape sets another)" in bench.stderr
-    dynamic = cli("export", str(run_dir), "--dynamic")
-    onnx = dynamic.stdout.split(":", 1)[0].strip()
-    refused = cli("bench", onnx, "--backend", "ort-cpu")
+    onnx = runner.invoke(app, ["export", str(run_dir), "--dynamic"]).stdout.split(":", 1)[0].strip()
+    refused = cli("bench", onnx, "--backend", "ort-cpu")  # the one-line error as a user meets it
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "its input is dynamic (batch x 3 x height x width): give --shape NxCxHxW" in refused.stderr

@@ -33,21 +33,21 @@ def test_bench_sweep_on_cpu(tmp_path):
             "model": {"arch": {"choice": ["unet", "fpn"]}, "encoder": "resnet18"},
             "loss": {"name": {"choice": ["dice", "focal"]}},
             "trainer": {"max_epochs": 2, "batch_size": 4, "log_images": 0, "best_worst": 0},
-            "search": {"algorithm": "optuna", "num_samples": 3, "metric": "val/iou/road", "mode": "max",
+            "search": {"algorithm": "optuna", "num_samples": 2, "metric": "val/iou/road", "mode": "max",
                        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
             "resources": {"cpus_per_trial": 1}, "tracking": {"wandb": {"mode": "disabled"}}}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    result = run_bench_sweep(SweepBench(path, shape=(12, 6, 57, 80), seeds_sample=2, seeds_workers=0), tmp_path / "b")
+    result = run_bench_sweep(SweepBench(path, shape=(12, 6, 57, 80), seeds_sample=1, seeds_workers=0), tmp_path / "b")
     store = Store.of_run(result["run_dir"])
     trials = store.trials(history=True)
-    assert result["trials"] == len(trials) == 3 and result["epochs"] == sum(t.epochs for t in trials)
+    assert result["trials"] == len(trials) == 2 and result["epochs"] == sum(t.epochs for t in trials)
     assert result["trained_images"] == 12 * result["epochs"] and result["validated_images"] == 6 * result["epochs"]
     assert {"ray_start", "pool_start", "data", "fit", "report"} <= set(result["phases_s"])
     assert result["phases_s"]["fit"] < result["wall_s"] and result["trial_seconds"]["train"] > 0
     assert max(result["running_over_time"]) >= 1
     seeds = result["seeds"]
-    assert len(seeds["trials"]) == 2 and all(len(t["epoch_s"]) == t["epochs"] for t in seeds["trials"])
+    assert len(seeds["trials"]) == 1 and all(len(t["epoch_s"]) == t["epochs"] for t in seeds["trials"])
     assert all(0 <= t["seeds_best"] <= 1 for t in seeds["trials"]) and seeds["x_sweep"] > 0
     saved = json.loads((tmp_path / "b" / "bench_sweep.json").read_text())
     assert saved["seeds"]["estimated_study_s"] == seeds["estimated_study_s"]
