@@ -20,8 +20,8 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.pool.protocol import STUB
-from orchestrator.rundir import RunDir
+from orchestrator.pool.protocol import STUB, is_stub, superseded_by
+from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
 from orchestrator.store import Store, is_metric, progress_line
 from orchestrator.tracking import Tracker
@@ -191,6 +191,21 @@ class WandbCallback(Timed):
             self._queue.join()
 
 
+def _replace_with(state: Path, payload: dict[str, Any]) -> int:
+    """``state`` becomes a few bytes of JSON (read by a proxy without torch); a kill leaves it whole or replaced, never
+    half-written. Returns the bytes freed."""
+    size = state.stat().st_size
+    small = state.with_name(state.name + ".stub")
+    try:
+        small.write_text(json.dumps(payload))
+    except OSError:
+        if small.is_file():
+            small.unlink()  # nothing half-written beside the whole checkpoint
+        raise
+    os.replace(small, state)
+    return size - state.stat().st_size
+
+
 def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
     """Once a trial has finished, nothing resumes it: its Tune checkpoint (weights and optimiser state, 3x the model
     for Adam) becomes a stub that says so, and its staging folder goes. ``trials/<id>/best.pt`` keeps the weights.
@@ -200,35 +215,46 @@ def release_checkpoint(run_dir: str | Path, trial_id: str) -> int:
     run = RunDir(run_dir)
     for staged in run.trial(trial_id).staged_checkpoints():
         shutil.rmtree(staged, ignore_errors=True)
+    return sum(_replace_with(state, STUB) for state in run.tune_checkpoints(trial_id) if not is_stub(state))
+
+
+def supersede_checkpoints(newest: Path) -> int:
+    """A running trial keeps one whole checkpoint: once Tune has registered ``newest`` (a ``state.pt``), the trial's
+    older ones become pointers to it. Not Tune's ``num_to_keep``, which deletes them: a driver killed before its next
+    snapshot left one naming a checkpoint gone, and that trial could not be restored. A pointer leads a restored
+    trial to the newest state instead (``protocol.resolve_state``). Returns the bytes freed."""
+    pointer = superseded_by(newest.parent.name)
     freed = 0
-    for state in run.tune_checkpoints(trial_id):
-        size = state.stat().st_size
-        stub = state.with_name(state.name + ".stub")
-        try:
-            stub.write_text(json.dumps(STUB))  # JSON: a trial's proxy reads it without torch
-        except OSError:
-            if stub.is_file():
-                stub.unlink()  # no half-written stub beside the whole checkpoint
-            raise
-        os.replace(stub, state)  # a kill here leaves either the whole checkpoint or the stub
-        freed += size - state.stat().st_size
+    for state in sorted(newest.parent.parent.glob(f"checkpoint_*/{newest.name}")):
+        if state != newest and state.stat().st_size > 256:  # whole weights; stubs and pointers are a few bytes
+            freed += _replace_with(state, pointer)
     return freed
 
 
 class CheckpointCallback(Timed):
-    """A finished trial's Tune checkpoint becomes a stub (``release_checkpoint``): a sweep keeps per trial its
-    ``best.pt`` (1x the model) instead of also weights and optimiser state (3x with Adam). A failed trial keeps its
-    checkpoint, for the post-mortem."""
+    """Checkpoints on disk: a running trial's older ones become pointers to its newest (``supersede_checkpoints``),
+    and a finished trial's become a stub (``release_checkpoint``): a sweep keeps per trial its ``best.pt`` (1x the
+    model) instead of also weights and optimiser state (3x with Adam). A failed trial keeps its newest checkpoint,
+    for the post-mortem."""
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint: tune.Checkpoint, **info: Any) -> None:
+        try:
+            supersede_checkpoints(Path(checkpoint.path) / STATE_FILE)
+        except OSError as e:  # freeing space is no outcome of the trial: its older checkpoints stay instead
+            self._kept(trial.trial_id, "older checkpoints stay whole", e)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         try:
             release_checkpoint(self.run_dir, trial.trial_id)
         except OSError as e:  # freeing space is no outcome of the trial: it keeps its whole checkpoint instead
-            print(f"[segsweep] trial {trial.trial_id}: its checkpoint under {RunDir(self.run_dir).path} stays "
-                  f"whole ({e.strerror or e}); delete it by hand once the run has ended", file=sys.stderr, flush=True)
+            self._kept(trial.trial_id, "checkpoint stays whole", e)
+
+    def _kept(self, trial_id: str, what: str, e: OSError) -> None:
+        print(f"[segsweep] trial {trial_id}: its {what} under {RunDir(self.run_dir).path} ({e.strerror or e}); "
+              "delete them by hand once the run has ended", file=sys.stderr, flush=True)
 
 
 class ProgressCallback(Timed):

@@ -117,7 +117,9 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
         run_config=tune.RunConfig(
             name=experiment_name(experiment), storage_path=str(run_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Tune deletes none (num_to_keep=1 left a killed driver's snapshot naming a checkpoint gone: "Could not
+            # recover from checkpoint as it does not exist"); CheckpointCallback turns older ones into pointers
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
                        WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
                                      sweep.groups),

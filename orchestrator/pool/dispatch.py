@@ -11,13 +11,14 @@ class Dispatcher:
         self.assigned: dict[str, int] = {}
         self.dead: set[int] = set()
 
-    def assign(self, trial_id: str) -> int:
-        """The index of the worker that trains ``trial_id`` (the same one when asked again)."""
+    def assign(self, trial_id: str) -> int | None:
+        """The index of the worker that trains ``trial_id`` (the same one when asked again); None when every worker
+        has died."""
         if trial_id in self.assigned and self.assigned[trial_id] not in self.dead:
             return self.assigned[trial_id]
         alive = [i for i in range(len(self.slots)) if i not in self.dead]
         if not alive:
-            raise RuntimeError("every trial worker has died; see the driver's log")
+            return None
         load = {i: sum(1 for w in self.assigned.values() if w == i) for i in alive}
         chosen = max(alive, key=lambda i: (self.slots[i] - load[i], -i))
         self.assigned[trial_id] = chosen

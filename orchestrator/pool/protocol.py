@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HEADROOM = 0.15  # allocator fragmentation and cuDNN workspaces beyond a trial's measured peak
 STUB = {"finished": True}  # what a finished trial's released checkpoint (state.pt) says, as JSON
+CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders of a trial
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,37 @@ def slots_for(trial_bytes: float, gpu_bytes: float, slots: int, headroom: float 
     return max(1, min(slots, math.floor(gpu_bytes / need))) if need > 0 else slots
 
 
+def _marker(state: Path) -> dict | None:
+    """A ``state.pt`` that is a few bytes of JSON (the stub, or a pointer to a newer checkpoint); None for weights."""
+    if not state.is_file() or state.stat().st_size > 256:
+        return None
+    try:
+        value = json.loads(state.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def is_stub(state: Path) -> bool:
     """Whether a trial's ``state.pt`` is the stub a finished trial's checkpoint becomes (checked without torch)."""
-    if not state.is_file() or state.stat().st_size > 256:
-        return False
-    try:
-        return json.loads(state.read_text()) == STUB
-    except (ValueError, UnicodeDecodeError):
-        return False
+    return _marker(state) == STUB
+
+
+def superseded_by(newer: str) -> dict[str, str]:
+    """What an older checkpoint's ``state.pt`` of a running trial becomes once ``newer`` (a sibling checkpoint
+    folder's name) holds the trial's state."""
+    return {"superseded_by": newer}
+
+
+def resolve_state(state: Path) -> Path:
+    """The ``state.pt`` a restored trial continues from: a superseded checkpoint's pointer is followed to its
+    trial's newest checkpoint (whole, or the stub of a finished trial). Tune's own snapshot may name an older one."""
+    for _ in range(100_000):
+        newer = (_marker(state) or {}).get("superseded_by")
+        if not isinstance(newer, str) or not CHECKPOINT_NAME.match(newer):
+            return state
+        state = state.parent.parent / newer / state.name
+    return state
 
 
 def failure(error: BaseException) -> str:

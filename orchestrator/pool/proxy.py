@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import ray
 from ray import tune
 from ray.exceptions import RayActorError
 
-from orchestrator.pool.protocol import PoolContext, is_stub
+from orchestrator.pool.protocol import PoolContext, is_stub, resolve_state
 from orchestrator.rundir import STATE_FILE
 
 POLL_S = 30.0  # a proxy's wait for its worker's next event, before it asks again
@@ -26,14 +27,13 @@ class TrialError(RuntimeError):
 
 def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint otherwise, on the console
+    sys.unraisablehook = quiet_exit
     trial_id = tune.get_context().get_trial_id()
     state = restored_state()
     if state is not None and is_stub(state):
         return  # finished before a driver was killed: nothing resumes it
-    index = ray.get(ctx.dispatcher.assign.remote(trial_id))
-    worker = ctx.workers[index]
+    index, worker = start_on_a_worker(trial_id, config, state, ctx)
     try:
-        ray.get(worker.start.remote(trial_id, config, str(state) if state else None))
         while True:
             event = ray.get(worker.next_event.remote(trial_id, POLL_S))
             if event is None:
@@ -51,18 +51,47 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
                 return
             elif event["kind"] == "failed":
                 raise TrialError(event["error"])
-    except RayActorError as e:  # the worker could not start, or its process or node is gone
+    except RayActorError as e:  # its process or node went away while it trained the trial
         ctx.dispatcher.lost.remote(index)
-        cause = [line for line in str(e).strip().splitlines() if line.strip()][-1:] or [type(e).__name__]
-        raise TrialError(f"WorkerDied: the trial's worker stopped or could not start ({cause[0].strip()[:200]})") from None
+        raise TrialError(f"WorkerDied: the trial's worker stopped ({last_line(e)})") from None
     finally:
         worker.stop.remote(trial_id)
         ctx.dispatcher.release.remote(trial_id)
 
 
+def start_on_a_worker(trial_id: str, config: dict[str, Any], state: Path | None, ctx: PoolContext) -> tuple[int, Any]:
+    """The trial handed to the dispatcher's choice of worker; a worker found gone (its node went away, or it could not
+    start) is marked lost and the next one is tried, until none is left."""
+    cause = "each was lost before"
+    while True:
+        index = ray.get(ctx.dispatcher.assign.remote(trial_id))
+        if index is None:
+            raise TrialError(f"WorkerDied: every trial worker has stopped or could not start ({cause})")
+        worker = ctx.workers[index]
+        try:
+            ray.get(worker.start.remote(trial_id, config, str(state) if state else None))
+            return index, worker
+        except RayActorError as e:
+            cause = last_line(e)
+            ray.get(ctx.dispatcher.lost.remote(index))
+
+
+def last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
+def quiet_exit(unraisable: Any) -> None:
+    """Ray ends a proxy's actor with SystemExit, which Python reports from a weakref callback as 'Exception ignored'
+    with a traceback on the sweep's console; that one says nothing. Anything else is reported as Python would."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
 def restored_state() -> Path | None:
-    """The trial's last checkpoint's ``state.pt`` (weights, optimiser, schedule, epoch, best), or None."""
+    """The trial's newest checkpoint's ``state.pt`` (weights, optimiser, schedule, epoch, best), or None. Tune's
+    snapshot names the last checkpoint it saw; a newer one may have come before the driver was killed."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    return Path(checkpoint.path) / STATE_FILE
+    return resolve_state(Path(checkpoint.path) / STATE_FILE)

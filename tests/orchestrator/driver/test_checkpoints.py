@@ -1,4 +1,5 @@
-"""A finished trial's Tune checkpoint is released to a stub; its staging folder goes; other trials are untouched."""
+"""A running trial's older Tune checkpoints become pointers to its newest; a finished trial's are released to a stub;
+its staging folder goes; other trials are untouched."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from types import SimpleNamespace
 
 import torch
 
-from orchestrator.driver.callbacks import CheckpointCallback, release_checkpoint
-from orchestrator.pool.protocol import is_stub
+from orchestrator.driver.callbacks import CheckpointCallback, release_checkpoint, supersede_checkpoints
+from orchestrator.pool.protocol import is_stub, resolve_state
 from orchestrator.rundir import STATE_FILE, RunDir
 
 
@@ -47,3 +48,31 @@ def test_a_checkpoint_that_cannot_be_released_stays_whole_with_one_line(tmp_path
     err = capsys.readouterr().err
     assert state.stat().st_size == size and torch.load(state, weights_only=False)["epoch"] == 1
     assert err.count("\n") == 1 and "trial a: its checkpoint" in err and "stays whole" in err
+
+
+def test_a_running_trials_older_checkpoints_point_to_its_newest(tmp_path):
+    first, second = _checkpoint(tmp_path, "a", 0, 250_000), _checkpoint(tmp_path, "a", 1, 250_000)
+    other = _checkpoint(tmp_path, "b", 0, 1000)
+    size = first.stat().st_size
+
+    callback = CheckpointCallback(str(tmp_path))
+    callback.on_checkpoint(0, [], SimpleNamespace(trial_id="a"), SimpleNamespace(path=str(second.parent)))
+    assert json.loads(first.read_text()) == {"superseded_by": "checkpoint_000001"}
+    assert supersede_checkpoints(second) == 0  # pointers are not rewritten
+    assert torch.load(second, weights_only=False)["epoch"] == 2 and torch.load(other, weights_only=False)["epoch"] == 1
+
+    third = _checkpoint(tmp_path, "a", 2, 250_000)
+    assert supersede_checkpoints(third) > size - 100  # the second's weights go; the first was a pointer already
+    # a killed driver's snapshot may name any of them: each leads to the newest state
+    assert resolve_state(first) == resolve_state(second) == resolve_state(third) == third
+    assert torch.load(resolve_state(first), weights_only=False)["epoch"] == 3
+
+    release_checkpoint(tmp_path, "a")  # the trial ends: every one of them is the stub, pointers included
+    assert all(is_stub(state) for state in (first, second, third)) and resolve_state(first) == first
+
+
+def test_a_pointer_outside_the_trials_checkpoints_is_not_followed(tmp_path):
+    state = _checkpoint(tmp_path, "a", 0, 10)
+    for name in ("../../b/checkpoint_000000", "best", 7):
+        state.write_text(json.dumps({"superseded_by": name}))
+        assert resolve_state(state) == state

@@ -56,9 +56,9 @@ def test_grid_sweep_records_every_trial(ray_session, synthetic_root, write_spec,
         assert [r["val/iou/road"] for r in rows] == pytest.approx([h["val/iou/road"] for h in t.history])
         assert wandb_config(log)["loss.name"] == t.config["loss.name"]
         assert (run_dir / "trials" / t.id / "best.pt").is_file()
-        # its Tune checkpoint is released once it finished: a stub, and no staging folder left
-        (state,) = (run_dir / "tune" / t.id).glob("checkpoint_*/state.pt")
-        assert is_stub(state) and state.stat().st_size < 2000
+        # its Tune checkpoints are released once it finished: stubs, and no staging folder left
+        states = list((run_dir / "tune" / t.id).glob("checkpoint_*/state.pt"))
+        assert states and all(is_stub(state) for state in states)
         assert RunDir(run_dir).trial(t.id).staged_checkpoints() == []
     completed = [t for t in trials if t.status == "completed"]
     assert completed  # ASHA lets at least one of the three unet trials reach max_t
