@@ -84,6 +84,7 @@ def param_importances(trials: list[TrialRow], domains: dict[str, dict[str, Any]]
     varied = {k: d for k, d in domains.items() if len({str(t.config[k]) for t in finished}) > 1}
     if len(finished) < 2 or not varied:
         return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line on the sweep's console
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     dists = {k: _distribution(d) for k, d in varied.items()}
     for t in finished:

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trial", ("orchestrator.trial", "orchestrator.runs", "orchestrator.pool")),
     ("driver", ("orchestrator.driver",)),
     ("reports", ("reports",)),
-    ("study", ("orchestrator.study", "orchestrator.evaluate", "orchestrator.bench", "orchestrator.service")),
+    ("study", ("orchestrator.study", "orchestrator.bench", "orchestrator.service")),
     ("cli", ("orchestrator.cli", "orchestrator")),
 ]
 # third-party imports that take seconds (or a GPU context): inside a function they need a reason in a comment
@@ -91,12 +91,12 @@ def _resolve(known: dict[str, Path], current: str, node: ast.Import | ast.Import
 
 
 def _has_reason(lines: list[str], lineno: int) -> bool:
-    """A comment on the import's line, or on the lines of comments and imports just above it."""
+    """A comment on the import's line, or on the lines of comments and imports (blank lines between) just above it."""
     i = lineno - 1
     if "#" in lines[i]:
         return True
     i -= 1
-    while i >= 0 and lines[i].strip().startswith(("#", "import ", "from ")):
+    while i >= 0 and (not lines[i].strip() or lines[i].strip().startswith(("#", "import ", "from "))):
         if lines[i].strip().startswith("#"):
             return True
         i -= 1

@@ -98,6 +98,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         text = Path(path).read_text()
     except OSError as e:
         raise SpecError(f"{source}: cannot read sweep file ({e.strerror})") from None
+    return load_spec_text(text, overrides, source)
+
+
+def load_spec_text(text: str, overrides: list[str] | tuple[str, ...] = (), source: str = "<spec>") -> Sweep:
+    """``load_spec`` for a sweep file's text (what the service receives); ``source`` names it in errors."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,0 +1,160 @@
+"""The HTTP side of ``orchestrate serve`` (FastAPI): JSON endpoints under ``/api/``, live progress as server-sent
+events, and the web pages (``pages``). Every call needs a user: a bearer token, or the signed cookie the login page
+sets. A user sees and acts on their own sweeps, an admin on all; someone else's sweep is a 404 like a missing one.
+Every refusal is one line: ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from itsdangerous import URLSafeTimedSerializer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.errors import KNOWN_ERRORS
+from orchestrator.service.access import current_user, one_line, owned_sweep, progress, run_store
+from orchestrator.service.db import ACTIVE, ServiceDB, SweepRow, User
+from orchestrator.service.pages import page_routes
+from orchestrator.service.queue import Scheduler
+from orchestrator.spec.load import load_spec_text
+from reports.build import report_json
+
+MAX_BODY = 256 * 1024  # a spec is a few KB; anything near this is a mistake
+
+
+class Submit(BaseModel):
+    spec: str = Field(description="the sweep file's text")
+    sets: list[str] = Field(default_factory=list, description="--set key=value overrides")
+    priority: int = 0
+    filename: str = "spec.yaml"  # names the file in one-line errors, as the CLI's do
+
+
+class Extend(BaseModel):
+    trials: int = Field(ge=1, le=10_000)
+
+
+def secret_key(data: Path) -> str:
+    """The cookie-signing key, made once per data folder (readable by its owner only)."""
+    path = data / "secret"
+    if not path.is_file():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def create_app(data: Path, scheduler: Scheduler) -> FastAPI:
+    db: ServiceDB = scheduler.db
+    signer = URLSafeTimedSerializer(secret_key(data), salt="segsweep-login")
+    app = FastAPI(title="segsweep", docs_url=None, redoc_url=None)
+    app.state.db, app.state.scheduler, app.state.signer, app.state.data = db, scheduler, signer, data
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return one_line(413, f"request body over {MAX_BODY // 1024} KB: a sweep file is a few KB")
+        return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException is one too; so is an unknown path
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        detail = str(e.detail) if e.status_code != 404 or e.detail != "Not Found" else \
+            f"no such page or endpoint: {request.url.path}"
+        return one_line(e.status_code, detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        if first.get("type") == "json_invalid":
+            return one_line(422, f"request body: not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request body"
+        return one_line(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.get("/api/sweeps")
+    def list_sweeps(user: User = Depends(current_user)) -> list[dict[str, Any]]:
+        return [row.public() for row in db.sweeps(None if user.admin else user.name)]
+
+    @app.post("/api/sweeps", status_code=201)
+    def submit(body: Submit, user: User = Depends(current_user)) -> dict[str, Any]:
+        try:
+            sweep = load_spec_text(body.spec, body.sets, body.filename)
+        except KNOWN_ERRORS as e:
+            raise HTTPException(422, str(e)) from None
+        sweep_id = secrets.token_hex(6)
+        row = db.add_sweep(sweep_id, user.name, sweep.spec.name, sweep.resolved_yaml(), body.priority,
+                           str(data / "runs" / sweep_id))
+        return row.public()
+
+    @app.get("/api/sweeps/{sweep_id}")
+    def sweep_detail(row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
+        return {**row.public(), "spec": row.spec, "progress": progress(row)}
+
+    @app.get("/api/sweeps/{sweep_id}/trials")
+    def trials(row: SweepRow = Depends(owned_sweep)) -> list[dict[str, Any]]:
+        store = run_store(row)
+        if store is None:
+            return []
+        metric = store.meta().get("metric", "val/miou")
+        return [{"id": t.id, "status": t.status, "epochs": t.epochs, metric: t.best.get(metric), "error": t.error,
+                 "config": t.config} for t in store.trials()]
+
+    @app.get("/api/sweeps/{sweep_id}/report")
+    def report(row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
+        if run_store(row) is None:
+            raise HTTPException(404, f"sweep {row.id} has no results yet ({row.state})")
+        return report_json(row.run_dir)
+
+    @app.get("/api/sweeps/{sweep_id}/logs")
+    def logs(offset: int = 0, row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
+        path = data / "logs" / f"{row.id}.log"
+        text = b""
+        if path.is_file():
+            with open(path, "rb") as f:
+                f.seek(max(0, offset))
+                text = f.read(1 << 20)
+        return {"text": text.decode(errors="replace"), "offset": max(0, offset) + len(text), "state": row.state}
+
+    @app.get("/api/sweeps/{sweep_id}/events")
+    async def events(request: Request, row: SweepRow = Depends(owned_sweep)) -> StreamingResponse:
+        async def stream():
+            last = None
+            while not await request.is_disconnected():
+                current = db.sweep(row.id)
+                state = {"state": current.state, "progress": progress(current), "error": current.error}
+                if state != last:
+                    yield f"data: {json.dumps(state)}\n\n"
+                    last = state
+                if current.state not in ACTIVE:
+                    return
+                await asyncio.sleep(1.0)
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/api/sweeps/{sweep_id}/cancel")
+    def cancel(row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
+        if row.state not in ACTIVE:
+            raise HTTPException(409, f"sweep {row.id} is {row.state}: nothing to cancel")
+        scheduler.cancel(row)
+        return db.sweep(row.id).public()
+
+    @app.post("/api/sweeps/{sweep_id}/resume")
+    def resume(row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
+        if row.state not in ("failed", "cancelled"):
+            raise HTTPException(409, f"sweep {row.id} is {row.state}: only a failed or cancelled sweep resumes")
+        db.requeue(row.id, "resume")
+        return db.sweep(row.id).public()
+
+    @app.post("/api/sweeps/{sweep_id}/extend")
+    def extend(body: Extend, row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
+        if row.state in ACTIVE:
+            raise HTTPException(409, f"sweep {row.id} is {row.state}: extend it once it has ended")
+        db.requeue(row.id, f"extend:{body.trials}")
+        return db.sweep(row.id).public()
+
+    page_routes(app)
+    return app
