@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.errors import SegsweepError
 from orchestrator.pool.dispatch import Dispatcher
 from orchestrator.pool.protocol import PoolContext, decision_epochs, slots_for
+from orchestrator.pool.ship import ShippedData, ship
 from orchestrator.pool.worker import TrialWorker, WorkerSettings
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import ResourcesSpec, SweepSpec
@@ -70,6 +71,7 @@ class Pool:
     workers: list[Any]
     dispatcher: Any
     limits: list[int]
+    shipped: ShippedData | None = None  # the data in the object store for other nodes' workers (held while it runs)
 
     def concurrency(self, max_concurrent: int = 0) -> int:
         """Trials Tune runs at once: every slot that may start, plus one waiting per worker so that a slot that
@@ -81,10 +83,12 @@ class Pool:
         return PoolContext(run_dir=run_dir, workers=tuple(self.workers), dispatcher=self.dispatcher, groups=groups)
 
     def attach(self, context: TrialContext) -> None:
-        """The sweep's context for every worker. Not waited for: Tune starts while the workers still import (a
-        worker that cannot start fails its trials with the reason, ``pool.proxy``)."""
+        """The sweep's context for every worker, and on a cluster of several nodes the data through the object store.
+        Not waited for: Tune starts while the workers still import (a worker that cannot start fails its trials with
+        the reason, ``pool.proxy``)."""
+        self.shipped = ship(context.data)
         for worker in self.workers:
-            worker.attach.remote(context)
+            worker.attach.remote(context, self.shipped)
 
     def shutdown(self) -> None:
         for actor in [*self.workers, self.dispatcher]:
@@ -118,7 +122,9 @@ def start_pool(sweep: Sweep) -> Pool:
     workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
         WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(spec), warm))
         for (slots, options), limit in zip(placements, limits)]
-    dispatcher = ray.remote(Dispatcher).options(num_cpus=0).remote(limits)
+    # on the driver's node: it lives as long as the driver, whichever other node goes away
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    dispatcher = ray.remote(Dispatcher).options(num_cpus=0, scheduling_strategy=here).remote(limits)
     return Pool(workers, dispatcher, limits)
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import gc
 import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import warnings
@@ -29,11 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+import ray
 import torch
 
 from models.depthwise import cudnn_depthwise
 from orchestrator.latency.measure import Protocol, measure
 from orchestrator.pool.protocol import HEADROOM, failure
+from orchestrator.pool.ship import ShippedData, receive
 from orchestrator.rundir import RunDir
 from orchestrator.trial.build import build_module, build_trial
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
@@ -103,6 +107,7 @@ class TrialWorker:
         if self.cuda:
             torch.backends.cudnn.benchmark = False  # shared by the trials; captures need the warm-up's plans
         self.context: TrialContext | None = None
+        self.data_error: str | None = None
         self.attached = threading.Event()
         self.warmed = threading.Event()
         self.jobs: dict[str, Job] = {}
@@ -113,17 +118,23 @@ class TrialWorker:
         self.per_trial_bytes = 0.0  # the largest footprint of one trial seen so far (memory_aware)
         for index in range(settings.slots):
             threading.Thread(target=self._slot, args=(index,), name=f"segsweep-slot-{index}", daemon=True).start()
-        self._mark("ready")
+        self._mark("ready", node=ray.get_runtime_context().get_node_id(), host=socket.gethostname())
 
     # ---------------------------------------------------------------------------------------- the proxies' calls
     def ready(self) -> dict[str, Any]:
         return {"cuda": self.cuda, "device": torch.cuda.get_device_name(0) if self.cuda else "cpu",
                 "slots": self.settings.slots, "limit": self.limit}
 
-    def attach(self, context: TrialContext) -> None:
-        """The sweep's context (run directory, data, metric): the slots start warming up, then take trials."""
-        self.context = context
-        self._mark("attached")
+    def attach(self, context: TrialContext, shipped: ShippedData | None = None) -> None:
+        """The sweep's context (run directory, data, metric): the slots start warming up, then take trials. On another
+        node than the driver's, the data comes from Ray's object store into this node's folder (``pool.ship``)."""
+        try:
+            data, how = receive(context.data, shipped)
+            self.context = dataclasses.replace(context, data=data)
+        except Exception as e:  # noqa: BLE001 - every trial of this worker fails with it, as one line
+            self.context, self.data_error = context, f"this node could not receive the sweep's data ({failure(e)})"
+            how = {"source": "failed", "error": self.data_error}
+        self._mark("attached", data=how)
         self.attached.set()
 
     def start(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
@@ -220,6 +231,9 @@ class TrialWorker:
     def _run(self, job: Job) -> None:
         if job.stopped:
             return
+        if self.data_error:
+            job.events.put({"kind": "failed", "error": self.data_error})
+            return
         ctx = self.context
         trial_dir = RunDir(ctx.run_dir).trial(job.trial_id)
         trial_dir.path.mkdir(parents=True, exist_ok=True)
@@ -233,6 +247,7 @@ class TrialWorker:
                 return
             with self.cond:
                 concurrent = self.running
+            self._mark("start", trial=job.trial_id)
             constants: dict[str, float] = {"perf/preloaded": float(self.warmed.is_set()),
                                            "perf/restarts": float(job.restarts), "perf/concurrent": float(concurrent),
                                            "perf/queued_s": job.started - job.submitted, "perf/started_at": job.started}
