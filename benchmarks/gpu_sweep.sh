@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
-#   bash benchmarks/gpu_sweep.sh [binary|multiclass|real|gpu-tests ...]   (default: binary multiclass)
+#   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
+# binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
 # /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts) and,
 # for `real`, .data (the IDD-lite subset). Summaries land in $OUT (runs stay in /tmp: too many files).
@@ -25,6 +26,8 @@ bench() {  # name timeout args...
 for part in ${@:-binary multiclass}; do
   case $part in
     binary) bench binary "${BINARY_S:-290}" --seeds-sample "${SEEDS:-2}" ;;
+    binary-1proc) bench binary-1proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=1 ;;
+    binary-4proc) bench binary-4proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=4 ;;
     multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \
       --set search.metric=val/miou --set trainer.max_epochs=100 --set search.num_samples=16 ;;
     real) bench real "${REAL_S:-300}" --root .data/idd_lite_train_subset --set data.val_fraction=0.2 \

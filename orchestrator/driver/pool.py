@@ -1,8 +1,10 @@
 """The driver's side of the trial pool: how many workers, where, with how many slots; the dispatcher; and the
-context every proxy gets. One worker per GPU of the cluster (``resources.gpus_per_trial`` of them where a trial
-takes whole GPUs), else one one-slot worker per ``cpus_per_trial`` CPUs of each node.
+context every proxy gets. ``workers_per_gpu`` worker processes per GPU of the cluster (one worker per
+``gpus_per_trial`` GPUs where a trial takes whole GPUs), else one one-slot worker per ``cpus_per_trial`` CPUs of each
+node.
 
-Slots per GPU: ``trials_per_gpu`` for ``gpus_per_trial: auto``, else ``1 / gpus_per_trial``. Stated memory figures
+Slots per GPU: ``trials_per_gpu`` for ``gpus_per_trial: auto``, else ``1 / gpus_per_trial``, split over the GPU's
+workers (a trial's host work is Python: four trials in one interpreter held one H200 at 41% busy). Stated memory figures
 (``trial_gpu_memory_gb``, ``gpu_memory_gb``) lower the number that start at once; otherwise the worker reads its own
 GPU (``pool.worker``). No probe runs before a trial: a GPU with room for twenty trials waits for none.
 """
@@ -38,6 +40,22 @@ def gpu_slots(resources: ResourcesSpec) -> int:
     if share == "auto":
         return resources.trials_per_gpu
     return max(1, math.floor(1 / share + 1e-9)) if share < 1 else 1
+
+
+def gpu_placements(res: ResourcesSpec) -> list[tuple[int, int, float]]:
+    """The workers of one GPU as (slots, trials admitted at the start, GPU share): the GPU's slots and its stated
+    memory limit split as evenly as may be over ``workers_per_gpu`` processes (fewer where there are fewer slots or
+    fewer trials fit), each holding an equal share of the GPU. A trial of whole GPUs: one worker of one slot."""
+    slots = gpu_slots(res)
+    limit = stated_limit(res, slots)
+    n = max(1, min(res.workers_per_gpu, limit))
+    share = math.floor(10_000 / n) / 10_000  # Ray keeps four decimals of a fractional GPU; n shares fit in one
+    return [(split(slots, n, i), split(limit, n, i), share) for i in range(n)]
+
+
+def split(total: int, parts: int, index: int) -> int:
+    """Part ``index`` of ``total`` split into ``parts`` near-equal whole parts, the larger ones first."""
+    return total // parts + (1 if index < total % parts else 0)
 
 
 def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
@@ -102,10 +120,14 @@ def start_pool(sweep: Sweep) -> Pool:
     gpus = ray.cluster_resources().get("GPU", 0)
     warm = warm_configs(sweep) if res.preload_workers else ()
     placements: list[tuple[int, dict[str, Any]]] = []
+    limits: list[int] = []
     if gpus > 0 and res.gpus_per_trial != 0:
-        per_worker = 1 if res.gpus_per_trial == "auto" or res.gpus_per_trial <= 1 else int(res.gpus_per_trial)
-        slots = gpu_slots(res)
-        placements = [(slots, {"num_gpus": per_worker, "num_cpus": 0})] * int(gpus // per_worker)
+        per_gpu = gpu_placements(res)
+        whole = 1 if res.gpus_per_trial == "auto" or res.gpus_per_trial <= 1 else int(res.gpus_per_trial)
+        for _ in range(int(gpus // whole)):
+            for slots, limit, share in per_gpu:
+                placements.append((slots, {"num_gpus": share * whole, "num_cpus": 0}))
+                limits.append(limit)
     else:
         for node in ray.nodes():
             cpus = node["Resources"].get("CPU", 0) if node["Alive"] else 0
@@ -117,7 +139,7 @@ def start_pool(sweep: Sweep) -> Pool:
                     cpus / res.cpus_per_trial)
     if not placements:
         raise SegsweepError(f"no node of the Ray cluster has resources.cpus_per_trial ({res.cpus_per_trial:g}) CPUs")
-    limits = [stated_limit(res, slots) if gpus > 0 else slots for slots, _ in placements]
+    limits = limits or [slots for slots, _ in placements]
     actor = ray.remote(TrialWorker)
     workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
         WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(spec), warm))

@@ -283,7 +283,10 @@ class ResourcesSpec(Strict):
     gpus_per_trial: float | Literal["auto"] = Field(
         "auto", description="auto: trials_per_gpu trials share each GPU where the cluster has GPUs; a fraction f: "
                             "1/f share one; 0: train on CPUs")
-    trials_per_gpu: int = Field(4, ge=1, description="trials one GPU's worker trains at once, for gpus_per_trial: auto")
+    trials_per_gpu: int = Field(4, ge=1, description="trials one GPU trains at once, for gpus_per_trial: auto")
+    workers_per_gpu: int = Field(2, ge=1, description="worker processes sharing one GPU, its trials split between "
+                                                      "them: each trial's host work (its Lightning loop, augmentation, "
+                                                      "validation) runs beside fewer others under one interpreter lock")
     max_concurrent: int = Field(0, ge=0, description="0: as many as the workers' slots allow")
     memory_aware: bool = Field(True, description="a worker starts another trial only where its GPU has room for "
                                                  "the largest trial seen, and restarts one that ran out of memory "
