@@ -55,9 +55,11 @@ def receive(prepared: PreparedData, shipped: ShippedData | None, folder: Path | 
             node_id: str | None = None) -> tuple[PreparedData, dict[str, Any]]:
     """The data as this worker reads it, and how it came (for the worker's timeline): the run's cache on the driver's
     node; elsewhere this node's copy, written from the object store by the node's first worker."""
-    node_id = node_id or ray.get_runtime_context().get_node_id()
-    if shipped is None or node_id == shipped.node_id:
-        return prepared, {"source": "run cache", "path": str(Path(prepared.train.path).parent)}
+    here = {"source": "run cache", "path": str(Path(prepared.train.path).parent)}
+    if shipped is None:  # one node (or a worker made outside Ray, in tests): nothing to ask Ray, which would start one
+        return prepared, here
+    if (node_id or ray.get_runtime_context().get_node_id()) == shipped.node_id:
+        return prepared, here
     folder = folder or node_folder()
     started, fetched, splits = time.perf_counter(), 0, {}
     for name, info in (("train", prepared.train), ("val", prepared.val)):

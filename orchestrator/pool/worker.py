@@ -118,7 +118,8 @@ class TrialWorker:
         self.per_trial_bytes = 0.0  # the largest footprint of one trial seen so far (memory_aware)
         for index in range(settings.slots):
             threading.Thread(target=self._slot, args=(index,), name=f"segsweep-slot-{index}", daemon=True).start()
-        self._mark("ready", node=ray.get_runtime_context().get_node_id(), host=socket.gethostname())
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None  # None: made outside Ray
+        self._mark("ready", node=node, host=socket.gethostname())
 
     # ---------------------------------------------------------------------------------------- the proxies' calls
     def ready(self) -> dict[str, Any]:
