@@ -18,7 +18,7 @@ from pathlib import Path
 from ray import tune
 
 from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
-from orchestrator.driver.callbacks import SPENT
+from orchestrator.driver.callbacks import SPENT, release_checkpoint
 from orchestrator.driver.pool import Pool, start_pool
 from orchestrator.driver.pool import decisions as pool_decisions
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
@@ -138,6 +138,12 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     if not tune.Tuner.can_restore(str(run.experiment(experiment))):
         raise SegsweepError(f"{run_dir}: Tune saved no experiment state before the driver stopped; start the sweep "
                             f"again with 'orchestrate run'")
+    # Tune tells its callbacks of a trial's end one after another: a driver killed after the store recorded it and
+    # before its checkpoints were released would resume it from a whole checkpoint and train it again. The store is
+    # the truth: a trial it holds finished ends at once when resumed (its proxy finds the stubs).
+    for trial in store.trials():
+        if trial.status in ("completed", "early_stopped"):
+            release_checkpoint(run_dir, trial.id)
     dropped = store.drop_unfinished_except(saved_trial_ids(run.experiment(experiment)))
     if dropped:
         print(f"[segsweep] {len(dropped)} trial(s) started after Tune's last snapshot will run again under new ids: "

@@ -75,9 +75,23 @@ def searcher(sweep: Sweep, run_dir: Path, concurrency: int, seed_offset: int = 0
     # several objectives: Optuna gets them all; Tune itself and ASHA keep the single search.metric
     objectives = {"metric": [o.metric for o in search.objectives], "mode": [o.mode for o in search.objectives]}
     # an extension's sampler starts from another seed: the same one would draw its first (random) points again
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
+    return ResumableOptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
                         study_name=spec.name,
                         **(objectives if len(search.objectives) > 1 else {}))
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """Optuna's searcher, for a run that may be resumed after kill -9. Tune tells the searcher that a trial ended
+    (Optuna's study in optuna.db stores it at once) before its own callbacks and its next snapshot; a driver killed in
+    between resumes that trial, and Optuna refuses its reports with UpdateFinishedTrialError, which Tune raises as the
+    whole sweep's error. The trial's end stands as the study stored it; its resumed reports go to Tune, the scheduler
+    and the store only."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)  # and its completion is then a no-op too
 
 
 def scheduler(sweep: Sweep) -> TrialScheduler:

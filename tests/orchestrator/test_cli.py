@@ -106,6 +106,11 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
         if trial["trial_id"] in finished:
             entry[0] = json.dumps({**trial, "status": "RUNNING"})
     snapshot.write_text(json.dumps(experiment))
+    # and as if the driver died after the store recorded their end, before their checkpoints were released: whole
+    # again (bytes no resume could load), resume must release them from the store's word and not train them again
+    for trial_id in finished:
+        for state in (run_dir / "tune" / trial_id).glob("checkpoint_*/state.pt"):
+            state.write_bytes(b"\0" * 4096)
 
     done = cli("resume", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -124,7 +124,7 @@ def test_kill_9_mid_sweep_then_restart_resumes_it_and_keeps_the_queue(tmp_path):
     client = server.client(alice)
     first = client.post("/api/sweeps", json={"spec": tiny_sweep(tmp_path / "d1", epochs=3,
                                                                  lrs=(0.003, 0.001, 0.0003))}).json()["id"]
-    second = client.post("/api/sweeps", json={"spec": tiny_sweep(tmp_path / "d2")}).json()["id"]
+    second = client.post("/api/sweeps", json={"spec": tiny_sweep(tmp_path / "d2", lrs=(0.003,))}).json()["id"]
     store_path = data / "runs" / first / "results.db"
     deadline = time.time() + 300
     while time.time() < deadline:  # one trial done, the next one under way
