@@ -22,6 +22,7 @@ from orchestrator.rundir import RunDir
 
 STATUSES = ("pending", "running", "completed", "early_stopped", "failed")
 TERMINAL = ("completed", "early_stopped", "failed")
+FINISHED = ("completed", "early_stopped")  # ended as trials: nothing resumes them
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

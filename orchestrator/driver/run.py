@@ -26,7 +26,7 @@ from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
-from orchestrator.store import TERMINAL, Store
+from orchestrator.store import FINISHED, TERMINAL, Store
 from orchestrator.trial.config import TrialContext
 
 
@@ -139,10 +139,10 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
         raise SegsweepError(f"{run_dir}: Tune saved no experiment state before the driver stopped; start the sweep "
                             f"again with 'orchestrate run'")
     # Tune tells its callbacks of a trial's end one after another: a driver killed after the store recorded it and
-    # before its checkpoints were released would resume it from a whole checkpoint and train it again. The store is
-    # the truth: a trial it holds finished ends at once when resumed (its proxy finds the stubs).
+    # before its checkpoints were released left them whole. The store is the truth: such a trial ends at once when
+    # resumed (``PoolContext.finished``), and its checkpoints are released now.
     for trial in store.trials():
-        if trial.status in ("completed", "early_stopped"):
+        if trial.status in FINISHED:
             release_checkpoint(run_dir, trial.id)
     dropped = store.drop_unfinished_except(saved_trial_ids(run.experiment(experiment)))
     if dropped:

@@ -25,6 +25,7 @@ from orchestrator.pool.proxy import proxy_trial
 from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
+from orchestrator.store import FINISHED, Store
 
 # Tune snapshots its experiment state at most this often; small, so that a killed driver loses little. Its warning
 # that snapshots come often (one per checkpointing epoch) is then expected, and 0 silences it.
@@ -109,8 +110,9 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
     Tune's experiment of the run (``orchestrate extend`` starts the next); ``seed_offset``: added to a random
     search's seed (and Optuna's sampler's), so that an extension draws new points."""
     spec, search, run = sweep.spec, sweep.spec.search, RunDir(run_dir)
-    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=pool.context(str(run_dir), sweep.groups)),
-                                    {"CPU": PROXY_CPUS})
+    finished = frozenset(t.id for t in Store(run.store).trials() if t.status in FINISHED) if restore else frozenset()
+    ctx = pool.context(str(run_dir), sweep.groups, finished)
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=ctx), {"CPU": PROXY_CPUS})
     concurrency = pool.concurrency(spec.resources.max_concurrent)
     if restore:
         return tune.Tuner.restore(str(run.experiment(experiment)), trainable, resume_unfinished=True, resume_errored=False,

@@ -23,6 +23,9 @@ class PoolContext:
     workers: tuple[Any, ...]  # Ray actor handles of the TrialWorkers
     dispatcher: Any  # Ray actor handle of the Dispatcher
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # trials the store held finished when the driver (re)started: a resumed one ends at once, whatever Tune's older
+    # snapshot says of it (running, maybe with no checkpoint yet, so it would train again from the start)
+    finished: frozenset[str] = frozenset()
 
 
 def decision_epochs(max_epochs: int, grace_period: int | None, reduction_factor: float) -> tuple[int, ...]:

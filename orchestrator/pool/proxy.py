@@ -30,7 +30,7 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
     sys.unraisablehook = quiet_exit
     trial_id = tune.get_context().get_trial_id()
     state = restored_state()
-    if state is not None and is_stub(state):
+    if trial_id in ctx.finished or (state is not None and is_stub(state)):
         return  # finished before a driver was killed: nothing resumes it
     index, worker = start_on_a_worker(trial_id, config, state, ctx)
     try:
