@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from models.complexity import COUNTER
+from orchestrator.files import write_text_whole
 from orchestrator.rundir import RunDir
 from reports.analysis import analysis_markdown
 from reports.collect import RunData, load_run
@@ -177,8 +178,6 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     run, paths = load_run(run_dir), RunDir(run_dir)
     outputs = []
     for path, text in ((paths.report_md, markdown_report(run)), (paths.report_html, html_report(run))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_whole(path, text)
         outputs.append(path)
     return outputs[0], outputs[1]

@@ -23,8 +23,9 @@ PACKAGES = ("orchestrator", "models", "reports")
 
 # Bottom to top. A module may import its own layer and the layers below it. The first matching prefix wins.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("schema and names", ("models.errors", "orchestrator.errors", "orchestrator.rundir", "orchestrator.spec.schema",
-                          "orchestrator.spec.keys", "orchestrator.store", "orchestrator.gpu")),
+    ("schema and names", ("models.errors", "orchestrator.errors", "orchestrator.files", "orchestrator.rundir",
+                          "orchestrator.spec.schema", "orchestrator.spec.keys", "orchestrator.store",
+                          "orchestrator.gpu")),
     ("registries", ("models", "orchestrator.data", "orchestrator.latency", "orchestrator.tracking")),
     ("spec loading", ("orchestrator.spec",)),
     ("trial", ("orchestrator.trial", "orchestrator.runs", "orchestrator.pool")),

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 
 from orchestrator.data.adapters import DataError, Pair, load_pair, to_binary
+from orchestrator.files import folder_written_whole
 
 CACHE_VERSION = 1
 
@@ -106,16 +105,8 @@ def build_split_cache(adapter, pairs: list[Pair], size: tuple[int, int], mode: s
     """
     if (folder / "labels.npy").is_file():
         return folder
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_written_whole(folder) as tmp:
         _decode_into(tmp, adapter, pairs, size, mode, task)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
     return folder
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import os
 import queue
 import re
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.files import write_text_whole
 from orchestrator.pool.protocol import STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
@@ -195,14 +195,7 @@ def _replace_with(state: Path, payload: dict[str, Any]) -> int:
     """``state`` becomes a few bytes of JSON (read by a proxy without torch); a kill leaves it whole or replaced, never
     half-written. Returns the bytes freed."""
     size = state.stat().st_size
-    small = state.with_name(state.name + ".stub")
-    try:
-        small.write_text(json.dumps(payload))
-    except OSError:
-        if small.is_file():
-            small.unlink()  # nothing half-written beside the whole checkpoint
-        raise
-    os.replace(small, state)
+    write_text_whole(state, json.dumps(payload))
     return size - state.stat().st_size
 
 

@@ -43,6 +43,7 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the driver, kept in the store
     experiment: int = 1  # Tune's experiment of the run: 1, then one more per ``orchestrate extend``
     seed_offset: int = 0  # for a random search's extension: new points
+    finished: frozenset[str] = frozenset()  # on resume: trials the store holds finished (``PoolContext.finished``)
 
     def timed(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
@@ -141,9 +142,9 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     # Tune tells its callbacks of a trial's end one after another: a driver killed after the store recorded it and
     # before its checkpoints were released left them whole. The store is the truth: such a trial ends at once when
     # resumed (``PoolContext.finished``), and its checkpoints are released now.
-    for trial in store.trials():
-        if trial.status in FINISHED:
-            release_checkpoint(run_dir, trial.id)
+    finished = frozenset(t.id for t in store.trials() if t.status in FINISHED)
+    for trial_id in finished:
+        release_checkpoint(run_dir, trial_id)
     dropped = store.drop_unfinished_except(saved_trial_ids(run.experiment(experiment)))
     if dropped:
         print(f"[segsweep] {len(dropped)} trial(s) started after Tune's last snapshot will run again under new ids: "
@@ -151,7 +152,7 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     context, pool = _rejoin(sweep, run_dir, address)
     print(f"[segsweep] resuming {run_dir}", file=sys.stderr, flush=True)
     return Run(sweep, run_dir, context, pool, meta.get("experiment_trials", meta.get("trials", 0)),
-               dict(meta.get("timings", {})), experiment, meta.get("seed_offset", 0))
+               dict(meta.get("timings", {})), experiment, meta.get("seed_offset", 0), finished)
 
 
 def extend_run(run_dir: str | Path, trials: int, address: str | None = None) -> Run:
@@ -198,7 +199,8 @@ def fit(run: Run, restore: bool = False) -> RunResult:
     started = time.perf_counter()
     SPENT.clear()
     try:
-        build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore, run.experiment, run.seed_offset).fit()
+        build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore, run.experiment, run.seed_offset,
+                    run.finished).fit()
     finally:
         run.pool.shutdown()
     run.timed("fit", time.perf_counter() - started)

@@ -25,7 +25,6 @@ from orchestrator.pool.proxy import proxy_trial
 from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.store import FINISHED, Store
 
 # Tune snapshots its experiment state at most this often; small, so that a killed driver loses little. Its warning
 # that snapshots come often (one per checkpointing epoch) is then expected, and 0 silences it.
@@ -105,14 +104,14 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
 
 
 def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bool = False, experiment: int = 1,
-                seed_offset: int = 0) -> tune.Tuner:
+                seed_offset: int = 0, finished: frozenset[str] = frozenset()) -> tune.Tuner:
     """The Tuner for a new run, or the restored one for ``resume``: each trial a proxy of the pool. ``experiment``:
     Tune's experiment of the run (``orchestrate extend`` starts the next); ``seed_offset``: added to a random
-    search's seed (and Optuna's sampler's), so that an extension draws new points."""
+    search's seed (and Optuna's sampler's), so that an extension draws new points; ``finished``: on resume, the
+    trials the store holds finished, whose proxies end at once."""
     spec, search, run = sweep.spec, sweep.spec.search, RunDir(run_dir)
-    finished = frozenset(t.id for t in Store(run.store).trials() if t.status in FINISHED) if restore else frozenset()
-    ctx = pool.context(str(run_dir), sweep.groups, finished)
-    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=ctx), {"CPU": PROXY_CPUS})
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=pool.context(str(run_dir), sweep.groups,
+                                                                                       finished)), {"CPU": PROXY_CPUS})
     concurrency = pool.concurrency(spec.resources.max_concurrent)
     if restore:
         return tune.Tuner.restore(str(run.experiment(experiment)), trainable, resume_unfinished=True, resume_errored=False,

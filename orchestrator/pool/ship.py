@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,8 +18,7 @@ import numpy as np
 import ray
 
 from orchestrator.data.cache import PreparedData, SplitInfo
-
-COMPLETE = ".complete"  # written last into a node's copy of a split: a copy without it is half-made
+from orchestrator.files import folder_written_whole
 
 
 @dataclass(frozen=True)
@@ -77,21 +74,12 @@ def _materialise(target: Path, files: dict[str, Any]) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / COMPLETE).is_file():
+        if target.is_dir():  # renamed into place only once whole
             return 0
-        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         fetched = 0
-        try:
+        with folder_written_whole(target) as tmp:
             for name, ref in files.items():
                 data = ray.get(ref)
                 data.tofile(tmp / name)
                 fetched += data.nbytes
-            (tmp / COMPLETE).touch()
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return fetched

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,9 @@ class Extend(BaseModel):
 def secret_key(data: Path) -> str:
     """The cookie-signing key, made once per data folder (readable by its owner only)."""
     path = data / "secret"
-    if not path.is_file():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+    if not path.is_file():  # created with its owner-only mode: never readable by others, even for a moment
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
 
 

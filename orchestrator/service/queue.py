@@ -144,14 +144,14 @@ class Scheduler:
 
     def _alive(self, row: SweepRow) -> bool:
         """Whether the sweep's runner runs (and is ours: a recycled pid is not)."""
-        if row.pid is None or not psutil.pid_exists(row.pid):
+        if row.pid is None:
             return False
         try:
-            cmdline = psutil.Process(row.pid).cmdline()
+            proc = psutil.Process(row.pid)
+            cmdline, status = proc.cmdline(), proc.status()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
-        return "orchestrator.service.runner" in cmdline and row.id in cmdline and \
-            psutil.Process(row.pid).status() != psutil.STATUS_ZOMBIE
+        return "orchestrator.service.runner" in cmdline and row.id in cmdline and status != psutil.STATUS_ZOMBIE
 
 
 def _read(path: Path) -> dict:

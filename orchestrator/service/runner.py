@@ -6,7 +6,6 @@ says: run (or continue a run directory a killed runner left), resume, or extend;
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import traceback
@@ -15,6 +14,7 @@ from pathlib import Path
 from ray import tune
 
 from orchestrator.errors import KNOWN_ERRORS
+from orchestrator.files import write_text_whole
 from orchestrator.rundir import RunDir
 from orchestrator.service.db import ServiceDB
 from orchestrator.spec.load import load_spec_text
@@ -28,9 +28,7 @@ def status_file(data: Path, sweep_id: str) -> Path:
 def write_status(data: Path, sweep_id: str, state: str, error: str | None = None) -> None:
     path = status_file(data, sweep_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"state": state, "error": error}))
-    tmp.replace(path)
+    write_text_whole(path, json.dumps({"state": state, "error": error}))
 
 
 def run(data: Path, sweep_id: str, address: str | None) -> int:

@@ -4,6 +4,7 @@ its staging folder goes; other trials are untouched."""
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import torch
@@ -43,7 +44,7 @@ def test_release_checkpoint_leaves_a_stub_and_frees_the_rest(tmp_path):
 def test_a_checkpoint_that_cannot_be_released_stays_whole_with_one_line(tmp_path, capsys):
     state = _checkpoint(tmp_path, "a", 0, 1000)
     size = state.stat().st_size
-    (state.parent / (STATE_FILE + ".stub")).mkdir()  # the stub cannot be written (a folder holds its name)
+    (state.parent / f"{STATE_FILE}.tmp{os.getpid()}").mkdir()  # the stub cannot be written (a folder holds its name)
     CheckpointCallback(str(tmp_path)).on_trial_complete(0, [], SimpleNamespace(trial_id="a"))
     err = capsys.readouterr().err
     assert state.stat().st_size == size and torch.load(state, weights_only=False)["epoch"] == 1

@@ -90,7 +90,7 @@ def first(timeline: list[dict], event: str) -> dict:
 @pytest.mark.slow
 def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(cluster, synthetic_root, write_spec, tmp_path):
     address, _, node_dir = cluster
-    spec = tiny_spec(synthetic_root, search={"algorithm": "random", "num_samples": 6, "seed": 0,
+    spec = tiny_spec(synthetic_root, search={"algorithm": "random", "num_samples": 8, "seed": 0,
                                              "scheduler": {"name": "none"}})
     spec["optimizer"]["lr"] = {"loguniform": [0.001, 0.01]}
     spec["trainer"]["max_epochs"] = 5  # seconds a trial: node 2 is killed while one runs
@@ -134,7 +134,7 @@ def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(cluster, synthet
 
     # the driver's store holds every trial: none lost, those finished before the kill as they were
     trials = {t.id: t for t in Store(run_dir / "results.db").trials()}
-    assert len(trials) == 6 and not [t for t in trials.values() if t.status in ("running", "pending")], trials
+    assert len(trials) == 8 and not [t for t in trials.values() if t.status in ("running", "pending")], trials
     for trial_id, t in before.items():
         assert trials[trial_id].status == "completed" and trials[trial_id].best == t.best
     failed = [t for t in trials.values() if t.status == "failed"]
