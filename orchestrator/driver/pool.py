@@ -97,9 +97,9 @@ class Pool:
         total = sum(self.limits) + len(self.workers)
         return min(total, max_concurrent) if max_concurrent else total
 
-    def context(self, run_dir: str, groups: dict, finished: frozenset[str] = frozenset()) -> PoolContext:
+    def context(self, run_dir: str, groups: dict, finished: dict[str, dict[str, float]] | None = None) -> PoolContext:
         return PoolContext(run_dir=run_dir, workers=tuple(self.workers), dispatcher=self.dispatcher, groups=groups,
-                           finished=finished)
+                           finished=finished or {})
 
     def attach(self, context: TrialContext) -> None:
         """The sweep's context for every worker, and on a cluster of several nodes the data through the object store.

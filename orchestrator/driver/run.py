@@ -9,6 +9,7 @@ experiment state.
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import sys
 import time
@@ -43,7 +44,8 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the driver, kept in the store
     experiment: int = 1  # Tune's experiment of the run: 1, then one more per ``orchestrate extend``
     seed_offset: int = 0  # for a random search's extension: new points
-    finished: frozenset[str] = frozenset()  # on resume: trials the store holds finished (``PoolContext.finished``)
+    # on resume: trials the store holds finished, with their last metrics (``PoolContext.finished``)
+    finished: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def timed(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
@@ -142,7 +144,9 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     # Tune tells its callbacks of a trial's end one after another: a driver killed after the store recorded it and
     # before its checkpoints were released left them whole. The store is the truth: such a trial ends at once when
     # resumed (``PoolContext.finished``), and its checkpoints are released now.
-    finished = frozenset(t.id for t in store.trials() if t.status in FINISHED)
+    search = sweep.spec.search
+    metrics = [search.metric, *(o.metric for o in search.objectives)]  # present, so that Tune accepts the end
+    finished = {t.id: {**dict.fromkeys(metrics, math.nan), **t.last} for t in store.trials() if t.status in FINISHED}
     for trial_id in finished:
         release_checkpoint(run_dir, trial_id)
     dropped = store.drop_unfinished_except(saved_trial_ids(run.experiment(experiment)))

@@ -104,11 +104,11 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
 
 
 def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bool = False, experiment: int = 1,
-                seed_offset: int = 0, finished: frozenset[str] = frozenset()) -> tune.Tuner:
+                seed_offset: int = 0, finished: dict[str, dict[str, float]] | None = None) -> tune.Tuner:
     """The Tuner for a new run, or the restored one for ``resume``: each trial a proxy of the pool. ``experiment``:
     Tune's experiment of the run (``orchestrate extend`` starts the next); ``seed_offset``: added to a random
     search's seed (and Optuna's sampler's), so that an extension draws new points; ``finished``: on resume, the
-    trials the store holds finished, whose proxies end at once."""
+    trials the store holds finished with their last metrics, whose proxies end at once."""
     spec, search, run = sweep.spec, sweep.spec.search, RunDir(run_dir)
     trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=pool.context(str(run_dir), sweep.groups,
                                                                                        finished)), {"CPU": PROXY_CPUS})

@@ -13,6 +13,7 @@ from typing import Any
 HEADROOM = 0.15  # allocator fragmentation and cuDNN workspaces beyond a trial's measured peak
 STUB = {"finished": True}  # what a finished trial's released checkpoint (state.pt) says, as JSON
 CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders of a trial
+REPLAYED = "segsweep/replayed"  # marks the one report of a trial that had finished before a resume (no epoch in it)
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,11 @@ class PoolContext:
     workers: tuple[Any, ...]  # Ray actor handles of the TrialWorkers
     dispatcher: Any  # Ray actor handle of the Dispatcher
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    # trials the store held finished when the driver (re)started: a resumed one ends at once, whatever Tune's older
-    # snapshot says of it (running, maybe with no checkpoint yet, so it would train again from the start)
-    finished: frozenset[str] = frozenset()
+    # trials the store held finished when the driver (re)started, each with the metrics of its last epoch: a resumed
+    # one ends at once, whatever Tune's older snapshot says of it (running, maybe with no checkpoint yet, so it would
+    # train again from the start), after one report of those metrics marked REPLAYED (Tune refuses a trial's end
+    # whose result lacks the sweep's metric, and the searcher learns its value if it had not)
+    finished: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def decision_epochs(max_epochs: int, grace_period: int | None, reduction_factor: float) -> tuple[int, ...]:

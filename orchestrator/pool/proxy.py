@@ -15,7 +15,7 @@ import ray
 from ray import tune
 from ray.exceptions import RayActorError
 
-from orchestrator.pool.protocol import PoolContext, is_stub, resolve_state
+from orchestrator.pool.protocol import REPLAYED, PoolContext, is_stub, resolve_state
 from orchestrator.rundir import STATE_FILE
 
 POLL_S = 30.0  # a proxy's wait for its worker's next event, before it asks again
@@ -31,7 +31,9 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     state = restored_state()
     if trial_id in ctx.finished or (state is not None and is_stub(state)):
-        return  # finished before a driver was killed: nothing resumes it
+        if trial_id in ctx.finished:  # finished before a driver was killed: nothing resumes it
+            tune.report({**ctx.finished[trial_id], REPLAYED: True})
+        return
     index, worker = start_on_a_worker(trial_id, config, state, ctx)
     try:
         while True:

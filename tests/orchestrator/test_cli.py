@@ -68,6 +68,17 @@ def test_validate_dry_run_and_list(write_spec, tmp_path):
 
 
 @pytest.mark.slow
+def never_reported(run_metadata: str) -> str:
+    """A trial's run metadata in Tune's snapshot as it was before its first report: no result, no checkpoint."""
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    metadata = _TrainingRunMetadata.from_json_state(run_metadata)
+    metadata.last_result, metadata.last_result_time = {}, -float("inf")
+    metadata.checkpoint_manager = _CheckpointManager(metadata.checkpoint_manager.checkpoint_config)
+    return metadata.get_json_state()
+
+
 def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic_root, write_spec, tmp_path):
     spec = tiny_spec(synthetic_root, search={"algorithm": "optuna", "num_samples": 4, "seed": 3,
                                              "scheduler": {"name": "none"}})
@@ -97,14 +108,15 @@ def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic
         driver.wait()
     before = {t.id: t for t in Store(run_dir / "results.db").trials()}
     finished = {i: t for i, t in before.items() if t.status == "completed"}
-    # as if Tune's last snapshot predated their end: restored as running, they find their released checkpoints
-    # (stubs) and end at once
+    # as if Tune's last snapshot predated their first report: restored as running with no result (Tune then refuses
+    # an end without the sweep's metric), they end at once with the store's last metrics
     snapshot = sorted((run_dir / "tune").glob("experiment_state-*.json"))[-1]
     experiment = json.loads(snapshot.read_text())
     for entry in experiment["trial_data"]:
         trial = json.loads(entry[0])
         if trial["trial_id"] in finished:
             entry[0] = json.dumps({**trial, "status": "RUNNING"})
+            entry[1] = never_reported(entry[1])
     snapshot.write_text(json.dumps(experiment))
     # and as if the driver died after the store recorded their end, before their checkpoints were released: whole
     # again (bytes no resume could load), resume must release them from the store's word and not train them again
