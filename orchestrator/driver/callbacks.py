@@ -1,6 +1,6 @@
 """Tune callbacks on the driver: the store writer (the results store's one writer), W&B tracking per trial, the
-release of finished trials' checkpoints, and the progress line. Each is picklable (Tune pickles callbacks for resume):
-they hold settings and paths."""
+release of finished trials' checkpoints, the pool's freeing of trials whose proxy died, and the progress line. Each
+is picklable (Tune pickles callbacks for resume): they hold settings and paths."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 from ray import tune
 
 from orchestrator.files import write_text_whole
+from orchestrator.driver.pool import active_pool
 from orchestrator.pool.protocol import STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
@@ -248,6 +249,24 @@ class CheckpointCallback(Timed):
     def _kept(self, trial_id: str, what: str, e: OSError) -> None:
         print(f"[segsweep] trial {trial_id}: its {what} under {RunDir(self.run_dir).path} ({e.strerror or e}); "
               "delete them by hand once the run has ended", file=sys.stderr, flush=True)
+
+
+class PoolCallback(Timed):
+    """A trial that Tune ended while the pool still holds it: its proxy died (the proxy's node went away while the
+    trial trained on a worker of another node), so the worker would train it on, and then wait for the proxy's word
+    on each epoch (up to ``worker.DECISION_TIMEOUT_S``) in a slot that the sweep's other trials need. The worker is
+    told to drop it. A proxy that ended as it should has released it already: nothing then."""
+
+    def _abandon(self, trial_id: str) -> None:
+        pool = active_pool()
+        if pool is not None:
+            pool.abandon(trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._abandon(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._abandon(trial.trial_id)
 
 
 class ProgressCallback(Timed):

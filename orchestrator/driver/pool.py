@@ -32,6 +32,7 @@ from orchestrator.trial.config import TrialContext
 MAX_CONCURRENCY = 256  # a worker's method threads: each waiting proxy holds one
 PROXY_CPUS = 0.01  # a proxy holds no GPU and does next to nothing; Tune wants some resource per trial
 WARM_LIMIT = 8  # architectures stepped once per slot before the first trial
+_ACTIVE: Pool | None = None  # ``active_pool``
 
 
 def gpu_slots(resources: ResourcesSpec) -> int:
@@ -67,6 +68,11 @@ def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
             key = f"resources.{kind.lower()}s_per_trial"
             raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
                                 f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
+    for name, amount in spec.resources.proxy_resources.items():
+        if amount > available.get(name, 0):
+            raise SegsweepError(f"resources.proxy_resources.{name}: {amount:g} per trial, but the Ray cluster has "
+                                f"{available.get(name, 0):g}; start a node with --resources '{{\"{name}\": N}}' or "
+                                f"remove the key")
 
 
 def warm_configs(sweep: Sweep) -> tuple[dict[str, Any], ...]:
@@ -109,7 +115,17 @@ class Pool:
         for worker in self.workers:
             worker.attach.remote(context, self.shipped)
 
+    def abandon(self, trial_id: str) -> None:
+        """Tune ended ``trial_id`` (``PoolCallback``): if the pool still holds it, its proxy died without saying so,
+        and its worker drops it now, freeing the slot (``Dispatcher.abandon``)."""
+        index = ray.get(self.dispatcher.abandon.remote(trial_id))
+        if index is not None:
+            self.workers[index].stop.remote(trial_id)
+
     def shutdown(self) -> None:
+        global _ACTIVE
+        if _ACTIVE is self:
+            _ACTIVE = None
         for actor in [*self.workers, self.dispatcher]:
             ray.kill(actor)
 
@@ -148,7 +164,15 @@ def start_pool(sweep: Sweep) -> Pool:
     # on the driver's node: it lives as long as the driver, whichever other node goes away
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     dispatcher = ray.remote(Dispatcher).options(num_cpus=0, scheduling_strategy=here).remote(limits)
-    return Pool(workers, dispatcher, limits)
+    global _ACTIVE
+    _ACTIVE = Pool(workers, dispatcher, limits)
+    return _ACTIVE
+
+
+def active_pool() -> Pool | None:
+    """The pool this driver process runs its trials on (None before ``start_pool`` and after its shutdown): how
+    Tune's callbacks reach it, which Tune pickles and restores on resume, so that they cannot hold its handles."""
+    return _ACTIVE
 
 
 def decisions(spec: SweepSpec) -> tuple[int, ...]:

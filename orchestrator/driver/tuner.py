@@ -17,7 +17,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.driver.callbacks import CheckpointCallback, ProgressCallback, StoreCallback, WandbCallback
+from orchestrator.driver.callbacks import (CheckpointCallback, PoolCallback, ProgressCallback, StoreCallback,
+                                          WandbCallback)
 from orchestrator.driver.pool import PROXY_CPUS, Pool, check_resources
 from orchestrator.driver.space import to_tune_space
 from orchestrator.errors import SegsweepError
@@ -110,8 +111,9 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
     search's seed (and Optuna's sampler's), so that an extension draws new points; ``finished``: on resume, the
     trials the store holds finished with their last metrics, whose proxies end at once."""
     spec, search, run = sweep.spec, sweep.spec.search, RunDir(run_dir)
-    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=pool.context(str(run_dir), sweep.groups,
-                                                                                       finished)), {"CPU": PROXY_CPUS})
+    ctx = pool.context(str(run_dir), sweep.groups, finished)
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, ctx=ctx),
+                                    {"CPU": PROXY_CPUS, **spec.resources.proxy_resources})
     concurrency = pool.concurrency(spec.resources.max_concurrent)
     if restore:
         return tune.Tuner.restore(str(run.experiment(experiment)), trainable, resume_unfinished=True, resume_errored=False,
@@ -138,7 +140,7 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
             callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
                        WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
                                      sweep.groups),
-                       CheckpointCallback(str(run_dir)), ProgressCallback(store_path)],
+                       CheckpointCallback(str(run_dir)), PoolCallback(), ProgressCallback(store_path)],
         ),
     )
 

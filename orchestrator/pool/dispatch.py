@@ -1,6 +1,7 @@
 """The dispatcher (a small Ray actor on the driver's node): which worker a new trial goes to. It keeps the number of
 trials assigned to each worker, and gives a new trial to the worker with the most free room (its slots less its
-trials). A worker found dead is never chosen again. Imports no torch."""
+trials). A worker found dead is never chosen again. A trial whose proxy went away without releasing it (its node
+died under it) is abandoned by the driver: its worker is told to drop it. Imports no torch."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ class Dispatcher:
 
     def release(self, trial_id: str) -> None:
         self.assigned.pop(trial_id, None)
+
+    def abandon(self, trial_id: str) -> int | None:
+        """Tune ended ``trial_id``: the index of the worker it was still assigned to, which should drop it (its proxy
+        did not say so: it died), and the assignment freed; None when it was released or its worker is dead."""
+        index = self.assigned.pop(trial_id, None)
+        return None if index is None or index in self.dead else index
 
     def lost(self, index: int) -> None:
         """Worker ``index`` died (its node went away): no new trial goes there."""

@@ -298,6 +298,19 @@ class ResourcesSpec(Strict):
     preload_workers: bool = Field(True, description="each worker steps the study's architectures once per slot "
                                                     "before the first trial (cuDNN compiles and plans them while "
                                                     "Tune starts)")
+    proxy_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each trial's "
+                                              "proxy asks for beside its 0.01 CPU: on a cluster, the nodes where "
+                                              "proxies run (those that have the resource)")
+
+    @field_validator("proxy_resources")
+    @classmethod
+    def _proxy_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory") or name.startswith("node:"):
+                raise ValueError(f"{name}: give a custom resource of your nodes here, not a built-in one")
+            if amount <= 0:
+                raise ValueError(f"{name}: {amount:g}, must be > 0")
+        return v
 
     @field_validator("gpus_per_trial")
     @classmethod

@@ -43,6 +43,21 @@ def test_trials_no_cluster_can_run_are_refused():
     with pytest.raises(SegsweepError, match=r"resources.gpus_per_trial: 0.5 per trial, but the Ray cluster has 0 GPU"):
         check_resources(spec, {"CPU": 2})
     check_resources(build_sweep(tiny_spec("/tmp/x")).spec, {"CPU": 2})  # auto needs no GPU
+    pinned = build_sweep(tiny_spec("/tmp/x", resources={"proxy_resources": {"edge": 1}})).spec
+    with pytest.raises(SegsweepError, match=r"resources.proxy_resources.edge: 1 per trial, but the Ray cluster has 0; "
+                                            r"start a node with --resources '\{\"edge\": N\}'"):
+        check_resources(pinned, {"CPU": 2})
+    check_resources(pinned, {"CPU": 2, "edge": 4})
+
+
+@pytest.mark.parametrize("resources, message", [
+    ({"CPU": 1}, "CPU: give a custom resource"),
+    ({"node:__internal_head__": 1}, "node:__internal_head__: give a custom resource"),
+    ({"edge": 0}, "edge: 0, must be > 0"),
+])
+def test_proxy_resources_are_custom_and_positive(resources, message):
+    with pytest.raises(SegsweepError, match=message):
+        build_sweep(tiny_spec("/tmp/x", resources={"proxy_resources": resources}))
 
 
 def test_a_worker_warms_up_each_architecture_the_study_can_sample(synthetic_root):

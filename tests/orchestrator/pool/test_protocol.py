@@ -54,3 +54,14 @@ def test_the_dispatcher_fills_the_roomiest_worker_and_forgets_dead_ones():
     assert d.assign("e") == 0 and d.assign("a") == 0  # worker 1 is gone: its trials go to worker 0
     d.lost(0)
     assert d.assign("f") is None  # none left: the proxy fails its trial with the reason
+
+
+def test_an_abandoned_trial_names_the_worker_to_drop_it_once():
+    d = Dispatcher([1, 1])
+    assert [d.assign(t) for t in "abc"] == [0, 1, 0]
+    d.release("a")  # its proxy said so: nothing to abandon
+    assert d.abandon("a") is None
+    assert d.abandon("b") == 1 and d.abandon("b") is None  # its proxy died: worker 1 drops it, once
+    assert d.assign("d") == 1  # and its room is free again
+    d.lost(0)
+    assert d.abandon("c") is None  # its worker is gone with it
