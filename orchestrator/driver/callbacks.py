@@ -21,7 +21,7 @@ from ray import tune
 
 from orchestrator.files import write_text_whole
 from orchestrator.driver.pool import active_pool
-from orchestrator.pool.protocol import REPLAYED, STUB, is_stub, superseded_by
+from orchestrator.pool.protocol import STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
 from orchestrator.store import Store, is_metric, progress_line
@@ -68,11 +68,6 @@ def error_line(trace: str | None) -> str:
     return lines[-1][:300]
 
 
-def replayed(trial) -> bool:
-    """Whether ``trial`` ended on resume having finished before (``PoolContext.finished``): no new outcome."""
-    return bool((trial.last_result or {}).get(REPLAYED))
-
-
 class StoreCallback(Timed):
     """Writes every trial event to the results store."""
 
@@ -109,8 +104,6 @@ class StoreCallback(Timed):
             self.store.record_epoch(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        if replayed(trial):
-            return
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self.store.finish_trial(trial.trial_id, "completed" if epochs >= self.max_epochs else "early_stopped")
 
@@ -169,7 +162,7 @@ class WandbCallback(Timed):
             self._later(lambda: self._tracker(trial_id, config).log(row))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        # a replayed end (``replayed``) too: the killed driver may not have finished its W&B run, which then ends whole
+        # a replayed end too (``PoolContext.finished``): the killed driver may not have finished its W&B run
         trial_id, config = trial.trial_id, expand_groups(dict(trial.config), self.groups)
         epoch = int((trial.last_result or {}).get("epoch", 0))
         trial_dir = RunDir(self.run_dir).trial(trial_id)

@@ -77,8 +77,7 @@ def searcher(sweep: Sweep, run_dir: Path, concurrency: int, seed_offset: int = 0
     objectives = {"metric": [o.metric for o in search.objectives], "mode": [o.mode for o in search.objectives]}
     # an extension's sampler starts from another seed: the same one would draw its first (random) points again
     return ResumableOptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
-                        study_name=spec.name,
-                        **(objectives if len(search.objectives) > 1 else {}))
+                                 study_name=spec.name, **(objectives if len(search.objectives) > 1 else {}))
 
 
 class ResumableOptunaSearch(OptunaSearch):

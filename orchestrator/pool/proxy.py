@@ -30,10 +30,11 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
     sys.unraisablehook = quiet_exit
     trial_id = tune.get_context().get_trial_id()
     state = restored_state()
-    if trial_id in ctx.finished or (state is not None and is_stub(state)):
-        if trial_id in ctx.finished:  # finished before a driver was killed: nothing resumes it
-            tune.report({**ctx.finished[trial_id], REPLAYED: True})
+    if trial_id in ctx.finished:  # finished before a driver was killed: nothing resumes it
+        tune.report({**ctx.finished[trial_id], REPLAYED: True})
         return
+    if state is not None and is_stub(state):
+        return  # released, so finished (the store says so too, and ``finished`` holds it on resume)
     index, worker = start_on_a_worker(trial_id, config, state, ctx)
     try:
         while True:
