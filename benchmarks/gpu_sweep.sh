@@ -2,13 +2,19 @@
 # Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
 #   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
 # binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
+# binary-8: eight trials at once, four processes of two; imports: where a worker's and the driver's imports go
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
 # /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts) and,
 # for `real`, .data (the IDD-lite subset). Summaries land in $OUT (runs stay in /tmp: too many files).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 for last in .wheels/part3 .wheels2/partB; do
-  if [ -d "$last" ]; then bash "$last/install.sh" > /dev/null || exit 1; fi
+  if [ -d "$last" ]; then
+    bash "$last/install.sh" > /dev/null || exit 1
+    # the wheels go in with --no-compile (one call's time): compile them as pip's own install does, so that the first
+    # study of a call does not pay the bytecode compilation of Ray, W&B and smp in every process that imports them
+    python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1
+  fi
 done
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -32,6 +38,14 @@ for part in ${@:-binary multiclass}; do
       --set search.metric=val/miou --set trainer.max_epochs=100 --set search.num_samples=16 ;;
     real) bench real "${REAL_S:-300}" --root .data/idd_lite_train_subset --set data.val_fraction=0.2 \
       --seeds-sample "${SEEDS:-2}" ;;
+    binary-8) bench binary-8 "${BINARY_S:-290}" --seeds-sample 0 --set resources.trials_per_gpu=8 \
+      --set resources.workers_per_gpu=4 ;;
+    imports)
+      python3 -c "import importlib.util as u; print('transformers installed:', u.find_spec('transformers') is not None)"
+      for m in orchestrator.study orchestrator.pool.worker; do
+        python3 -X importtime -c "import $m" 2> "$OUT/importtime-$m.txt"
+        echo "import $m (cumulative us, the slowest 25):"; sort -t'|' -k2 -n "$OUT/importtime-$m.txt" | tail -25
+      done ;;
     gpu-tests) timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
   esac
 done

@@ -59,7 +59,7 @@ def child(variant: str, root: Path, cache: Path, images: int, epochs: int) -> di
     from orchestrator.bench.settings import BenchSettings, sweep_spec
     from orchestrator.data.prepare import prepare_data
     from orchestrator.spec import build_sweep
-    from orchestrator.trial import build_trial
+    from orchestrator.trial.build import build_trial
 
     mark("import_rest")
     if variant == "no_cudnn":

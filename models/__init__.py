@@ -5,7 +5,7 @@ from importlib import import_module
 _HOME = {
     "ARCHITECTURES": "registry", "create_model": "registry", "list_encoders": "registry", "list_models": "registry",
     "LOSSES": "losses", "create_loss": "losses", "enet_weights": "losses", "list_losses": "losses",
-    "loss_parts": "losses",
+    "loss_parts": "catalog",
     "OPTIMIZERS": "optim", "SCHEDULES": "optim", "create_optimizer": "optim", "create_schedule": "optim",
     "list_schedules": "optim",
     "ConfusionMatrix": "metrics", "metrics_from_confusion": "metrics",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-COUNTER = "torch.utils.flop_counter (conv + matmul multiply-adds; interpolation, pooling, elementwise not counted)"
+from models.catalog import COUNTER
 
 
 @dataclass(frozen=True)

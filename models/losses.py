@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
-from models.errors import ModelError, UnknownNameError
+from models import catalog
+from models.catalog import loss_parts
+from models.errors import ModelError
 
 
 def enet_weights(pixel_counts: Sequence[int] | np.ndarray, c: float = 1.02) -> np.ndarray:
@@ -116,53 +118,33 @@ class LossEntry:
     graph_safe: bool = True  # static shapes, no host reads: can be captured in a CUDA graph
 
 
+_BUILDERS: dict[str, Callable[[LossContext], nn.Module]] = {
+    "ce": _ce,
+    "weighted_ce_enet": _weighted_ce,
+    "dice": _dice,
+    "bce_dice": lambda ctx: WeightedSum([_ce(ctx), _dice(ctx)], (1.0, 1.0)),
+    "focal": lambda ctx: smp_losses.FocalLoss(
+        ctx.smp_mode, gamma=2.0 if ctx.gamma is None else ctx.gamma, ignore_index=ctx.ignore_index
+    ),
+    "tversky": lambda ctx: smp_losses.TverskyLoss(
+        ctx.smp_mode,
+        from_logits=True,
+        smooth=ctx.smooth,
+        ignore_index=ctx.ignore_index,
+        alpha=ctx.alpha,
+        beta=ctx.beta,
+        gamma=1.0 if ctx.gamma is None else ctx.gamma,
+    ),
+    "lovasz": lambda ctx: smp_losses.LovaszLoss(ctx.smp_mode, ignore_index=ctx.ignore_index),
+}
+# the catalog's names and facts (checked without torch) with their builders
 LOSSES: dict[str, LossEntry] = {
-    "ce": LossEntry(_ce, "cross-entropy (binary: BCE on logits), ignore index honoured"),
-    "weighted_ce_enet": LossEntry(_weighted_ce, "cross-entropy weighted by ENet weights 1/ln(c+p) of the train split"),
-    "dice": LossEntry(_dice, "soft Dice loss (smp)"),
-    "bce_dice": LossEntry(
-        lambda ctx: WeightedSum([_ce(ctx), _dice(ctx)], (1.0, 1.0)), "soft BCE (multiclass: CE) + Dice, seed 000's winner"
-    ),
-    "focal": LossEntry(
-        lambda ctx: smp_losses.FocalLoss(
-            ctx.smp_mode, gamma=2.0 if ctx.gamma is None else ctx.gamma, ignore_index=ctx.ignore_index
-        ),
-        "focal loss (smp; multiclass is one-vs-rest sigmoid), gamma default 2",
-        graph_safe=False,  # smp selects the non-ignored pixels by boolean indexing (a data-dependent shape)
-    ),
-    "tversky": LossEntry(
-        lambda ctx: smp_losses.TverskyLoss(
-            ctx.smp_mode,
-            from_logits=True,
-            smooth=ctx.smooth,
-            ignore_index=ctx.ignore_index,
-            alpha=ctx.alpha,
-            beta=ctx.beta,
-            gamma=1.0 if ctx.gamma is None else ctx.gamma,
-        ),
-        "(focal) Tversky loss (smp): alpha weighs false positives, beta false negatives",
-    ),
-    "lovasz": LossEntry(
-        lambda ctx: smp_losses.LovaszLoss(ctx.smp_mode, ignore_index=ctx.ignore_index), "Lovasz hinge/softmax (smp)",
-        graph_safe=False,  # boolean indexing of the valid pixels, as focal
-    ),
+    name: LossEntry(_BUILDERS[name], info.description, info.graph_safe) for name, info in catalog.LOSSES.items()
 }
 
 
 def list_losses() -> dict[str, str]:
     return {name: entry.description for name, entry in LOSSES.items()}
-
-
-def loss_parts(name: str) -> tuple[str, ...]:
-    """The one parse of ``loss.name``: ``"a"`` or ``"a+b"`` (spaces around ``+`` allowed) -> ``("a", "b")``.
-    Raises UnknownNameError for a part not in LOSSES and ModelError for more than two parts."""
-    parts = tuple(p.strip() for p in name.split("+"))
-    for part in parts:
-        if part not in LOSSES:
-            raise UnknownNameError("loss", part, LOSSES)
-    if len(parts) > 2:
-        raise ModelError(f"'{name}' combines more than two losses; write 'a+b' with loss.weights: [wa, wb]")
-    return parts
 
 
 def loss_graph_safe(name: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as sched
 
+from models import catalog
 from models.errors import UnknownNameError
 
 
@@ -24,20 +25,20 @@ OPTIMIZERS: dict[str, Entry] = {
         lambda params, lr, weight_decay, momentum, fast: torch.optim.Adam(
             params, lr=lr, weight_decay=weight_decay, **fast
         ),
-        "Adam (L2 weight decay)",
+        catalog.OPTIMIZERS["adam"],
     ),
     "adamw": Entry(
         lambda params, lr, weight_decay, momentum, fast: torch.optim.AdamW(
             params, lr=lr, weight_decay=weight_decay, **fast
         ),
-        "AdamW (decoupled weight decay)",
+        catalog.OPTIMIZERS["adamw"],
     ),
     "sgd": Entry(
         lambda params, lr, weight_decay, momentum, fast: torch.optim.SGD(
             params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0,
             **{k: v for k, v in fast.items() if k != "capturable"}
         ),
-        "SGD with Nesterov momentum",
+        catalog.OPTIMIZERS["sgd"],
     ),
 }
 
@@ -72,24 +73,24 @@ class Steps:
 
 
 SCHEDULES: dict[str, Entry] = {
-    "constant": Entry(lambda opt, s, p: sched.LambdaLR(opt, lambda _: 1.0), "constant learning rate"),
+    "constant": Entry(lambda opt, s, p: sched.LambdaLR(opt, lambda _: 1.0), catalog.SCHEDULES["constant"]),
     "cosine": Entry(
         lambda opt, s, p: sched.CosineAnnealingLR(opt, T_max=s.main, eta_min=p["lr"] * p["min_lr_factor"]),
-        "cosine decay to lr * min_lr_factor over the run",
+        catalog.SCHEDULES["cosine"],
     ),
     "poly": Entry(
         lambda opt, s, p: sched.PolynomialLR(opt, total_iters=s.main, power=p["power"]),
-        "polynomial decay (1 - t/T)^power, DeepLab's 'poly'",
+        catalog.SCHEDULES["poly"],
     ),
     "step": Entry(
         lambda opt, s, p: sched.StepLR(opt, step_size=p["step_epochs"] * s.per_epoch, gamma=p["step_gamma"]),
-        "lr * step_gamma every step_epochs epochs (ENet: x0.1 every 100)",
+        catalog.SCHEDULES["step"],
     ),
     "cosine_warm_restarts": Entry(
         lambda opt, s, p: sched.CosineAnnealingWarmRestarts(
             opt, T_0=p["restart_epochs"] * s.per_epoch, T_mult=p["restart_mult"], eta_min=p["lr"] * p["min_lr_factor"]
         ),
-        "SGDR: cosine restarts every restart_epochs (x restart_mult)",
+        catalog.SCHEDULES["cosine_warm_restarts"],
     ),
     "onecycle": Entry(
         lambda opt, s, p: sched.OneCycleLR(
@@ -101,7 +102,7 @@ SCHEDULES: dict[str, Entry] = {
             div_factor=p["div_factor"],
             final_div_factor=p["final_div_factor"],
         ),
-        "one-cycle: ascent for pct_start of the run to lr, cosine anneal (seed 002: 3e-4, 30%)",
+        catalog.SCHEDULES["onecycle"],
     ),
 }
 

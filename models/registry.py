@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
-import timm
 import torch
 from torch import nn
 
+from models import catalog
+from models.catalog import check_arch_encoder
 from models.deeplab import FCN, AtrousDeepLabV3
 from models.enet import ENet
 from models.errors import ModelError, UnknownNameError
@@ -39,22 +39,15 @@ def _fcn(encoder_name="resnet50", encoder_weights=None, in_channels=3, classes=1
     return FCN(classes, in_channels)
 
 
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus, "fpn": smp.FPN, "pspnet": smp.PSPNet,
+    "deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus, "linknet": smp.Linknet, "manet": smp.MAnet,
+    "pan": smp.PAN, "upernet": smp.UPerNet, "segformer": smp.Segformer, "enet": _enet,
+    "deeplabv3_atrous": _deeplab_atrous, "fcn": _fcn,
+}
+# the catalog's names and facts (checked without torch) with their builders
 ARCHITECTURES: dict[str, Architecture] = {
-    "unet": Architecture(smp.Unet, "U-Net: encoder-decoder with skip connections (Ronneberger 2015)"),
-    "unetplusplus": Architecture(smp.UnetPlusPlus, "U-Net++: nested dense skip pathways"),
-    "fpn": Architecture(smp.FPN, "Feature Pyramid Network decoder (Lin 2017)"),
-    "pspnet": Architecture(smp.PSPNet, "PSPNet: pyramid pooling for global context (Zhao 2017)"),
-    "deeplabv3": Architecture(smp.DeepLabV3, "DeepLabV3: atrous convolutions + ASPP (Chen 2017)"),
-    "deeplabv3plus": Architecture(smp.DeepLabV3Plus, "DeepLabV3+: ASPP + light decoder (Chen 2018)"),
-    "linknet": Architecture(smp.Linknet, "LinkNet: residual skip links, real-time (Chaurasia 2017)"),
-    "manet": Architecture(smp.MAnet, "MA-Net: multi-scale attention decoder"),
-    "pan": Architecture(smp.PAN, "Pyramid Attention Network"),
-    "upernet": Architecture(smp.UPerNet, "UPerNet: unified perceptual parsing decoder"),
-    "segformer": Architecture(smp.Segformer, "SegFormer all-MLP decoder (use with mit_b0..mit_b5 encoders)"),
-    "enet": Architecture(_enet, "ENet (Paszke 2016), 0.35 M params; two-stage training with model.stage1_epochs", ()),
-    "deeplabv3_atrous": Architecture(_deeplab_atrous, "seed 001's DeepLabV3: ResNet-18/34 stem, atrous blocks, OS 8",
-                                     ("resnet18", "resnet34")),
-    "fcn": Architecture(_fcn, "FCN with torchvision's ResNet-50 backbone", ("resnet50",)),
+    name: Architecture(_BUILDERS[name], info.description, info.encoders) for name, info in catalog.ARCHITECTURES.items()
 }
 
 WEIGHT_NAMES = ("imagenet", "ssl", "swsl", "advprop", "noisy-student")
@@ -65,34 +58,9 @@ def list_models() -> dict[str, str]:
     return {name: arch.description for name, arch in ARCHITECTURES.items()}
 
 
-@cache
 def list_encoders() -> list[str]:
     """smp's encoder names; any timm model also works as ``tu-<name>``."""
-    return sorted(smp.encoders.get_encoder_names())
-
-
-def check_encoder(name: str | None) -> str | None:
-    """Return ``name`` if smp or timm (``tu-*``) knows it, else raise UnknownNameError."""
-    if name is None or name in list_encoders():
-        return name
-    if name.startswith("tu-"):
-        if timm.list_models(name[3:]):
-            return name
-        raise UnknownNameError("timm encoder", name, [f"tu-{m}" for m in timm.list_models()])
-    raise UnknownNameError("encoder", name, list_encoders())
-
-
-def check_arch_encoder(arch: str, encoder: str | None) -> None:
-    """Raise ModelError when ``arch`` does not take ``encoder`` (custom architectures have fixed ones)."""
-    allowed = ARCHITECTURES[arch].encoders
-    if allowed is None:
-        if encoder is None:
-            raise ModelError(f"{arch} needs an encoder (e.g. model.encoder: mobilenet_v2)")
-        check_encoder(encoder)
-    elif allowed == () and encoder is not None:
-        raise ModelError(f"{arch} has no separate encoder; set model.encoder: null")
-    elif allowed and encoder not in allowed:
-        raise ModelError(f"{arch} takes model.encoder {' or '.join(allowed)}, not {encoder}")
+    return sorted(catalog.SMP_ENCODERS)
 
 
 def create_model(

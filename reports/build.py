@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.complexity import COUNTER
+from models.catalog import COUNTER
 from orchestrator.files import write_text_whole
 from orchestrator.rundir import RunDir
 from reports.analysis import analysis_markdown

@@ -21,10 +21,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.errors import SegsweepError
+from orchestrator.pool.actor import WorkerActor
 from orchestrator.pool.dispatch import Dispatcher
-from orchestrator.pool.protocol import PoolContext, decision_epochs, slots_for
+from orchestrator.pool.protocol import PoolContext, WorkerSettings, decision_epochs, slots_for
 from orchestrator.pool.ship import ShippedData, ship
-from orchestrator.pool.worker import TrialWorker, WorkerSettings
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import ResourcesSpec, SweepSpec
 from orchestrator.trial.config import TrialContext
@@ -157,7 +157,7 @@ def start_pool(sweep: Sweep) -> Pool:
     if not placements:
         raise SegsweepError(f"no node of the Ray cluster has resources.cpus_per_trial ({res.cpus_per_trial:g}) CPUs")
     limits = limits or [slots for slots, _ in placements]
-    actor = ray.remote(TrialWorker)
+    actor = ray.remote(WorkerActor)
     workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
         WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(spec), warm))
         for (slots, options), limit in zip(placements, limits)]

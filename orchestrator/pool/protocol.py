@@ -31,6 +31,16 @@ class PoolContext:
     finished: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    slots: int  # threads: the most trials this worker trains at once
+    limit: int  # trials admitted at once at the start (slots, or fewer by the stated memory figures)
+    threads: int  # torch's CPU threads (the trial's CPU share)
+    memory_aware: bool
+    decision_epochs: tuple[int, ...]  # where Tune's scheduler may stop a trial: wait there for its word
+    warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per slot
+
+
 def decision_epochs(max_epochs: int, grace_period: int | None, reduction_factor: float) -> tuple[int, ...]:
     """The epochs after which ASHA may stop a trial (its rungs: grace_period * rf^k below max_epochs). A worker waits
     there for Tune's decision instead of training an epoch that may be thrown away; elsewhere it runs at most one

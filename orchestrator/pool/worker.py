@@ -27,7 +27,6 @@ import threading
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -36,7 +35,7 @@ import torch
 
 from models.depthwise import cudnn_depthwise
 from orchestrator.latency.measure import Protocol, measure
-from orchestrator.pool.protocol import HEADROOM, failure
+from orchestrator.pool.protocol import HEADROOM, WorkerSettings, failure
 from orchestrator.pool.ship import ShippedData, receive
 from orchestrator.rundir import RunDir
 from orchestrator.trial.build import build_module, build_trial
@@ -47,16 +46,6 @@ from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
 BUILD_LOCK = threading.Lock()  # seeding and model initialisation use the process's global random state
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    slots: int  # threads: the most trials this worker trains at once
-    limit: int  # trials admitted at once at the start (slots, or fewer by the stated memory figures)
-    threads: int  # torch's CPU threads (the trial's CPU share)
-    memory_aware: bool
-    decision_epochs: tuple[int, ...]  # where Tune's scheduler may stop a trial: wait there for its word
-    warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per slot
 
 
 class Job:

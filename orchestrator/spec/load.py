@@ -14,10 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from models.catalog import ARCHITECTURES, OPTIMIZERS, SCHEDULES, check_arch_encoder, check_encoder, loss_parts
 from models.errors import UnknownNameError
-from models.losses import loss_parts
-from models.optim import OPTIMIZERS, SCHEDULES
-from models.registry import ARCHITECTURES, check_arch_encoder, check_encoder
 from orchestrator.data.adapters import DATASETS, Bdd100kDrivable
 from orchestrator.data.prepare import adapter_for
 from orchestrator.errors import KNOWN_ERRORS, SpecError, closest, unknown_name_message

@@ -14,8 +14,6 @@ from orchestrator.driver.run import Run, RunResult, extend_run, fit, restore_run
 from orchestrator.rundir import RunDir
 from orchestrator.spec.load import Sweep
 from orchestrator.store import TERMINAL, Store, progress_line
-from orchestrator.study.evaluate import evaluate_run
-from orchestrator.study.exports import measure_exports
 from orchestrator.tracking import Tracker
 from reports.build import build_report, comparison_frame
 from reports.collect import load_run
@@ -50,10 +48,16 @@ def finish(run: Run, result: RunResult) -> RunResult:
     """After the trials: exports and latency (a finished run only), the report, the W&B summary run."""
     spec = run.sweep.spec
     store = Store(RunDir(run.run_dir).store)
+    # lazy, both: they import torch, which a driver without export: or evaluate: never needs, and which would hold
+    # up every driver's start before its workers begin (``pool.actor``)
     if spec.export is not None and not result.interrupted:
+        from orchestrator.study.exports import measure_exports  # lazy: torch (above)
+
         with timed(run, "exports"):
             measure_exports(run.run_dir, spec, store)
     if spec.evaluate is not None and not result.interrupted:
+        from orchestrator.study.evaluate import evaluate_run  # lazy: torch (above)
+
         with timed(run, "evaluate"):
             evaluate_run(run.run_dir, spec.evaluate.split, spec.evaluate.top_k, tta=spec.evaluate.tta)
     with timed(run, "report"):

@@ -1,7 +1,4 @@
-"""One trial: config (``TrialConfig``), levers, data module, training step (eager or CUDA graph), Lightning module,
-callbacks (visuals, report to Tune), visuals, and ``run.run_trial``, the function Tune runs (it imports Ray)."""
-
-from orchestrator.trial.build import TrialRun, build_module, build_trial
-from orchestrator.trial.config import TrialConfig, TrialContext
-
-__all__ = ["TrialConfig", "TrialContext", "TrialRun", "build_module", "build_trial"]
+"""One trial: config (``config.TrialConfig``, torch-free: the driver reads it), levers, data module, training step
+(eager or CUDA graph), Lightning module, callbacks (visuals, reports to the pool), visuals, and ``build``, which
+makes a trial's Lightning run (torch, in the worker's process). Import the submodules themselves: this package
+imports nothing, so that the driver's ``trial.config`` brings no torch."""

@@ -11,7 +11,7 @@ from ray.tune.search.sample import Categorical, Float, Integer
 from orchestrator.driver.space import to_tune_domain, to_tune_space
 from orchestrator.errors import SpecError
 from orchestrator.spec import Domain, count_trials, describe_space, expand_groups, load_spec
-from orchestrator.trial import TrialConfig
+from orchestrator.trial.config import TrialConfig
 from tests.conftest import tiny_spec
 
 

@@ -8,7 +8,8 @@ import torch
 from models.losses import enet_weights
 from orchestrator.data.prepare import prepare_data
 from orchestrator.spec import build_sweep
-from orchestrator.trial import TrialConfig, build_module
+from orchestrator.trial.build import build_module
+from orchestrator.trial.config import TrialConfig
 from tests.conftest import tiny_spec
 
 
