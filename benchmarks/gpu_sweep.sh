@@ -2,7 +2,8 @@
 # Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
 #   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
 # binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
-# binary-8: eight trials at once, four processes of two; imports: where a worker's and the driver's imports go
+# binary-8: eight trials at once, four processes of two; binary-mps, binary-8-mps: those under CUDA MPS (started and
+# stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
 # /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts) and,
 # for `real`, .data (the IDD-lite subset). Summaries land in $OUT (runs stay in /tmp: too many files).
@@ -40,6 +41,14 @@ for part in ${@:-binary multiclass}; do
       --seeds-sample "${SEEDS:-2}" ;;
     binary-8) bench binary-8 "${BINARY_S:-290}" --seeds-sample 0 --set resources.trials_per_gpu=8 \
       --set resources.workers_per_gpu=4 ;;
+    binary-mps|binary-8-mps)  # the same under CUDA MPS: the worker processes' kernels run side by side, not time-sliced
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/segsweep-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/segsweep-mps/log
+      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d && echo "MPS on"
+      if [ "$part" = binary-mps ]; then bench binary-mps "${BINARY_S:-290}" --seeds-sample 0
+      else bench binary-8-mps "${BINARY_S:-290}" --seeds-sample 0 --set resources.trials_per_gpu=8 \
+        --set resources.workers_per_gpu=4; fi
+      echo quit | nvidia-cuda-mps-control; sleep 1
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     imports)
       python3 -c "import importlib.util as u; print('transformers installed:', u.find_spec('transformers') is not None)"
       for m in orchestrator.study orchestrator.pool.worker; do
