@@ -11,15 +11,13 @@ from orchestrator.pool.protocol import WorkerSettings
 
 class WorkerActor:
     """``ray.remote(WorkerActor)`` with ``max_concurrency``: each method runs in its own thread and hands its call to
-    the process's ``TrialWorker`` (``pool.worker``), which holds the slots."""
+    the process's ``TrialWorker`` (``pool.worker``), which holds the slots: the calls the driver and the proxies
+    make, no more."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         from orchestrator.pool.worker import TrialWorker  # lazy: this process trains; the driver's must not import
 
         self.worker = TrialWorker(settings)
-
-    def ready(self) -> dict[str, Any]:
-        return self.worker.ready()
 
     def attach(self, context: Any, shipped: Any = None) -> None:
         self.worker.attach(context, shipped)
@@ -35,6 +33,3 @@ class WorkerActor:
 
     def stop(self, trial_id: str) -> None:
         self.worker.stop(trial_id)
-
-    def load(self) -> dict[str, int]:
-        return self.worker.load()
