@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
 #   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
+# binary: the default, which runs under the sweep's own CUDA MPS daemon where the machine has MPS (resources.mps: auto);
+# binary-nomps: the same without it (4 trials in 2 processes)
 # binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
 # binary-8: eight trials at once, four processes of two; binary-mps, binary-8-mps: those under CUDA MPS (started and
 # stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go
@@ -33,6 +35,7 @@ bench() {  # name timeout args...
 for part in ${@:-binary multiclass}; do
   case $part in
     binary) bench binary "${BINARY_S:-290}" --seeds-sample "${SEEDS:-2}" ;;
+    binary-nomps) bench binary-nomps "${BINARY_S:-290}" --seeds-sample 0 --set resources.mps=false ;;
     binary-1proc) bench binary-1proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=1 ;;
     binary-4proc) bench binary-4proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=4 ;;
     multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \
@@ -55,6 +58,6 @@ for part in ${@:-binary multiclass}; do
         python3 -X importtime -c "import $m" 2> "$OUT/importtime-$m.txt"
         echo "import $m (cumulative us, the slowest 25):"; sort -t'|' -k2 -n "$OUT/importtime-$m.txt" | tail -25
       done ;;
-    gpu-tests) timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
+    gpu-tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
   esac
 done

@@ -85,6 +85,8 @@ def sweep_figures(meta: dict, trials: list[TrialRow], started: float, wall: floa
     return {
         "trials": len(trials), "statuses": counts, "epochs": len(epochs),
         "trained_images": len(epochs) * train_images, "validated_images": len(epochs) * val_images,
+        "train_images_per_s_fit": round(len(epochs) * train_images / max(fit_end - fit_start, 1e-9), 1),
+        "mps": bool(meta.get("mps", False)),
         "gpu_busy": busy, "gpu_busy_fit": fit_busy, "gpu_sampler": sampler.source,
         "phases_s": {k: round(v, 2) for k, v in timings.items()},
         "trial_seconds": trial_seconds(trials),
@@ -113,8 +115,10 @@ def worker_timelines(run_dir: Path, started: float) -> list[dict[str, Any]]:
 def trial_seconds(trials: list[TrialRow]) -> dict[str, float]:
     """Seconds of all trials together (they overlap: trial-seconds, not wall): queueing in a worker, start-up (build,
     first step), training, validation, checkpoint and best-weight saving, and the first epochs' excess over the
-    trial's later epochs (cuDNN planning and graph capture)."""
-    out = {"queued": 0.0, "startup": 0.0, "train": 0.0, "validation": 0.0, "saving": 0.0, "first_epoch_excess": 0.0}
+    trial's later epochs (cuDNN planning and graph capture), and the waits for Tune's word on an epoch (the worker
+    runs one epoch ahead of it, none at an ASHA rung)."""
+    out = {"queued": 0.0, "startup": 0.0, "train": 0.0, "validation": 0.0, "saving": 0.0, "first_epoch_excess": 0.0,
+           "waiting_for_tune": 0.0}
     for t in trials:
         if not t.history:
             continue
@@ -124,6 +128,7 @@ def trial_seconds(trials: list[TrialRow]) -> dict[str, float]:
         out["train"] += sum(h.get("perf/train_s", 0.0) for h in t.history)
         out["validation"] += sum(h.get("perf/val_s", 0.0) for h in t.history)
         out["saving"] += sum(h.get("perf/save_s", 0.0) for h in t.history)
+        out["waiting_for_tune"] += sum(h.get("perf/wait_s", 0.0) for h in t.history)
         later = [h.get("perf/train_s", 0.0) for h in t.history[1:]]
         if later:
             out["first_epoch_excess"] += max(0.0, first.get("perf/train_s", 0.0) - statistics.median(later))
@@ -209,7 +214,9 @@ def markdown(r: dict[str, Any]) -> str:
              f"| trials (statuses) | {r['trials']} ({', '.join(f'{k} {v}' for k, v in r['statuses'].items())}) |",
              f"| epochs; images trained / validated | {r['epochs']}; {r['trained_images']:,} / "
              f"{r['validated_images']:,} |",
+             f"| training images per second of the fit | {r.get('train_images_per_s_fit', float('nan')):,.0f} |",
              f"| GPU busy over the run / over the fit | {busy} / {fit_busy} |",
+             f"| workers under CUDA MPS | {'yes' if r.get('mps') else 'no'} |",
              f"| no trial training during the fit | {r['no_trial_training_s']:.1f} s |",
              f"| best {next(iter(r['best']))} | {next(iter(r['best'].values())) or float('nan'):.4f} |"]
     lines += ["", "Driver phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items()),

@@ -4,7 +4,10 @@ context every proxy gets. ``workers_per_gpu`` worker processes per GPU of the cl
 node.
 
 Slots per GPU: ``trials_per_gpu`` for ``gpus_per_trial: auto``, else ``1 / gpus_per_trial``, split over the GPU's
-workers (a trial's host work is Python: four trials in one interpreter held one H200 at 41% busy). Stated memory figures
+workers (a trial's host work is Python: four trials in one interpreter held one H200 at 41% busy). Both default to
+``auto``: 4 trials in 2 processes, or 8 in 4 under CUDA MPS (``orchestrator.mps``), where more processes no longer take
+turns on the GPU (H200, IDD-lite study: 840 images/s, against 625 for 8 in 4 and 602 for 4 in 2 without MPS). Stated
+memory figures
 (``trial_gpu_memory_gb``, ``gpu_memory_gb``) lower the number that start at once; otherwise the worker reads its own
 GPU (``pool.worker``). No probe runs before a trial: a GPU with room for twenty trials waits for none.
 """
@@ -21,6 +24,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.errors import SegsweepError
+from orchestrator.mps import MpsDaemon
 from orchestrator.pool.actor import WorkerActor
 from orchestrator.pool.dispatch import Dispatcher
 from orchestrator.pool.protocol import PoolContext, WorkerSettings, decision_epochs, slots_for
@@ -35,21 +39,26 @@ WARM_LIMIT = 8  # architectures stepped once per slot before the first trial
 _ACTIVE: Pool | None = None  # ``active_pool``
 
 
-def gpu_slots(resources: ResourcesSpec) -> int:
+PACKING = {False: (4, 2), True: (8, 4)}  # (trials_per_gpu, workers_per_gpu) for auto, without and with CUDA MPS
+
+
+def gpu_slots(resources: ResourcesSpec, mps: bool = False) -> int:
     """Trials sharing one GPU: ``trials_per_gpu`` (auto), ``1/gpus_per_trial`` below one GPU, else one."""
     share = resources.gpus_per_trial
     if share == "auto":
-        return resources.trials_per_gpu
+        return PACKING[mps][0] if resources.trials_per_gpu == "auto" else resources.trials_per_gpu
     return max(1, math.floor(1 / share + 1e-9)) if share < 1 else 1
 
 
-def gpu_placements(res: ResourcesSpec) -> list[tuple[int, int, float]]:
+def gpu_placements(res: ResourcesSpec, mps: bool = False) -> list[tuple[int, int, float]]:
     """The workers of one GPU as (slots, trials admitted at the start, GPU share): the GPU's slots and its stated
     memory limit split as evenly as may be over ``workers_per_gpu`` processes (fewer where there are fewer slots or
-    fewer trials fit), each holding an equal share of the GPU. A trial of whole GPUs: one worker of one slot."""
-    slots = gpu_slots(res)
+    fewer trials fit), each holding an equal share of the GPU. A trial of whole GPUs: one worker of one slot.
+    ``mps``: the workers run under CUDA MPS (the ``auto`` packing differs)."""
+    slots = gpu_slots(res, mps)
     limit = stated_limit(res, slots)
-    n = max(1, min(res.workers_per_gpu, limit))
+    workers = PACKING[mps][1] if res.workers_per_gpu == "auto" else res.workers_per_gpu
+    n = max(1, min(workers, limit))
     share = math.floor(10_000 / n) / 10_000  # Ray keeps four decimals of a fractional GPU; n shares fit in one
     return [(split(slots, n, i), split(limit, n, i), share) for i in range(n)]
 
@@ -96,6 +105,7 @@ class Pool:
     dispatcher: Any
     limits: list[int]
     shipped: ShippedData | None = None  # the data in the object store for other nodes' workers (held while it runs)
+    mps: MpsDaemon | None = None  # the sweep's own CUDA MPS daemon, which the workers are clients of
 
     def concurrency(self, max_concurrent: int = 0) -> int:
         """Trials Tune runs at once: every slot that may start, plus one waiting per worker so that a slot that
@@ -128,10 +138,13 @@ class Pool:
             _ACTIVE = None
         for actor in [*self.workers, self.dispatcher]:
             ray.kill(actor)
+        if self.mps is not None:
+            self.mps.stop()  # it ends once the killed workers, its clients, have gone
 
 
-def start_pool(sweep: Sweep) -> Pool:
-    """The workers (starting now: they import torch and the models while the driver prepares the data)."""
+def start_pool(sweep: Sweep, mps: MpsDaemon | None = None) -> Pool:
+    """The workers (starting now: they import torch and the models while the driver prepares the data); ``mps``: the
+    sweep's CUDA MPS daemon, which the GPU workers are pointed at (the pool stops it at its shutdown)."""
     spec = sweep.spec
     res = spec.resources
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -139,11 +152,12 @@ def start_pool(sweep: Sweep) -> Pool:
     placements: list[tuple[int, dict[str, Any]]] = []
     limits: list[int] = []
     if gpus > 0 and res.gpus_per_trial != 0:
-        per_gpu = gpu_placements(res)
+        per_gpu = gpu_placements(res, mps is not None)
+        extra = {"runtime_env": {"env_vars": mps.env}} if mps is not None else {}
         whole = 1 if res.gpus_per_trial == "auto" or res.gpus_per_trial <= 1 else int(res.gpus_per_trial)
         for _ in range(int(gpus // whole)):
             for slots, limit, share in per_gpu:
-                placements.append((slots, {"num_gpus": share * whole, "num_cpus": 0}))
+                placements.append((slots, {"num_gpus": share * whole, "num_cpus": 0, **extra}))
                 limits.append(limit)
     else:
         for node in ray.nodes():
@@ -154,6 +168,9 @@ def start_pool(sweep: Sweep) -> Pool:
                 strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
                 placements += [(1, {"num_cpus": 0, "scheduling_strategy": strategy})] * math.floor(
                     cpus / res.cpus_per_trial)
+        if mps is not None:
+            mps.stop()  # CPU trials: no client for it
+            mps = None
     if not placements:
         raise SegsweepError(f"no node of the Ray cluster has resources.cpus_per_trial ({res.cpus_per_trial:g}) CPUs")
     limits = limits or [slots for slots, _ in placements]
@@ -165,7 +182,7 @@ def start_pool(sweep: Sweep) -> Pool:
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     dispatcher = ray.remote(Dispatcher).options(num_cpus=0, scheduling_strategy=here).remote(limits)
     global _ACTIVE
-    _ACTIVE = Pool(workers, dispatcher, limits)
+    _ACTIVE = Pool(workers, dispatcher, limits, mps=mps)
     return _ACTIVE
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
@@ -24,6 +25,7 @@ from orchestrator.driver.pool import Pool, start_pool
 from orchestrator.driver.pool import decisions as pool_decisions
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
 from orchestrator.errors import SegsweepError
+from orchestrator.mps import MpsStart, wanted
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
@@ -99,9 +101,7 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
     run_dir = new_run_dir(sweep, out)
     run = RunDir(run_dir)
     marks = [time.perf_counter()]
-    init_ray(address, spec)
-    marks.append(time.perf_counter())
-    pool = start_pool(sweep)
+    pool = start_cluster(sweep, address, marks)
     marks.append(time.perf_counter())
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -121,11 +121,11 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
         max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
         data=prepared.to_json(), source=sweep.source, created=time.time(),
         objectives=[o.model_dump() for o in spec.search.objectives], domains=domain_meta(sweep),
-        rungs=list(pool_decisions(spec)))
+        rungs=list(pool_decisions(spec)), mps=pool.mps is not None)
     h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
           f"val {prepared.val.images} images (native {h}x{w}); {len(pool.workers)} worker(s), "
-          f"{sum(pool.limits)} trial(s) at once", file=sys.stderr, flush=True)
+          f"{sum(pool.limits)} trial(s) at once{' under CUDA MPS' if pool.mps else ''}", file=sys.stderr, flush=True)
     started = Run(sweep, run_dir, context, pool, total)
     for phase, (a, b) in zip(("ray_start", "pool_start", "data"), itertools.pairwise(marks)):
         started.timed(phase, b - a)
@@ -184,10 +184,27 @@ def _existing(run_dir: str | Path) -> tuple[Path, RunDir, Sweep, Store]:
     return run_dir, run, load_spec(run.spec), Store(run.store)
 
 
+def start_cluster(sweep: Sweep, address: str | None, marks: list[float] | None = None) -> Pool:
+    """Ray joined (or started here) and the pool's workers started; where the sweep starts its own Ray for GPU
+    trials, its CUDA MPS daemon too (``resources.mps``), begun before Ray so that its check overlaps Ray's start.
+    ``marks``: gets the time Ray was up."""
+    res = sweep.spec.resources
+    own_ray = address is None and not ray.is_initialized()
+    mps = MpsStart(res.mps) if wanted(res.mps, own_ray, res.gpus_per_trial != 0) else None
+    try:
+        init_ray(address, sweep.spec)
+        if marks is not None:
+            marks.append(time.perf_counter())
+        return start_pool(sweep, mps.join() if mps is not None else None)
+    except BaseException:
+        if mps is not None and mps.result is not None:
+            mps.result.stop()
+        raise
+
+
 def _rejoin(sweep: Sweep, run_dir: Path, address: str | None) -> tuple[TrialContext, Pool]:
     """Ray joined, the pool started and given the run's data (its cache, decoded when the run began)."""
-    init_ray(address, sweep.spec)
-    pool = start_pool(sweep)
+    pool = start_cluster(sweep, address)
     try:
         context = trial_context(sweep, run_dir, prepare_data(sweep.spec.data, RunDir(run_dir).cache))
         pool.attach(context)

@@ -61,6 +61,7 @@ class Job:
         self.restarts = 0
         self.submitted = self.started = time.time()
         self.max_epochs = 0  # known once the trial's config is read
+        self.waited_s: float | None = None  # the last wait for Tune's word, reported with the next epoch
 
     def decide(self, epoch: int) -> None:
         with self.cond:
@@ -294,10 +295,16 @@ class TrialWorker:
             return not job.stopped
         job.reported = epoch
         metrics["perf/at"] = time.time()  # when the epoch ended: the benchmark's timeline of running trials
+        if job.waited_s is not None:
+            metrics["perf/wait_s"] = job.waited_s  # the previous epoch's wait for Tune's word
         job.events.put({"kind": "epoch", "metrics": metrics, "checkpoint": str(checkpoint) if checkpoint else None})
         if epoch >= job.max_epochs:
             return True  # the last: nothing to wait for
-        return job.wait(epoch, self.settings.decision_epochs)
+        started = time.perf_counter()
+        try:
+            return job.wait(epoch, self.settings.decision_epochs)
+        finally:
+            job.waited_s = time.perf_counter() - started
 
 
 def proxy_latency(model: torch.nn.Module, proxy: dict[str, Any], size: tuple[int, int]) -> dict[str, float]:

@@ -283,10 +283,16 @@ class ResourcesSpec(Strict):
     gpus_per_trial: float | Literal["auto"] = Field(
         "auto", description="auto: trials_per_gpu trials share each GPU where the cluster has GPUs; a fraction f: "
                             "1/f share one; 0: train on CPUs")
-    trials_per_gpu: int = Field(4, ge=1, description="trials one GPU trains at once, for gpus_per_trial: auto")
-    workers_per_gpu: int = Field(2, ge=1, description="worker processes sharing one GPU, its trials split between "
-                                                      "them: each trial's host work (its Lightning loop, augmentation, "
-                                                      "validation) runs beside fewer others under one interpreter lock")
+    trials_per_gpu: int | Literal["auto"] = Field(
+        "auto", description="trials one GPU trains at once, for gpus_per_trial: auto; auto: 8 under CUDA MPS, else 4")
+    workers_per_gpu: int | Literal["auto"] = Field(
+        "auto", description="worker processes sharing one GPU, its trials split between them: each trial's host work "
+                            "(its Lightning loop, augmentation, validation) runs beside fewer others under one "
+                            "interpreter lock; auto: 4 under CUDA MPS, else 2")
+    mps: bool | Literal["auto"] = Field(
+        "auto", description="CUDA MPS for the trial workers, a daemon of the sweep's own (orchestrator.mps): the "
+                            "kernels of a GPU's worker processes then run side by side; auto: where the sweep starts "
+                            "its own Ray on a machine with nvidia-cuda-mps-control")
     max_concurrent: int = Field(0, ge=0, description="0: as many as the workers' slots allow")
     memory_aware: bool = Field(True, description="a worker starts another trial only where its GPU has room for "
                                                  "the largest trial seen, and restarts one that ran out of memory "
@@ -310,6 +316,13 @@ class ResourcesSpec(Strict):
                 raise ValueError(f"{name}: give a custom resource of your nodes here, not a built-in one")
             if amount <= 0:
                 raise ValueError(f"{name}: {amount:g}, must be > 0")
+        return v
+
+    @field_validator("trials_per_gpu", "workers_per_gpu")
+    @classmethod
+    def _per_gpu(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError(f"{v}: must be >= 1 (or auto)")
         return v
 
     @field_validator("gpus_per_trial")

@@ -100,7 +100,8 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
                             resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed,
                             # batch statistics in evaluation too (model.batchnorm: batch): validate as it trains
                             val_batch_size=cfg.trainer.batch_size if cfg.model.batchnorm == "batch" else
-                            cfg.trainer.val_batch_size, **sets)
+                            cfg.trainer.val_batch_size, full_batches=use_gpu,
+                            balanced_val=use_gpu and cfg.model.batchnorm != "batch", **sets)
     # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
     # benchmark=None leaves cuDNN's autotuning as the process has it (off): the trials of a worker share the flag, and
     # a capture must find the very plans its warm-up built (measured on an H200: autotuned warm-up, then capture ->

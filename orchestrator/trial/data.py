@@ -82,12 +82,21 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: t
     return x, y
 
 
-class BatchNumbers(Dataset):
-    """(split, batch number, batch size) triples: what a device-resident split's loader yields."""
+def balanced_batch(n: int, batch_size: int) -> int:
+    """The smallest batch that splits ``n`` samples into as many batches as ``batch_size`` does (204 at 64: 51, four
+    batches of one shape instead of 64, 64, 64 and 12): validation's batch size is speed only, and every new shape
+    costs each thread of a worker new cuDNN plans."""
+    batches = -(-n // max(1, batch_size))
+    return -(-n // max(1, batches))
 
-    def __init__(self, n: int, batch_size: int, drop_last: bool, split: str) -> None:
-        self.n, self.batch_size, self.split = n, batch_size, split
-        self.batches = n // batch_size if drop_last else -(-n // batch_size)
+
+class BatchNumbers(Dataset):
+    """(split, batch number, batch size) triples: what a device-resident split's loader yields. ``full``: every
+    batch has ``batch_size`` samples, the last one filled up (``CachedData.gather``)."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, split: str, full: bool = False) -> None:
+        self.n, self.batch_size, self.split, self.full = n, batch_size, split, full
+        self.batches = n // batch_size if drop_last and not full else -(-n // batch_size)
 
     def __len__(self) -> int:
         return self.batches
@@ -95,7 +104,30 @@ class BatchNumbers(Dataset):
     def __getitem__(self, i: int) -> tuple[str, int, int]:
         if not 0 <= i < self.batches:
             raise IndexError(i)
-        return self.split, i, min(self.batch_size, self.n - i * self.batch_size)
+        return self.split, i, self.batch_size if self.full else min(self.batch_size, self.n - i * self.batch_size)
+
+
+class FullBatchSampler(torch.utils.data.Sampler[int]):
+    """A random permutation per epoch whose last batch is filled up with the permutation's first samples (as
+    ``DistributedSampler`` pads its shards by repeating indices): every training batch has the same shape, so a
+    CUDA-graphed step replays for every batch and no eager step of a new shape follows it."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size) * self.batch_size
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.generator)
+        return iter(fill_up(perm, len(self)).tolist())
+
+
+def fill_up(index: torch.Tensor, size: int) -> torch.Tensor:
+    """``index`` made ``size`` long by repeating it from its start (``size`` <= twice its length in every use)."""
+    short = size - len(index)
+    return index if short <= 0 else torch.cat([index, index[:short]])
 
 
 # DataLoader workers (data.cache: false) start from a clean server process: forking a trial worker, which runs
@@ -126,8 +158,14 @@ class CachedData(L.LightningDataModule):
                  scale: tuple[float, float] | None = None, jitter: float = 0.0, num_workers: int = 0,
                  ignore_index: int = 255, levers: Levers = CPU_LEVERS, train_set: Dataset | None = None,
                  val_set: Dataset | None = None, resident: bool = False, seed: int = 0,
-                 val_batch_size: int | None = None) -> None:
+                 val_batch_size: int | None = None, full_batches: bool = False, balanced_val: bool = False) -> None:
+        """Batches of one shape (on a GPU: a CUDA-graphed step replays for every batch, and no thread of a worker
+        plans cuDNN's kernels for a short last batch): ``full_batches`` fills the last training batch up with other
+        samples of its epoch (``FullBatchSampler``); ``balanced_val`` balances validation's batches
+        (``balanced_batch``) and pads the last one with repeats, which its count of real samples leaves out (not
+        with batch statistics in evaluation, which the repeats would change)."""
         super().__init__()
+        self.full_batches, self.balanced_val = full_batches, balanced_val
         self.train_dir, self.val_dir = train_dir, val_dir
         self.batch_size, self.num_workers, self.ignore_index = batch_size, num_workers, ignore_index
         self.hflip, self.scale, self.jitter = hflip, scale, jitter
@@ -157,44 +195,62 @@ class CachedData(L.LightningDataModule):
         # a last batch of one breaks BatchNorm after global pooling (DeepLabV3, PSPNet): drop only that one
         return n % self.batch_size == 1 and n > 1
 
+    @property
+    def val_batch(self) -> int:
+        """Validation's batch size: balanced over its batches where ``balanced_val`` (``balanced_batch``)."""
+        n = len(self.val_set)
+        return balanced_batch(n, self.val_batch_size) if self.balanced_val else self.val_batch_size
+
     def train_dataloader(self) -> DataLoader:
         n = len(self.train_set)
         if self.on_device:  # batch numbers; the batches themselves are gathered on the device
-            return DataLoader(BatchNumbers(n, self.batch_size, self._drop_last(n), "train"), batch_size=None)
+            return DataLoader(BatchNumbers(n, self.batch_size, self._drop_last(n), "train", self.full_batches),
+                              batch_size=None)
         pin = self.num_workers > 0 or (self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          drop_last=self._drop_last(n), pin_memory=pin, persistent_workers=self.num_workers > 0,
-                          multiprocessing_context=LOADER_CONTEXT if self.num_workers else None)
+        order = {"sampler": FullBatchSampler(n, self.batch_size, self.seed)} if self.full_batches else {
+            "shuffle": True, "drop_last": self._drop_last(n)}
+        return DataLoader(self.train_set, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=pin,
+                          persistent_workers=self.num_workers > 0,
+                          multiprocessing_context=LOADER_CONTEXT if self.num_workers else None, **order)
 
     def val_dataloader(self) -> DataLoader:
         if self.on_device:
-            return DataLoader(BatchNumbers(len(self.val_set), self.val_batch_size, False, "val"), batch_size=None)
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=self.num_workers,
+            return DataLoader(BatchNumbers(len(self.val_set), self.val_batch, False, "val", self.balanced_val),
+                              batch_size=None)
+        return DataLoader(self.val_set, batch_size=self.val_batch, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
                           multiprocessing_context=LOADER_CONTEXT if self.num_workers else None)
 
-    def gather(self, batch: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of the device-resident split: a random permutation per training epoch, drawn on the device."""
+    def gather(self, batch: tuple[str, int, int]) -> tuple[torch.Tensor, ...]:
+        """A batch of the device-resident split: a random permutation per training epoch, drawn on the device
+        (filled up to a full last batch where ``full_batches``). A validation batch padded to the full size
+        (repeats of the split's last image) comes with its count of real samples as a third element."""
         split, number, n = batch
         images, labels = self.on_device[split]
         if split == "val":
-            index = slice(number * self.val_batch_size, (number + 1) * self.val_batch_size)
-            return images[index], labels[index]
+            size = self.val_batch
+            start, stop = number * size, min(len(labels), (number + 1) * size)
+            if not self.balanced_val or stop - start == size:
+                return images[start:stop], labels[start:stop]
+            index = torch.arange(start, start + size, device=labels.device).clamp_(max=len(labels) - 1)
+            return images[index], labels[index], stop - start
         if number == 0:
             self._perm = torch.randperm(len(labels), device=labels.device, generator=self.generator(labels.device))
+            if self.full_batches:
+                self._perm = fill_up(self._perm, len(self._perm) + (-len(self._perm)) % self.batch_size)
         index = self._perm[number * self.batch_size:number * self.batch_size + n]
         return images[index], labels[index]
 
-    def prepare(self, batch: Any, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, batch: Any, augment: bool | None = None) -> tuple[torch.Tensor, ...]:
         """uint8 batch -> normalised float input and long labels, where the batch is; augmented when ``augment``
-        (default: while the trainer trains)."""
-        images, labels = batch
+        (default: while the trainer trains). A padded batch's count of real samples (``gather``) passes through."""
+        images, labels, *valid = batch
         x, y = to_model_input(images), labels.long()
         if augment is None:
             augment = self.trainer is not None and self.trainer.training
         if augment:
             x, y = augment_batch(x, y, self.hflip, self.scale, self.jitter, self.ignore_index, self.generator(x.device))
-        return normalise(x, self.levers.channels_last), y
+        return normalise(x, self.levers.channels_last), y, *valid
 
     def generator(self, device: torch.device) -> torch.Generator:
         """Augmentation's own random stream, seeded from the trial's seed: independent of the model's draws and of

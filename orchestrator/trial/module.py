@@ -111,13 +111,15 @@ class SegmentationModule(L.LightningModule):
         self._val_loss = torch.zeros((), device=self.device)
         self._val_items = 0
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, y, *valid = batch  # a batch padded to the full size says how many of its samples are real
         with self.step.autocast():
             logits, y = self._logits(x, y, training=False)
+        if valid:
+            logits, y = logits[:valid[0]], y[:valid[0]]
         logits = logits.float()
-        self._val_loss += self.loss(logits, y).detach().float() * x.shape[0]
-        self._val_items += x.shape[0]
+        self._val_loss += self.loss(logits, y).detach().float() * y.shape[0]
+        self._val_items += y.shape[0]
         self._cm.update(predict(logits, self.binary), y)
 
     def on_validation_epoch_end(self) -> None:
