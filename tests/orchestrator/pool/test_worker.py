@@ -53,6 +53,7 @@ def test_epochs_reach_the_proxy_and_a_rung_waits_for_tunes_word(worker):
     assert rest[-1] == {"kind": "done"} and rest[-2]["checkpoint"] is None  # no checkpoint after the last epoch
     assert (run_dir / "trials" / "a" / "best.pt").is_file()
     assert rest[0]["metrics"]["perf/concurrent"] == 1 and rest[0]["metrics"]["perf/restarts"] == 0
+    assert rest[0]["metrics"]["perf/wait_s"] >= 2.0  # epoch 1's wait at the rung, reported with epoch 2
 
 
 def test_a_stop_ends_the_trial_and_the_slot_takes_the_next(worker):
