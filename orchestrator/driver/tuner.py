@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,7 @@ from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
 
-# Tune snapshots its experiment state at most this often; small, so that a killed driver loses little. Its warning
-# that snapshots come often (one per checkpointing epoch) is then expected, and 0 silences it.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# the sweep prints its own progress lines: no Tune tables, result paths or TensorBoard hints on the console
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# the store holds every trial's results: no Tune CSV/JSON/TensorBoard logs per trial, whose TensorBoard writer
-# (tensorboardX) imports torch into the driver as Tune starts (4 s on 2 cores, while the first trials wait)
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Ray's and Tune's environment settings of a sweep: orchestrator.driver's __init__, before Ray is imported
 
 
 def init_ray(address: str | None, spec: SweepSpec) -> None:

@@ -80,6 +80,11 @@ class KernelWarmUp:
     def _train_pass(self, cfg: TrialConfig) -> tuple[TrialConfig, torch.nn.Module]:
         started = time.time()
         model = warm_model(cfg)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                # no draw from the default CUDA generator, which a trial's graph capture in another thread may hold
+                # ("Offset increment outside graph capture"); dropout has no cuDNN kernel to compile
+                m.eval()
         x = batch_input(cfg, cfg.trainer.batch_size)
         with autocast(cfg):
             out = model(x)
@@ -112,7 +117,8 @@ def warm_model(cfg: TrialConfig) -> torch.nn.Module:
 
 def batch_input(cfg: TrialConfig, n: int) -> torch.Tensor:
     h, w = cfg.data.size
-    x = torch.randn(n, 3, h, w, device="cuda")
+    # a generator of its own, not CUDA's default one, which a trial's capture in another thread may hold
+    x = torch.randn(n, 3, h, w, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
     return x.contiguous(memory_format=torch.channels_last) if levers(cfg).channels_last else x
 
 
