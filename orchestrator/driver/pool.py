@@ -35,7 +35,7 @@ from orchestrator.trial.config import TrialContext
 
 MAX_CONCURRENCY = 256  # a worker's method threads: each waiting proxy holds one
 PROXY_CPUS = 0.01  # a proxy holds no GPU and does next to nothing; Tune wants some resource per trial
-WARM_LIMIT = 8  # architectures a worker's warm-up thread runs once (pool.warm)
+WARM_LIMIT = 8  # architectures stepped once per slot before the first trial
 _ACTIVE: Pool | None = None  # ``active_pool``
 
 
@@ -86,7 +86,7 @@ def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
 
 def warm_configs(sweep: Sweep) -> tuple[dict[str, Any], ...]:
     """One flat config per architecture the study can sample (its model keys' choices), the rest at their first
-    values and the loss plain CE: what a worker's warm-up thread runs once to compile its convolutions' kernels."""
+    values and the loss plain CE: what a worker steps once per slot to compile and plan its convolutions."""
     base = {**sweep.fixed_config(), "loss.name": "ce"}
     options: list[list[dict[str, Any]]] = []
     for key, domain in sweep.domains.items():

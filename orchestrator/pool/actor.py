@@ -15,14 +15,9 @@ class WorkerActor:
     make, no more."""
 
     def __init__(self, settings: WorkerSettings) -> None:
-        # the kernel warm-up (torch and the models) starts first, and compiles while pool.worker imports Lightning
-        # and torchmetrics beside it
-        from orchestrator.pool.warm import start_warm_up  # lazy: this process trains; the driver's must not import
+        from orchestrator.pool.worker import TrialWorker  # lazy: this process trains; the driver's must not import
 
-        warm = start_warm_up(settings.warm)
-        from orchestrator.pool.worker import TrialWorker  # lazy: after the warm-up's start, as said above
-
-        self.worker = TrialWorker(settings, warm)
+        self.worker = TrialWorker(settings)
 
     def attach(self, context: Any, shipped: Any = None) -> None:
         self.worker.attach(context, shipped)

@@ -5,8 +5,6 @@ imports, its CUDA context, cuDNN's run-time compiled kernels and each thread's c
 follows (measured on an H200: a fresh process's first step 15 s, a fresh thread's 2 s), and the kernels of
 concurrent trials overlap on the GPU as the kernels of separate processes do not. A trial is the same Lightning fit
 as ever (``trial.build``); the worker only decides when it starts and hands its epochs to the trial's proxy.
-cuDNN's run-time kernels are compiled by the process's warm-up thread (``pool.warm``), begun before this module's
-imports.
 
 Admission: at most ``limit`` trials run at once (the slots, or fewer where stated memory figures say so); with
 ``memory_aware`` a trial starts only when the GPU has room for the largest per-trial footprint seen so far, and a
@@ -39,11 +37,11 @@ from models.depthwise import cudnn_depthwise
 from orchestrator.latency.measure import Protocol, measure
 from orchestrator.pool.protocol import HEADROOM, WorkerSettings, failure
 from orchestrator.pool.ship import ShippedData, receive
-from orchestrator.pool.warm import KernelWarmUp
 from orchestrator.rundir import RunDir
-from orchestrator.trial.build import build_trial
+from orchestrator.trial.build import build_module, build_trial
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
 from orchestrator.trial.config import TrialConfig, TrialContext
+from orchestrator.trial.data import normalise, to_model_input
 from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
@@ -89,8 +87,7 @@ class Job:
 class TrialWorker:
     """The Ray actor of the pool (``ray.remote(TrialWorker)`` with ``max_concurrency``: its methods run in threads)."""
 
-    def __init__(self, settings: WorkerSettings, warm: KernelWarmUp | None = None) -> None:
-        """``warm``: the process's kernel warm-up, started before this module was imported (``pool.actor``)."""
+    def __init__(self, settings: WorkerSettings) -> None:
         self.timeline: list[dict[str, Any]] = [{"event": "process", "at": psutil.Process().create_time()}]
         self.timeline_lock = threading.Lock()
         quiet_libraries()
@@ -102,10 +99,7 @@ class TrialWorker:
         self.context: TrialContext | None = None
         self.data_error: str | None = None
         self.attached = threading.Event()
-        self.warm = warm
-        self.warmed = warm.done if warm is not None else threading.Event()
-        if warm is not None:
-            warm.report_to(self._mark)
+        self.warmed = threading.Event()
         self.jobs: dict[str, Job] = {}
         self.pending: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
@@ -123,8 +117,7 @@ class TrialWorker:
                 "slots": self.settings.slots, "limit": self.limit}
 
     def attach(self, context: TrialContext, shipped: ShippedData | None = None) -> None:
-        """The sweep's context (run directory, data, metric): the slots take trials, and the kernel warm-up learns
-        validation's batch. On another
+        """The sweep's context (run directory, data, metric): the slots start warming up, then take trials. On another
         node than the driver's, the data comes from Ray's object store into this node's folder (``pool.ship``)."""
         try:
             data, how = receive(context.data, shipped)
@@ -133,8 +126,6 @@ class TrialWorker:
             self.context, self.data_error = context, f"this node could not receive the sweep's data ({failure(e)})"
             how = {"source": "failed", "error": self.data_error}
         self._mark("attached", data=how)
-        if self.warm is not None:
-            self.warm.validation(self.context.data.val.images)  # validation's batch, from the split's size
         self.attached.set()
 
     def start(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
@@ -170,6 +161,8 @@ class TrialWorker:
         stream = torch.cuda.Stream() if self.cuda else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             self.attached.wait()
+            if index == 0:
+                self._warm_up()
             while True:
                 job = self._take()
                 try:
@@ -178,6 +171,36 @@ class TrialWorker:
                     with self.cond:
                         self.running -= 1
                         self.cond.notify_all()
+
+    def _warm_up(self) -> None:
+        """One training step of each of the study's architectures, in the first slot, until the first trial comes:
+        cuDNN compiles its run-time kernels once per process (a fresh process's first step: 15-17 s on an H200), here
+        while the driver still starts Tune; the other slots take trials at once (GPU only)."""
+        try:
+            for config in self.settings.warm if self.cuda else ():
+                if self.pending:
+                    break  # trials have come: they plan what is left themselves
+                started = time.time()
+                cfg = TrialConfig.from_flat(config)
+                with BUILD_LOCK:
+                    module = build_module(cfg, self.context.data, use_gpu=self.cuda)
+                device = torch.device("cuda" if self.cuda else "cpu")
+                module = module.to(device)
+                optimizer = module.build_optimizer()
+                n, (h, w) = cfg.trainer.batch_size, cfg.data.size
+                # a generator of its own: CUDA's default one may be held by a trial's capture in another slot
+                draw = torch.Generator(device=device).manual_seed(0)
+                images = torch.randint(0, 255, (n, h, w, 3), dtype=torch.uint8, device=device, generator=draw)
+                labels = torch.randint(0, max(2, len(self.context.data.classes)), (n, h, w), device=device,
+                                       generator=draw)
+                module.step(normalise(to_model_input(images), module.levers.channels_last), labels, optimizer)
+                module.step = None  # the step holds the module: no cycle left for the collector
+                del module, optimizer
+                self._mark("warm-up", arch=cfg.model.arch, seconds=round(time.time() - started, 2))
+        except Exception as e:  # noqa: BLE001 - a warm-up is no trial: the trial itself fails with the reason
+            logging.getLogger("segsweep.pool").warning("warm-up skipped: %s", failure(e))
+        finally:
+            self.warmed.set()
 
     def _take(self) -> Job:
         """The next trial to start, when fewer than ``limit`` run and (memory_aware) the GPU has room for it."""

@@ -301,10 +301,9 @@ class ResourcesSpec(Strict):
                                               "fewer trials per GPU from the start where they would not fit")
     gpu_memory_gb: float | None = Field(None, gt=0, description="one GPU's memory, with trial_gpu_memory_gb")
     reuse_actors: bool = Field(True, description="Tune reuses a finished trial's proxy process for the next trial")
-    preload_workers: bool = Field(True, description="each GPU worker runs the study's architectures forward and "
-                                                    "backward once, and validation's forward, in a thread of its own "
-                                                    "while it imports Lightning (cuDNN compiles their kernels once "
-                                                    "per process: orchestrator.pool.warm)")
+    preload_workers: bool = Field(True, description="each worker steps the study's architectures once per slot "
+                                                    "before the first trial (cuDNN compiles and plans them while "
+                                                    "Tune starts)")
     proxy_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each trial's "
                                               "proxy asks for beside its 0.01 CPU: on a cluster, the nodes where "
                                               "proxies run (those that have the resource)")

@@ -1,5 +1,6 @@
 """A trial's pieces from its flat config: model, loss, levers, data module, Lightning module and trainer. Shared by
-the pool's workers and ``orchestrate bench-train``, so that each measures what trains."""
+the pool's workers (a trial, and their warm-up steps) and ``orchestrate bench-train``, so that each measures what
+trains."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from orchestrator.data.cache import load_split
-from orchestrator.trial.levers import CPU_LEVERS, Levers, balanced_batch
+from orchestrator.trial.levers import CPU_LEVERS, Levers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,6 +80,14 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, hflip: bool = True, scale: t
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = (gray + (x - gray) * factors[2]).clamp(0, 1)  # saturation
     return x, y
+
+
+def balanced_batch(n: int, batch_size: int) -> int:
+    """The smallest batch that splits ``n`` samples into as many batches as ``batch_size`` does (204 at 64: 51, four
+    batches of one shape instead of 64, 64, 64 and 12): validation's batch size is speed only, and every new shape
+    costs each thread of a worker new cuDNN plans."""
+    batches = -(-n // max(1, batch_size))
+    return -(-n // max(1, batches))
 
 
 class BatchNumbers(Dataset):

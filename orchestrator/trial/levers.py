@@ -45,11 +45,3 @@ def resolve_levers(trainer, on_gpu: bool, bf16_supported: bool = True, graph_saf
 
 CPU_LEVERS = Levers(precision="32", channels_last=False, fused_optimizer=False, cuda_graphs=False, device_augment=True,
                     native_depthwise=False)
-
-
-def balanced_batch(n: int, batch_size: int) -> int:
-    """The smallest batch that splits ``n`` samples into as many batches as ``batch_size`` does (204 at 64: 51, four
-    batches of one shape instead of 64, 64, 64 and 12): validation's batch size is speed only, and every new shape
-    costs each thread of a worker new cuDNN plans."""
-    batches = -(-n // max(1, batch_size))
-    return -(-n // max(1, batches))

@@ -13,8 +13,8 @@ import torch
 from orchestrator.data.files import FilePairs
 from orchestrator.data.prepare import adapter_for, prepare_data, resolve_pairs
 from orchestrator.spec.schema import DataSpec
-from orchestrator.trial.data import CachedData
-from orchestrator.trial.levers import CPU_LEVERS, balanced_batch
+from orchestrator.trial.data import CachedData, balanced_batch
+from orchestrator.trial.levers import CPU_LEVERS
 
 
 def test_device_resident_batches_match_the_cache(synthetic_root, tmp_path):
