@@ -67,7 +67,7 @@ class MpsDaemon:
         self._stopped = True
         try:
             subprocess.run([CONTROL], input="quit\n", text=True, env={**os.environ, **self.env},
-                           capture_output=True, timeout=30)
+                           capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
             pass  # a daemon that cannot be reached is gone already
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -124,12 +124,12 @@ def start_mps(setting: Setting) -> MpsDaemon | None:
         (daemon.folder / name).mkdir()
     env = {**os.environ, **daemon.env}
     try:
-        started = subprocess.run([control, "-d"], env=env, capture_output=True, text=True, timeout=30)
+        started = subprocess.run([control, "-d"], env=env, capture_output=True, text=True, timeout=30, check=False)
         if started.returncode != 0:
             lines = (started.stderr or started.stdout).strip().splitlines()
             raise RuntimeError(lines[-1] if lines else f"{CONTROL} -d: exit status {started.returncode}")
         check = subprocess.run([sys.executable, "-c", CLIENT_CHECK], env=env, capture_output=True, text=True,
-                               timeout=CHECK_TIMEOUT_S)
+                               timeout=CHECK_TIMEOUT_S, check=False)
         if check.returncode != 0:
             line = (check.stderr.strip().splitlines() or [f"exit status {check.returncode}"])[-1]
             tail = daemon.log_tail()

@@ -84,7 +84,7 @@ def test_full_batches_have_one_shape_and_cover_the_split(synthetic_root, tmp_pat
     dm.trainer = L.Trainer(accelerator="cpu", logger=False)
     dm.setup()
     flat = dm.train_set.labels.reshape(8, -1)
-    ids = lambda labels: [int(np.flatnonzero((flat == labels[i].reshape(1, -1).numpy()).all(1))[0])  # noqa: E731
+    ids = lambda labels: [int(np.flatnonzero((flat == labels[i].reshape(1, -1).numpy()).all(1))[0])
                           for i in range(len(labels))]
     batches = [dm.gather(number) for number in dm.train_dataloader()]
     assert [len(b[1]) for b in batches] == [3, 3, 3]
@@ -94,7 +94,7 @@ def test_full_batches_have_one_shape_and_cover_the_split(synthetic_root, tmp_pat
     assert [len(b[1]) for b in val] == [3, 3] and len(val[0]) == 2 and val[1][2] == 2  # 5 = 3 + 2 real of 3
     real = torch.cat([val[0][0], val[1][0][:val[1][2]]])
     assert torch.equal(real, torch.from_numpy(np.array(dm.val_set.images)))
-    x, y, valid = dm.prepare(val[1], augment=False)
+    x, _, valid = dm.prepare(val[1], augment=False)
     assert x.shape[0] == 3 and valid == 2
     host = CachedData(data.train.path, data.val.path, batch_size=3, val_batch_size=4, full_batches=True,
                       balanced_val=True, seed=4)
@@ -102,7 +102,7 @@ def test_full_batches_have_one_shape_and_cover_the_split(synthetic_root, tmp_pat
     loader = host.train_dataloader()
     batches = list(loader)
     assert len(loader) == 3 and [len(b[1]) for b in batches] == [3, 3, 3]
-    assert sorted(set(i for b in batches for i in ids(b[1]))) == list(range(8))
+    assert sorted({i for b in batches for i in ids(b[1])}) == list(range(8))
     assert [len(b[1]) for b in host.val_dataloader()] == [3, 2]  # balanced; a host batch is not padded
 
 
