@@ -162,3 +162,9 @@ class MpsStart:
         if self.error is not None:
             raise self.error
         return self.result
+
+    def stop(self) -> None:
+        """After a failure elsewhere: wait for the start, then end the daemon it made, if any."""
+        self._thread.join()
+        if self.result is not None:
+            self.result.stop()

@@ -197,8 +197,8 @@ def start_cluster(sweep: Sweep, address: str | None, marks: list[float] | None =
             marks.append(time.perf_counter())
         return start_pool(sweep, mps.join() if mps is not None else None)
     except BaseException:
-        if mps is not None and mps.result is not None:
-            mps.result.stop()
+        if mps is not None:
+            mps.stop()  # Ray or the pool failed: a daemon begun for them goes too (once its start has finished)
         raise
 
 

@@ -55,6 +55,7 @@ def test_a_machine_without_mps_runs_without_it_quietly_unless_asked(capsys):
         start_mps(True)
     with pytest.raises(SegsweepError, match="not on PATH"):
         MpsStart(True).join()  # the thread's error comes back in the driver's
+    MpsStart("auto").stop()  # after a failure elsewhere: nothing was started, nothing to end
 
 
 def _tools(folder: Path, control: str) -> None:
