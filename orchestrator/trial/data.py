@@ -121,13 +121,13 @@ class FullBatchSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self):
         perm = torch.randperm(self.n, generator=self.generator)
-        return iter(fill_up(perm, len(self)).tolist())
+        return iter(fill_up(perm, self.batch_size).tolist())
 
 
-def fill_up(index: torch.Tensor, size: int) -> torch.Tensor:
-    """``index`` made ``size`` long by repeating it from its start (``size`` <= twice its length in every use)."""
-    short = size - len(index)
-    return index if short <= 0 else torch.cat([index, index[:short]])
+def fill_up(index: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``index`` repeated from its start up to a whole number of batches (``len`` of ``FullBatchSampler``)."""
+    size = -(-len(index) // batch_size) * batch_size
+    return index if size == len(index) else index.repeat(-(-size // len(index)))[:size]
 
 
 # DataLoader workers (data.cache: false) start from a clean server process: forking a trial worker, which runs
@@ -237,7 +237,7 @@ class CachedData(L.LightningDataModule):
         if number == 0:
             self._perm = torch.randperm(len(labels), device=labels.device, generator=self.generator(labels.device))
             if self.full_batches:
-                self._perm = fill_up(self._perm, len(self._perm) + (-len(self._perm)) % self.batch_size)
+                self._perm = fill_up(self._perm, self.batch_size)
         index = self._perm[number * self.batch_size:number * self.batch_size + n]
         return images[index], labels[index]
 
