@@ -215,10 +215,22 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _is_union_tag(part: object) -> bool:
+    """pydantic's location tag of a union member (``float``, ``bool``, ``literal['auto']``), not a field name."""
+    return isinstance(part, str) and (part in ("bool", "int", "float", "str") or part.startswith("literal["))
+
+
 def format_validation_error(error: ValidationError, domain_key: str | None = None) -> str:
     """First pydantic error as ``key.path: what is wrong (allowed / closest)``, plus a count of the rest."""
     errors = error.errors()
     first = errors[0]
+    # a union (``bool | Literal["auto"]``) fails once per member, each located under its tag: one error of the field
+    union = [e for e in errors if e["loc"][:-1] == first["loc"][:-1] and e.get("input") == first.get("input")]
+    if len(union) > 1 and first["loc"] and all(_is_union_tag(e["loc"][-1]) for e in union):
+        first = {**first, "loc": first["loc"][:-1], "type": "union",
+                 "msg": "Input should be " + " or ".join(e["msg"].removeprefix("Input should be ").split(",")[0]
+                                                         for e in union)}
+        errors = [first, *[e for e in errors if e not in union]]
     loc = tuple(p for p in first["loc"] if not isinstance(p, int) or first["type"] != "extra_forbidden")
     path = ".".join(str(p) for p in loc)
     kind, value = first["type"], first.get("input")
