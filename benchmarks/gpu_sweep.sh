@@ -5,7 +5,8 @@
 # binary-nomps: the same without it (4 trials in 2 processes)
 # binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
 # binary-8: eight trials at once, four processes of two; binary-mps, binary-8-mps: those under CUDA MPS (started and
-# stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go
+# stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go; startup: a fresh
+# process's first steps with and without the depthwise kernels compiled first (VARIANTS, STARTUP_S)
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
 # /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts) and,
 # for `real`, .data (the IDD-lite subset). Summaries land in $OUT (runs stay in /tmp: too many files).
@@ -58,6 +59,10 @@ for part in ${@:-binary multiclass}; do
         python3 -X importtime -c "import $m" 2> "$OUT/importtime-$m.txt"
         echo "import $m (cumulative us, the slowest 25):"; sort -t'|' -k2 -n "$OUT/importtime-$m.txt" | tail -25
       done ;;
+    startup)  # a fresh process's first steps with the depthwise kernels compiled first (benchmarks/startup_profile.py)
+      timeout "${STARTUP_S:-150}" python3 benchmarks/startup_profile.py --out /tmp/sp --images 256 --epochs 1 \
+        --variants "${VARIANTS:-warm1,warm,concurrent4_warm}" > "$OUT/startup.log" 2>&1
+      echo "startup rc=$?"; cp /tmp/sp/startup_profile.jsonl "$OUT/" 2>/dev/null; tail -8 "$OUT/startup.log" ;;
     gpu-tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
   esac
 done

@@ -11,7 +11,10 @@ one (eager warm-up, capture, replays), each epoch, and each validation pass. Var
 - ``no_graphs`` / ``fp32`` / ``no_channels_last``: that lever off;  ``native_depthwise``: that opt-in lever on;
 - ``no_cudnn``: ``torch.backends.cudnn.enabled = False``;  ``eager_loading``: ``CUDA_MODULE_LOADING=EAGER``;
 - ``jitcache``: the CUDA driver's JIT cache in a fresh folder (``CUDA_CACHE_PATH``, 4 GiB): run it twice to see
-  whether a second process finds its kernels there.
+  whether a second process finds its kernels there;
+- ``warm`` / ``warm1`` / ``warm_here``: before the first trial, the depthwise convolutions' kernels compiled as a
+  pool worker does (``compile_depthwise``) on 8 threads / on 1 / in the thread that then trains;
+  ``concurrent4_warm``: four children at once, 4 threads each.
 
 Each child also lists the NVRTC and cuDNN libraries its process has mapped after the first trial (NVRTC means kernels
 were compiled at run time).
@@ -42,7 +45,12 @@ VARIANTS = {
     "no_cudnn": {},
     "eager_loading": {},
     "jitcache": {},
+    "warm": {},
+    "warm1": {},
+    "concurrent4_warm": {},
+    "warm_here": {},
 }
+WARM_THREADS = {"warm": 8, "warm1": 1, "concurrent4_warm": 4, "warm_here": 0}
 
 
 def child(variant: str, root: Path, cache: Path, images: int, epochs: int) -> dict:
@@ -96,6 +104,11 @@ def child(variant: str, root: Path, cache: Path, images: int, epochs: int) -> di
     overrides = {"optimizer.lr": 1e-3, "trainer.max_epochs": epochs, **VARIANTS[variant]}
     sweep = build_sweep(sweep_spec(settings, root, overrides, epochs=epochs), source="startup-profile")
     prepared = prepare_data(sweep.spec.data, cache)
+    if variant in WARM_THREADS and gpu:
+        from benchmarks.depthwise_warm import compile_depthwise, depthwise_runs
+
+        compile_depthwise(depthwise_runs(sweep.fixed_config(), prepared), torch.device("cuda"), WARM_THREADS[variant])
+        mark("warm")
     graphed = []
     for number in (1, 2):
         prefix = f"t{number}_"
@@ -157,7 +170,7 @@ def main() -> int:
         command = [sys.executable, __file__, "--child", variant, "--root", str(root), "--cache", str(cache),
                    "--images", str(args.images), "--epochs", str(args.epochs)]
         children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                    for _ in range(4 if variant == "concurrent4" else 1)]
+                    for _ in range(4 if variant.startswith("concurrent4") else 1)]
         for process in children:
             stdout, stderr = process.communicate()
             if process.returncode != 0:
@@ -172,7 +185,7 @@ def main() -> int:
             print(json.dumps(result), flush=True)
             with (out / "startup_profile.jsonl").open("a") as f:
                 f.write(json.dumps(result) + "\n")
-    keys = ["import_torch", "import_rest", "cuda_init", "t1_built", "t1_e0_step0", "t1_e0_step1", "t1_e0_step2",
+    keys = ["import_torch", "import_rest", "cuda_init", "warm", "t1_built", "t1_e0_step0", "t1_e0_step1", "t1_e0_step2",
             "t1_e0_step3", "t1_e0_step4", "t1_e0_val_start", "t1_e0_val_end", "t1_e1_val_start", "t1_e1_val_end",
             "t2_built", "t2_e0_step0", "t2_e0_step3", "t2_e0_val_start", "t2_e0_val_end", "t2_fit_end"]
     print("| variant | " + " | ".join(keys) + " |")

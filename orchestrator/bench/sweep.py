@@ -90,6 +90,7 @@ def sweep_figures(meta: dict, trials: list[TrialRow], started: float, wall: floa
         "gpu_busy": busy, "gpu_busy_fit": fit_busy, "gpu_sampler": sampler.source,
         "phases_s": {k: round(v, 2) for k, v in timings.items()},
         "trial_seconds": trial_seconds(trials),
+        "first_epochs": first_epochs(trials, started),
         "running_over_time": running_over_time(intervals, started, wall),
         "no_trial_training_s": round(idle_seconds(intervals, fit_start, fit_end), 2),
         "idle_gpu_s": round(wall * (1 - busy[0]), 2) if busy else None,
@@ -133,6 +134,22 @@ def trial_seconds(trials: list[TrialRow]) -> dict[str, float]:
         if later:
             out["first_epoch_excess"] += max(0.0, first.get("perf/train_s", 0.0) - statistics.median(later))
     return {k: round(v, 2) for k, v in out.items()}
+
+
+def first_epochs(trials: list[TrialRow], started: float) -> list[dict[str, Any]]:
+    """Per trial, in the order they started: when (seconds since ``orchestrate run``), its architecture and loss,
+    how many trials ran beside it, and its first epoch's training seconds against its later epochs' median (the JSON
+    only: where the first-epoch excess goes)."""
+    rows = []
+    for t in trials:
+        if not t.history or "perf/started_at" not in t.history[0]:
+            continue
+        first, later = t.history[0], [h.get("perf/train_s", 0.0) for h in t.history[1:]]
+        rows.append({"at": round(first["perf/started_at"] - started, 2), "arch": t.config.get("model.arch"),
+                     "loss": t.config.get("loss.name"), "concurrent": first.get("perf/concurrent"),
+                     "first_s": round(first.get("perf/train_s", 0.0), 2),
+                     "later_s": round(statistics.median(later), 2) if later else None})
+    return sorted(rows, key=lambda r: r["at"])
 
 
 def running_over_time(intervals: list[tuple[float, float]], start: float, wall: float, step: float = 1.0) -> list:

@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from orchestrator.bench.sweep import SweepBench, idle_seconds, run_bench_sweep, running_over_time, sample
+from orchestrator.bench.sweep import (SweepBench, first_epochs, idle_seconds, run_bench_sweep, running_over_time,
+                                      sample)
 from orchestrator.store import Store, TrialRow
 
 
@@ -24,6 +25,17 @@ def test_timeline_arithmetic_by_hand():
     trials = [row(i) for i in range(7)] + [row(7, "failed"), row(8, "early_stopped", 0)]
     assert [t.id for t in sample(trials, 3)] == ["t0", "t3", "t6"]
     assert [t.id for t in sample(trials[:2], 3)] == ["t0", "t1"]
+
+
+def test_first_epochs_by_hand():
+    late = TrialRow("late", "completed", {"model.arch": "fpn", "loss.name": "dice"}, None, 3, {}, {}, None, None, None,
+                    None, [{"perf/started_at": 130.0, "perf/train_s": 9.0, "perf/concurrent": 2.0},
+                           {"perf/train_s": 1.0}, {"perf/train_s": 3.0}])
+    early = TrialRow("early", "early_stopped", {"model.arch": "unet", "loss.name": "focal"}, None, 1, {}, {}, None,
+                     None, None, None, [{"perf/started_at": 105.5, "perf/train_s": 4.0, "perf/concurrent": 0.0}])
+    assert first_epochs([late, early, row(3, "failed", 0)], started=100.0) == [
+        {"at": 5.5, "arch": "unet", "loss": "focal", "concurrent": 0.0, "first_s": 4.0, "later_s": None},
+        {"at": 30.0, "arch": "fpn", "loss": "dice", "concurrent": 2.0, "first_s": 9.0, "later_s": 2.0}]
 
 
 @pytest.mark.slow
