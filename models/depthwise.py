@@ -3,14 +3,12 @@
 For the bf16 channels-last depthwise convolutions of MobileNetV2 (ENet has none), cuDNN 9.19 picks engines that
 it compiles at run time with NVRTC, once per process: 10-17 s before a fresh trial's first training step on an
 H100. PyTorch's native depthwise kernels need no compilation, but train slower (docs/benchmarks.md: 0.66x).
-``native_depthwise(model)`` routes every depthwise ``nn.Conv2d`` of a model through them, forward and backward; the
-other convolutions keep cuDNN. The arithmetic is the same convolution (tests compare outputs and gradients).
+``native_depthwise(model)`` routes every depthwise ``nn.Conv2d`` of a model through them, forward and backward (by
+layout, not by a process-wide switch: ``NativeDepthwiseConv2d``); the other convolutions keep cuDNN. The arithmetic
+is the same convolution (tests compare outputs and gradients).
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,54 +22,24 @@ def is_depthwise(conv: nn.Module) -> bool:
             and isinstance(conv.padding, tuple))
 
 
-@contextlib.contextmanager
-def _cudnn_off() -> Iterator[None]:
-    """cuDNN off for the ops inside, every other cuDNN setting left as it is (``cudnn.flags`` would reset them)."""
-    before = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.enabled = before
-
-
-class _NativeDepthwise(torch.autograd.Function):
-    """conv2d with cuDNN disabled in the forward and in the backward (autograd's own backward would pick the backend
-    again, outside any ``cudnn.flags`` of the forward). Autocast is applied here by hand: the compute dtype is
-    chosen once and the backward uses the very tensors the forward convolved."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
-        with torch.autocast(x.device.type, enabled=False), _cudnn_off():
-            xc, wc = x.to(dtype), weight.to(dtype)
-            bc = bias.to(dtype) if bias is not None else None
-            out = F.conv2d(xc, wc, bc, stride, padding, dilation, groups)
-        ctx.save_for_backward(xc, wc)
-        ctx.conf = (stride, padding, dilation, groups, bias is not None, x.dtype, weight.dtype,
-                    bias.dtype if bias is not None else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        xc, wc = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias, x_dtype, w_dtype, b_dtype = ctx.conf
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
-        with _cudnn_off():
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                grad.to(xc.dtype), xc, wc, [wc.shape[0]] if has_bias else None, list(stride), list(padding),
-                list(dilation), False, [0, 0], groups, mask)
-        return (gx.to(x_dtype) if mask[0] else None, gw.to(w_dtype) if mask[1] else None,
-                gb.to(b_dtype) if mask[2] else None, None, None, None, None, None)
-
-
 class NativeDepthwiseConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` (same parameters, same state dict) whose convolution never takes cuDNN."""
+    """An ``nn.Conv2d`` (same parameters, same state dict) whose convolution PyTorch runs with its own CUDA depthwise
+    kernels, not cuDNN's.
+
+    ATen's choice of kernel (``use_cudnn_depthwise``) takes cuDNN for every channels-last depthwise convolution, and
+    its own kernels for an NCHW one unless it is fp16 (NCHW fp16 may still take cuDNN for some shapes). So the input
+    and the weight go in as NCHW (a channels-last weight of one channel per group suggests channels-last too, hence
+    the clone), the output goes back to the input's layout, and autograd's backward picks the same kernels. Nothing
+    process-wide is switched: the trials of a pool worker run in threads side by side. (The version before turned
+    ``torch.backends.cudnn.enabled`` off around each call, for every thread of the process at once. With it, every
+    trial of the default packing failed on an H200 with 'CUDA error: an illegal instruction was encountered'; that
+    this version cures it is not yet measured.)"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kind = x.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-        return _NativeDepthwise.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                      self.groups, dtype)
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x.contiguous(), self.weight.clone(memory_format=torch.contiguous_format), self.bias, self.stride,
+                     self.padding, self.dilation, self.groups)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
 def native_depthwise(model: nn.Module) -> int:

@@ -254,6 +254,19 @@ def progress_line(store: Store, total: int | None = None) -> str:
             f"{best_text}")
 
 
+def every_trial_failed(store: Store) -> str | None:
+    """One line when the study ended with trials and every one of them failed (nothing to compare; the CLI exits
+    non-zero with it): how many, and the most common error. None otherwise."""
+    counts = store.counts()
+    if counts["failed"] == 0 or any(counts[s] for s in STATUSES if s != "failed"):
+        return None
+    errors: dict[str, int] = {}
+    for t in store.trials():
+        errors[t.error or "no error recorded"] = errors.get(t.error or "no error recorded", 0) + 1
+    error, n = max(errors.items(), key=lambda item: item[1])
+    return f"every trial failed ({counts['failed']}); {n} of them with: {error}"
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

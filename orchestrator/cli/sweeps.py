@@ -12,7 +12,7 @@ import typer
 from orchestrator.cli.options import SetOption
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
-from orchestrator.store import Store, progress_line
+from orchestrator.store import Store, every_trial_failed, progress_line
 
 
 def validate(spec: Annotated[Path, typer.Argument(help="sweep YAML file")], set_: SetOption = None) -> None:
@@ -111,6 +111,9 @@ def _finish(result) -> None:
     if result.interrupted:
         typer.echo(f"interrupted: continue with 'orchestrate resume {result.run_dir}'", err=True)
         raise typer.Exit(130)
+    failed = every_trial_failed(Store.of_run(result.run_dir))
+    if failed:  # the store and the report keep them; a script that runs the study must not read success
+        raise SegsweepError(f"{failed}; every trial's error: orchestrate status {result.run_dir}")
 
 
 def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:

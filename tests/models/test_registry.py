@@ -121,7 +121,8 @@ def test_matmul_adaptive_pool_is_exact():
 @pytest.mark.parametrize("autocast", [False, True])
 def test_native_depthwise_computes_the_same_convolution(multiplier, stride, dilation, bias, autocast):
     """The cuDNN-free depthwise path gives the output and every gradient of nn.Conv2d, in fp32 and under bf16
-    autocast, on a channels-last input; only depthwise convolutions are switched, parameters stay the same objects."""
+    autocast, on a channels-last input, and keeps its layout; only depthwise convolutions are switched, parameters
+    stay the same objects, and no process-wide cuDNN setting changes (the pool's trials share the process)."""
     import copy
 
     from models.depthwise import NativeDepthwiseConv2d, native_depthwise
@@ -137,15 +138,21 @@ def test_native_depthwise_computes_the_same_convolution(multiplier, stride, dila
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         a, b = ref(x), model[0](x2)
     assert a.dtype == b.dtype == (torch.bfloat16 if autocast else torch.float32)
-    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert b.is_contiguous(memory_format=torch.channels_last) and torch.backends.cudnn.enabled
+    # NCHW against the reference's channels-last kernels: the same sums in another order
+    close = {"rtol": 1e-2, "atol": 1e-2} if autocast else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(b, a, **close)
     g = torch.randn_like(a)
     a.backward(g)
     b.backward(g)
-    torch.testing.assert_close(x2.grad, x.grad, rtol=0, atol=0)
-    torch.testing.assert_close(model[0].weight.grad, ref.weight.grad, rtol=0, atol=0)
+    assert x2.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x2.grad, x.grad, **close)
+    torch.testing.assert_close(model[0].weight.grad, ref.weight.grad, **close)
     assert model[0].weight.grad.dtype == torch.float32
     if bias:
-        torch.testing.assert_close(model[0].bias.grad, ref.bias.grad, rtol=0, atol=0)
+        torch.testing.assert_close(model[0].bias.grad, ref.bias.grad, **close)
+    nchw = model[0](x.detach().contiguous())
+    assert nchw.is_contiguous() and torch.allclose(nchw, model[0](x.detach()), atol=1e-5)
 
 
 def test_native_depthwise_on_real_encoders_and_back_for_export(tmp_path):
@@ -162,3 +169,41 @@ def test_native_depthwise_on_real_encoders_and_back_for_export(tmp_path):
     assert any(isinstance(m, NativeDepthwiseConv2d) for m in model.modules())  # exportable() copies
     assert onnx_parity(model, export_onnx(model, tmp_path / "m.onnx", (64, 64)), torch.randn(1, 3, 64, 64)) < 1e-3
     assert not any(isinstance(m, NativeDepthwiseConv2d) for m in cudnn_depthwise(model).modules())
+
+
+@pytest.mark.gpu
+def test_native_depthwise_takes_atens_own_kernels_on_a_gpu():
+    """On a GPU, ATen's kernel choice for what NativeDepthwiseConv2d hands to conv2d is its own depthwise kernels, in
+    bf16 and fp32, where the channels-last tensors the model trains with take cuDNN; two threads train through it
+    at once, as the slots of a pool worker do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.depthwise import native_depthwise
+
+    def backend(x: torch.Tensor, w: torch.Tensor):
+        return torch._C._select_conv_backend(x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], x.shape[1], None)
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 32, 16, 20, device="cuda").to(memory_format=torch.channels_last)
+    for dtype in (torch.bfloat16, torch.float32):
+        xd, wd = x.to(dtype), conv.weight.to(dtype)
+        assert backend(xd, wd) == torch._C._ConvBackend.Cudnn
+        nchw = backend(xd.contiguous(), wd.clone(memory_format=torch.contiguous_format))
+        assert nchw == torch._C._ConvBackend.CudaDepthwise2d
+
+    def train(seed: int) -> float:
+        torch.manual_seed(seed)
+        model = create_model("unet", "mobilenet_v2", classes=2).cuda().to(memory_format=torch.channels_last)
+        native_depthwise(model)
+        images = torch.randn(2, 3, 64, 64, device="cuda").to(memory_format=torch.channels_last)
+        with torch.cuda.stream(torch.cuda.Stream()):
+            for _ in range(3):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(images).float().mean()
+                loss.backward()
+            torch.cuda.current_stream().synchronize()
+        return float(loss)
+
+    with ThreadPoolExecutor(2) as pool:
+        losses = list(pool.map(train, (0, 1)))
+    assert all(torch.isfinite(torch.tensor(losses))) and torch.backends.cudnn.enabled

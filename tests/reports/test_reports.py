@@ -129,3 +129,32 @@ def test_report_of_a_run_interrupted_before_any_result(tmp_path):
     assert "t1" in md.read_text() and "2 unfinished" in md.read_text()
     assert "no results yet" in html.read_text()
     assert [t["metrics"] for t in report_json(tmp_path)["trials"]] == [{}, {}]
+
+
+def test_a_study_whose_every_trial_failed_ends_with_one_line_and_exit_1(filled, tmp_path):
+    """Nothing to compare: the CLI's end of run/resume/extend says so in one line (the most common error) and
+    exits 1, with the report and the store kept; one trial that trained is enough for success."""
+    from types import SimpleNamespace
+
+    from orchestrator.cli.sweeps import _finish
+    from orchestrator.errors import SegsweepError
+    from orchestrator.store import every_trial_failed
+
+    _, some = filled
+    assert every_trial_failed(some) is None
+    (tmp_path / "all").mkdir()
+    store = Store(tmp_path / "all" / "results.db")
+    store.set_meta(sweep="s", metric="val/miou", mode="max", trials=3)
+    for i, error in enumerate(["AcceleratorError: CUDA error: an illegal instruction was encountered"] * 2
+                              + ["OutOfMemoryError: CUDA out of memory"]):
+        store.add_trial(f"t{i}", {"model.arch": "unet"})
+        store.finish_trial(f"t{i}", "failed", error)
+    line = every_trial_failed(store)
+    assert line == ("every trial failed (3); 2 of them with: AcceleratorError: CUDA error: an illegal instruction "
+                    "was encountered")
+    with pytest.raises(SegsweepError) as raised:
+        _finish(SimpleNamespace(run_dir=tmp_path / "all", interrupted=False))
+    assert str(raised.value) == f"{line}; every trial's error: orchestrate status {tmp_path / 'all'}"
+    assert raised.value.exit_code == 1 and "\n" not in str(raised.value)
+    store.add_trial("t9", {"model.arch": "fpn"}, "running")  # not over yet: not every trial failed
+    assert every_trial_failed(store) is None
