@@ -8,8 +8,7 @@ import json
 import pytest
 import yaml
 
-from orchestrator.bench.sweep import (SweepBench, first_epochs, idle_seconds, run_bench_sweep, running_over_time,
-                                      sample)
+from orchestrator.bench.sweep import SweepBench, first_epochs, idle_seconds, run_bench_sweep, running_over_time, sample
 from orchestrator.store import Store, TrialRow
 
 
