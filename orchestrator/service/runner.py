@@ -13,11 +13,12 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator.errors import KNOWN_ERRORS
+from orchestrator.errors import KNOWN_ERRORS, SegsweepError
 from orchestrator.files import write_text_whole
 from orchestrator.rundir import RunDir
 from orchestrator.service.db import ServiceDB
 from orchestrator.spec.load import load_spec_text
+from orchestrator.store import Store, every_trial_failed
 from orchestrator.study import extend_sweep, resume_sweep, run_sweep
 
 
@@ -41,7 +42,12 @@ def run(data: Path, sweep_id: str, address: str | None) -> int:
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # a runner killed before any trial ran: start again
         result = run_sweep(load_spec_text(row.spec, source=f"sweep {sweep_id}"), out=run_dir, address=address)
-    return 130 if result.interrupted else 0
+    if result.interrupted:
+        return 130
+    failed = every_trial_failed(Store.of_run(result.run_dir))
+    if failed:  # as the CLI's run: the store and report stay, the sweep's state says it failed, and why
+        raise SegsweepError(failed)
+    return 0
 
 
 def main() -> None:

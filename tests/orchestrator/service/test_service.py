@@ -86,6 +86,22 @@ def test_refusals_are_one_line_and_write_nothing(service, tmp_path):
     assert (sorted((server.data / "runs").iterdir()) if (server.data / "runs").is_dir() else []) == runs
 
 
+def test_a_sweep_whose_every_trial_failed_is_failed_with_the_reason(service, tmp_path):
+    """PAN cannot run at 32x64 (its pyramid pools to nothing): both trials fail, so the sweep is 'failed' with the
+    one-line reason, and its trials and report are still there to read."""
+    server, tokens = service
+    alice = server.client(tokens["alice"])
+    spec = tiny_sweep(tmp_path / "d").replace("arch: unet", "arch: pan")
+    response = alice.post("/api/sweeps", json={"spec": spec})
+    assert response.status_code == 201, response.text
+    row = wait_for(alice, response.json()["id"], ("finished", "failed"))
+    assert row["state"] == "failed" and row["error"].startswith("every trial failed (2); 2 of them with: ")
+    assert "Output size is too small" in row["error"] and "\n" not in row["error"]
+    trials = alice.get(f"/api/sweeps/{row['id']}/trials").json()
+    assert [t["status"] for t in trials] == ["failed", "failed"]
+    assert alice.get(f"/api/sweeps/{row['id']}/report").status_code == 200
+
+
 def test_a_finished_sweeps_live_page_shows_its_table_and_a_chart(service, tmp_path):
     """Headless Chromium (Debian's, driven by Playwright): sign in with the token, open the live page, find the
     model-wise table and a drawn chart."""
