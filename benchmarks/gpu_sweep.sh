@@ -2,7 +2,8 @@
 # Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
 #   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
 # binary: the default, which runs under the sweep's own CUDA MPS daemon where the machine has MPS (resources.mps: auto);
-# binary-nomps: the same without it (4 trials in 2 processes)
+# binary-nomps: the same without it (4 trials in 2 processes); binary-native: with trainer.native_depthwise (no
+# run-time compiled depthwise kernels)
 # binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
 # binary-8: eight trials at once, four processes of two; binary-mps, binary-8-mps: those under CUDA MPS (started and
 # stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go; startup: a fresh
@@ -37,6 +38,7 @@ for part in ${@:-binary multiclass}; do
   case $part in
     binary) bench binary "${BINARY_S:-290}" --seeds-sample "${SEEDS:-2}" ;;
     binary-nomps) bench binary-nomps "${BINARY_S:-290}" --seeds-sample 0 --set resources.mps=false ;;
+    binary-native) bench binary-native "${BINARY_S:-290}" --seeds-sample 0 --set trainer.native_depthwise=true ;;
     binary-1proc) bench binary-1proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=1 ;;
     binary-4proc) bench binary-4proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=4 ;;
     multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \
