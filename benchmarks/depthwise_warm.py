@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.depthwise import is_depthwise
-from models.losses import loss_graph_safe
 from models.registry import create_model
 from orchestrator.data.cache import PreparedData
+from orchestrator.trial.build import output_classes, trial_levers, validation_batching
 from orchestrator.trial.config import TrialConfig
 from orchestrator.trial.data import balanced_batch
-from orchestrator.trial.levers import resolve_levers
+from orchestrator.trial.step import AUTOCAST_DTYPES
 
 
 @dataclass(frozen=True)
@@ -141,16 +141,15 @@ def depthwise_runs(config: dict[str, Any], data: PreparedData,
     The model is built on the meta device (no memory, no weights read). None where the trial takes PyTorch's own
     kernels for them (``trainer.native_depthwise``) or has no depthwise convolution (ENet, ResNets)."""
     cfg = TrialConfig.from_flat(config, groups)
-    levers = resolve_levers(cfg.trainer, True, torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                            graph_safe_loss=loss_graph_safe(cfg.loss.name))
+    levers = trial_levers(cfg, use_gpu=torch.cuda.is_available())
     if levers.native_depthwise:
         return ()
     with torch.device("meta"):
-        model = create_model(cfg.model.arch, cfg.model.encoder,
-                             classes=1 if data.task == "binary" else len(data.classes), batchnorm=cfg.model.batchnorm)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(levers.precision, torch.float32)
-    batch_stats = cfg.model.batchnorm == "batch"  # build_trial's validation batches
-    val_batch = cfg.trainer.batch_size if batch_stats else balanced_batch(data.val.images, cfg.trainer.val_batch_size)
+        model = create_model(cfg.model.arch, cfg.model.encoder, classes=output_classes(data),
+                             batchnorm=cfg.model.batchnorm)
+    dtype = AUTOCAST_DTYPES.get(levers.precision, torch.float32)
+    val = validation_batching(cfg, use_gpu=True)  # build_trial's validation batches on a GPU
+    val_batch = balanced_batch(data.val.images, val["val_batch_size"]) if val["balanced_val"] else val["val_batch_size"]
     convs = depthwise_convs(model, tuple(cfg.data.size))
     return tuple(DepthwiseRun(conv, batch, dtype, levers.channels_last, backward)
                  for batch, backward in ((cfg.trainer.batch_size, True), (val_batch, False)) for conv in convs)

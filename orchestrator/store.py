@@ -11,6 +11,7 @@ import json
 import math
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -260,10 +261,7 @@ def every_trial_failed(store: Store) -> str | None:
     counts = store.counts()
     if counts["failed"] == 0 or any(counts[s] for s in STATUSES if s != "failed"):
         return None
-    errors: dict[str, int] = {}
-    for t in store.trials():
-        errors[t.error or "no error recorded"] = errors.get(t.error or "no error recorded", 0) + 1
-    error, n = max(errors.items(), key=lambda item: item[1])
+    error, n = Counter(t.error or "no error recorded" for t in store.trials()).most_common(1)[0]
     return f"every trial failed ({counts['failed']}); {n} of them with: {error}"
 
 

@@ -48,13 +48,31 @@ class TrialRun:
     constants: dict[str, float]
 
 
+def trial_levers(cfg: TrialConfig, use_gpu: bool) -> Levers:
+    """The configuration's speed levers on its device (bf16 where the GPU has it; graphs only for a capturable loss)."""
+    return resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported(),
+                          graph_safe_loss=loss_graph_safe(cfg.loss.name))
+
+
+def output_classes(data: PreparedData) -> int:
+    """The model's output channels: one logit for the binary task, else one per class."""
+    return 1 if data.task == "binary" else len(data.classes)
+
+
+def validation_batching(cfg: TrialConfig, use_gpu: bool) -> dict[str, Any]:
+    """``CachedData``'s validation batches: balanced on a GPU (batches of one shape); with batch statistics in
+    evaluation (model.batchnorm: batch) the training batch, unbalanced, so that it validates as it trains."""
+    batch_stats = cfg.model.batchnorm == "batch"
+    return {"val_batch_size": cfg.trainer.batch_size if batch_stats else cfg.trainer.val_batch_size,
+            "balanced_val": use_gpu and not batch_stats}
+
+
 def build_module(cfg: TrialConfig, data: PreparedData, use_gpu: bool, state: dict[str, Any] | None = None,
                  started: float | None = None) -> SegmentationModule:
     """The Lightning module of one configuration (model, loss, optimiser settings), its levers resolved for the
     device; ``state``: a checkpoint to continue from."""
-    levers = resolve_levers(cfg.trainer, use_gpu, use_gpu and torch.cuda.is_bf16_supported(),
-                            graph_safe_loss=loss_graph_safe(cfg.loss.name))
-    model = create_model(cfg.model.arch, cfg.model.encoder, classes=1 if data.task == "binary" else len(data.classes),
+    levers = trial_levers(cfg, use_gpu)
+    model = create_model(cfg.model.arch, cfg.model.encoder, classes=output_classes(data),
                          encoder_weights=cfg.model.encoder_weights, batchnorm=cfg.model.batchnorm)
     class_weights = None
     if loss_needs_class_weights(cfg.loss.name):
@@ -98,10 +116,7 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
                             jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
                             num_workers=0 if cfg.data.cache else cfg.data.workers,
                             resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed,
-                            # batch statistics in evaluation too (model.batchnorm: batch): validate as it trains
-                            val_batch_size=cfg.trainer.batch_size if cfg.model.batchnorm == "batch" else
-                            cfg.trainer.val_batch_size, full_batches=use_gpu,
-                            balanced_val=use_gpu and cfg.model.batchnorm != "batch", **sets)
+                            full_batches=use_gpu, **validation_batching(cfg, use_gpu), **sets)
     # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
     # benchmark=None leaves cuDNN's autotuning as the process has it (off): the trials of a worker share the flag, and
     # a capture must find the very plans its warm-up built (measured on an H200: autotuned warm-up, then capture ->

@@ -66,6 +66,8 @@ class CaptureLock:
                 self._cond.notify_all()
 
 
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # trainer.precision: autocast's dtype
+
 STEP_LOCK = CaptureLock()  # one per process: every CUDA training step of the process goes through it
 
 
@@ -84,7 +86,7 @@ class TrainStep:
 
     def __init__(self, module: SegmentationModule, levers: Levers, batch_size: int) -> None:
         self.module, self.batch_size = module, batch_size
-        self.dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(levers.precision)
+        self.dtype = AUTOCAST_DTYPES.get(levers.precision)
         self.scaler = torch.amp.GradScaler("cuda") if levers.precision == "16-mixed" else None
         self.use_graphs = levers.cuda_graphs
         self.graph: torch.cuda.CUDAGraph | None = None
