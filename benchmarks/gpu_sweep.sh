@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
 # binary: the default, which runs under the sweep's own CUDA MPS daemon where the machine has MPS (resources.mps: auto);
 # binary-nomps: the same without it (4 trials in 2 processes); binary-native: with trainer.native_depthwise (no
-# run-time compiled depthwise kernels)
+# run-time compiled depthwise kernels); binary-fp16: with trainer.precision=16-mixed; binary-v7: with TORCH_CUDNN_V8_API_DISABLED=1 exported to the sweep's workers
 # binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
 # binary-8: eight trials at once, four processes of two; binary-mps, binary-8-mps: those under CUDA MPS (started and
 # stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go; startup: a fresh
@@ -39,6 +39,10 @@ for part in ${@:-binary multiclass}; do
     binary) bench binary "${BINARY_S:-290}" --seeds-sample "${SEEDS:-2}" ;;
     binary-nomps) bench binary-nomps "${BINARY_S:-290}" --seeds-sample 0 --set resources.mps=false ;;
     binary-native) bench binary-native "${BINARY_S:-290}" --seeds-sample 0 --set trainer.native_depthwise=true ;;
+    binary-fp16)  # fp16 autocast (cuDNN's fp16 depthwise kernels; the step runs eagerly: no CUDA graphs with a scaler)
+      bench binary-fp16 "${BINARY_S:-290}" --seeds-sample 0 --set trainer.precision=16-mixed ;;
+    binary-v7)  # PyTorch's legacy cuDNN API in every worker (precompiled algorithms, a process-wide algorithm cache)
+      (export TORCH_CUDNN_V8_API_DISABLED=1; bench binary-v7 "${BINARY_S:-290}" --seeds-sample 0) ;;
     binary-1proc) bench binary-1proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=1 ;;
     binary-4proc) bench binary-4proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=4 ;;
     multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \

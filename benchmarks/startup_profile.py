@@ -10,6 +10,9 @@ one (eager warm-up, capture, replays), each epoch, and each validation pass. Var
 - ``default``: every lever on;            ``concurrent4``: four children at once, as 4 packed trials start;
 - ``no_graphs`` / ``fp32`` / ``no_channels_last``: that lever off;  ``native_depthwise``: that opt-in lever on;
 - ``no_cudnn``: ``torch.backends.cudnn.enabled = False``;  ``eager_loading``: ``CUDA_MODULE_LOADING=EAGER``;
+- ``cudnn_v7``: PyTorch's older cuDNN path (``TORCH_CUDNN_V8_API_DISABLED=1``: cuDNN's legacy convolution API, whose
+  algorithms are precompiled, and a process-wide algorithm cache); ``heur_b``: cuDNN's heuristics in mode B
+  (``TORCH_CUDNN_USE_HEURISTIC_MODE_B=1``);
 - ``jitcache``: the CUDA driver's JIT cache in a fresh folder (``CUDA_CACHE_PATH``, 4 GiB): run it twice to see
   whether a second process finds its kernels there;
 - ``warm`` / ``warm1`` / ``warm_here``: before the first trial, the depthwise convolutions' kernels compiled as a
@@ -44,6 +47,8 @@ VARIANTS = {
     "native_depthwise": {"trainer.native_depthwise": True},
     "no_cudnn": {},
     "eager_loading": {},
+    "cudnn_v7": {},
+    "heur_b": {},
     "jitcache": {},
     "warm": {},
     "warm1": {},
@@ -51,6 +56,8 @@ VARIANTS = {
     "warm_here": {},
 }
 WARM_THREADS = {"warm": 8, "warm1": 1, "concurrent4_warm": 4, "warm_here": 0}
+ENVIRONMENT = {"eager_loading": {"CUDA_MODULE_LOADING": "EAGER"}, "cudnn_v7": {"TORCH_CUDNN_V8_API_DISABLED": "1"},
+               "heur_b": {"TORCH_CUDNN_USE_HEURISTIC_MODE_B": "1"}}
 
 
 def child(variant: str, root: Path, cache: Path, images: int, epochs: int) -> dict:
@@ -162,9 +169,7 @@ def main() -> int:
     prepare_data(build_sweep(sweep_spec(settings, root), source="startup-profile").spec.data, cache)
     lines = []
     for variant in args.variants.split(","):
-        env = dict(os.environ)
-        if variant == "eager_loading":
-            env["CUDA_MODULE_LOADING"] = "EAGER"
+        env = {**os.environ, **ENVIRONMENT.get(variant, {})}
         if variant == "jitcache":
             env["CUDA_CACHE_PATH"], env["CUDA_CACHE_MAXSIZE"] = str(out / "jitcache"), str(4 * 2**30)
         command = [sys.executable, __file__, "--child", variant, "--root", str(root), "--cache", str(cache),
@@ -178,6 +183,9 @@ def main() -> int:
             else:
                 result = json.loads(stdout.strip().splitlines()[-1])
                 result["spans"] = spans(result["marks"])
+                marks = result["marks"]
+                if "t2_e1_train_end" in marks:  # the second trial's second epoch: the steady speed, plans all made
+                    result["steady_epoch_s"] = round(marks["t2_e1_train_end"] - marks["t2_e0_train_end"], 3)
                 if variant == "jitcache":
                     result["jitcache_mb"] = round(sum(f.stat().st_size for f in (out / "jitcache").rglob("*")
                                                       if f.is_file()) / 2**20, 1)
@@ -188,11 +196,13 @@ def main() -> int:
     keys = ["import_torch", "import_rest", "cuda_init", "warm", "t1_built", "t1_e0_step0", "t1_e0_step1", "t1_e0_step2",
             "t1_e0_step3", "t1_e0_step4", "t1_e0_val_start", "t1_e0_val_end", "t1_e1_val_start", "t1_e1_val_end",
             "t2_built", "t2_e0_step0", "t2_e0_step3", "t2_e0_val_start", "t2_e0_val_end", "t2_fit_end"]
-    print("| variant | " + " | ".join(keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
+    print("| variant | " + " | ".join(keys) + " | steady epoch | NVRTC mapped |")
+    print("|---" * (len(keys) + 3) + "|")
     for r in lines:
         if "spans" in r:
-            print(f"| {r['variant']} | " + " | ".join(f"{r['spans'].get(k, float('nan')):.2f}" for k in keys) + " |")
+            compiled = any(name.startswith("libnvrtc") for name in r["libraries"])  # not torch's libcaffe2_nvrtc
+            print(f"| {r['variant']} | " + " | ".join(f"{r['spans'].get(k, float('nan')):.2f}" for k in keys)
+                  + f" | {r.get('steady_epoch_s', float('nan')):.2f} | {compiled} |")
         else:
             print(f"| {r['variant']} | {r['error']} |")
     return 0

@@ -202,7 +202,7 @@ def test_native_depthwise_takes_atens_own_kernels_on_a_gpu():
                     loss = model(images).float().mean()
                 loss.backward()
             torch.cuda.current_stream().synchronize()
-        return float(loss)
+        return loss.item()
 
     with ThreadPoolExecutor(2) as pool:
         losses = list(pool.map(train, (0, 1)))
