@@ -5,7 +5,8 @@
 MobileNetV2's depthwise convolutions at the shipped study's shapes (256x320, batch 16), forward and backward (input
 and weight gradients, the gradient in the output's layout), each variant in a fresh process: the first pass over
 every shape (what a fresh trial thread pays), the steady time of one pass (CUDA events), and whether the process then
-has NVRTC mapped (cuDNN compiled kernels at run time). Variants:
+has NVRTC mapped. (On the H200 image it was mapped in every variant, ATen's own kernels included, so the first pass
+is the figure that tells which paths compiled.) Variants:
 
 - ``bf16_nhwc``: what a trial runs (bf16, channels-last, cuDNN);  ``fp16_nhwc`` / ``fp32_nhwc``: the same in fp16 /
   fp32 (TF32 allowed);
