@@ -152,6 +152,9 @@ def main() -> int:
     parser.add_argument("--root", type=Path)
     parser.add_argument("--cache", type=Path)
     args = parser.parse_args()
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     if args.child:
         print(json.dumps(child(args.child, args.root, args.cache, args.images, args.epochs)), flush=True)
         return 0
