@@ -24,7 +24,7 @@ from orchestrator.driver.pool import active_pool
 from orchestrator.pool.protocol import STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
-from orchestrator.store import Store, is_metric, progress_line
+from orchestrator.store import Store, ended_as, is_metric, progress_line
 from orchestrator.tracking import Tracker
 
 SPENT: collections.Counter[str] = collections.Counter()  # the driver's seconds in each callback (bench-sweep)
@@ -104,8 +104,7 @@ class StoreCallback(Timed):
             self.store.record_epoch(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        epochs = int((trial.last_result or {}).get("epoch", 0))
-        self.store.finish_trial(trial.trial_id, "completed" if epochs >= self.max_epochs else "early_stopped")
+        self.store.finish_trial(trial.trial_id, ended_as(trial.last_result or {}, self.max_epochs))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # Tune writes the error into the trial's driver-side staging folder first and syncs it to storage later

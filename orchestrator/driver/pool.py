@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.errors import SegsweepError
@@ -132,6 +133,18 @@ class Pool:
         if index is not None:
             self.workers[index].stop.remote(trial_id)
 
+    def revalidate(self, rows: list[Any]) -> list[dict[str, Any]]:
+        """The study's self-check on the workers (``TrialWorker.revalidate``), the trials spread over them: one result
+        per store row, in order."""
+        calls = [self.workers[i % len(self.workers)].revalidate.remote(row.id, row.config) for i, row in enumerate(rows)]
+        results = []
+        for call in calls:
+            try:
+                results.append(ray.get(call))
+            except RayActorError as e:
+                results.append({"error": f"WorkerDied: the worker stopped while re-scoring ({str(e).splitlines()[0]})"})
+        return results
+
     def shutdown(self) -> None:
         global _ACTIVE
         if _ACTIVE is self:
@@ -176,7 +189,7 @@ def start_pool(sweep: Sweep, mps: MpsDaemon | None = None) -> Pool:
     limits = limits or [slots for slots, _ in placements]
     actor = ray.remote(WorkerActor)
     workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
-        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(spec), warm))
+        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(sweep), warm))
         for (slots, options), limit in zip(placements, limits)]
     # on the driver's node: it lives as long as the driver, whichever other node goes away
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -192,10 +205,19 @@ def active_pool() -> Pool | None:
     return _ACTIVE
 
 
-def decisions(spec: SweepSpec) -> tuple[int, ...]:
-    """The epochs at which the sweep's scheduler may stop a trial (ASHA's rungs; none without early stopping)."""
-    scheduler = spec.search.scheduler
-    return decision_epochs(spec.trainer.max_epochs, scheduler.grace_period if scheduler.name == "asha" else None,
+def scheduled_epochs(sweep: Sweep) -> int:
+    """The most epochs of the full network a trial trains: ``trainer.max_epochs`` less a fixed
+    ``model.stage1_epochs`` (a staged model's first stage is no epoch of the network it deploys). ASHA's ``max_t``."""
+    spec = sweep.spec
+    searched = any(key in ("model", "model.stage1_epochs") for key in sweep.domains)
+    return spec.trainer.max_epochs - (0 if searched else spec.model.stage1_epochs)
+
+
+def decisions(sweep: Sweep) -> tuple[int, ...]:
+    """The full network's epochs (``full_epoch``) at which the sweep's scheduler may stop a trial (ASHA's rungs; none
+    without early stopping)."""
+    scheduler = sweep.spec.search.scheduler
+    return decision_epochs(scheduled_epochs(sweep), scheduler.grace_period if scheduler.name == "asha" else None,
                            scheduler.reduction_factor)
 
 

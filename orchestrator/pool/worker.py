@@ -42,6 +42,7 @@ from orchestrator.trial.build import build_module, build_trial
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
 from orchestrator.trial.config import TrialConfig, TrialContext
 from orchestrator.trial.data import normalise, to_model_input
+from orchestrator.trial.revalidate import revalidate
 from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
@@ -61,6 +62,7 @@ class Job:
         self.restarts = 0
         self.submitted = self.started = time.time()
         self.max_epochs = 0  # known once the trial's config is read
+        self.stage1_epochs = 0  # a staged model's first stage: the scheduler's decisions count the epochs after it
         self.waited_s: float | None = None  # the last wait for Tune's word, reported with the next epoch
 
     def decide(self, epoch: int) -> None:
@@ -74,9 +76,9 @@ class Job:
             self.cond.notify_all()
 
     def wait(self, epoch: int, decisions: tuple[int, ...]) -> bool:
-        """After sending ``epoch``: at a decision epoch wait for Tune's word on it; elsewhere run at most one epoch
-        ahead of it. Returns whether the trial goes on."""
-        target = epoch if epoch in decisions else epoch - 1
+        """After sending ``epoch``: at a decision epoch (``decisions`` counts the full network's epochs) wait for
+        Tune's word on it; elsewhere run at most one epoch ahead of it. Returns whether the trial goes on."""
+        target = epoch if epoch - self.stage1_epochs in decisions else epoch - 1
         with self.cond:
             self.cond.wait_for(lambda: self.stopped or self.confirmed >= target, timeout=DECISION_TIMEOUT_S)
             if self.confirmed < target:
@@ -151,6 +153,21 @@ class TrialWorker:
             job.stop()
             with self.cond:
                 self.cond.notify_all()
+
+    def revalidate(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The study's self-check of a finished trial: its saved best weights scored on the validation split as it
+        validated (``trial.revalidate``), here where the data and the compiled kernels are. ``{"metrics": ...,
+        "seconds": ...}``, or ``{"error": "one line"}``."""
+        self.attached.wait()
+        weights = RunDir(self.context.run_dir).trial(trial_id).best_weights
+        if not weights.is_file():
+            return {"error": f"{weights.name} missing"}
+        started = time.perf_counter()
+        try:
+            metrics = revalidate(config, self.context.data, weights, self.cuda, build_lock=BUILD_LOCK)
+        except Exception as e:  # noqa: BLE001 - weights that do not load are a failed check, with the reason
+            return {"error": failure(e)}
+        return {"metrics": metrics, "seconds": time.perf_counter() - started}
 
     def load(self) -> dict[str, int]:
         with self.cond:
@@ -235,7 +252,7 @@ class TrialWorker:
             # our own file, written by ReportEpochs: optimiser and schedule state are not plain tensors
             state = torch.load(job.state_path, map_location="cpu", weights_only=False) if job.state_path else None
             cfg = TrialConfig.from_flat(job.config, ctx.groups)
-            job.max_epochs = cfg.trainer.max_epochs
+            job.max_epochs, job.stage1_epochs = cfg.trainer.max_epochs, cfg.model.stage1_epochs
             if state is not None and state["epoch"] >= cfg.trainer.max_epochs:
                 job.events.put({"kind": "done"})
                 return
