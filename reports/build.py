@@ -27,8 +27,8 @@ from reports.figures import (
     parallel_coordinates,
     speed_frame,
     speed_vs_accuracy,
-    trial_labels,
     training_curves,
+    trial_labels,
 )
 from reports.summary import latency_columns, pareto_front
 from reports.tables import comparison_table, to_markdown, varying_keys

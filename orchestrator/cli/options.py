@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -9,6 +10,28 @@ import typer
 from orchestrator.errors import SegsweepError
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override a dotted key: --set optimizer.lr=3e-4")]
+
+
+class TextFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class TableFormat(str, Enum):
+    md = "md"
+    json = "json"
+
+
+class ReportFormat(str, Enum):
+    md = "md"
+    html = "html"
+    json = "json"
+
+
+# ``--format`` of every command: its choices checked by the CLI itself (a one-line usage error naming them)
+TextFormatOption = Annotated[TextFormat, typer.Option("--format", help="text or json")]
+TableFormatOption = Annotated[TableFormat, typer.Option("--format", help="md or json")]
+ReportFormatOption = Annotated[ReportFormat, typer.Option("--format", help="md, html or json")]
 
 
 def hw(text: str, option: str) -> tuple[int, int]:

@@ -21,12 +21,11 @@ from ray import tune
 
 from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
 from orchestrator.driver.callbacks import SPENT, release_checkpoint
-from orchestrator.driver.pool import Pool, start_pool
-from orchestrator.driver.pool import decisions as pool_decisions
-from orchestrator.driver.pool import scheduled_epochs
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
 from orchestrator.errors import SegsweepError
-from orchestrator.mps import MpsStart, wanted
+from orchestrator.mps import MpsStart
+from orchestrator.pool.admission import use_mps
+from orchestrator.pool.launch import Pool, decisions, scheduled_epochs, start_pool
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
@@ -85,7 +84,7 @@ def rung_epochs(sweep: Sweep) -> list[int]:
     """The scheduler's rungs as trial epochs (the report's analysis compares trials there): the full network's rung
     epochs after a fixed stage 1."""
     stage1 = sweep.spec.trainer.max_epochs - scheduled_epochs(sweep)
-    return [stage1 + epoch for epoch in pool_decisions(sweep)]
+    return [stage1 + epoch for epoch in decisions(sweep)]
 
 
 def trial_context(sweep: Sweep, run_dir: Path, prepared) -> TrialContext:
@@ -198,7 +197,7 @@ def start_cluster(sweep: Sweep, address: str | None, marks: list[float] | None =
     ``marks``: gets the time Ray was up."""
     res = sweep.spec.resources
     own_ray = address is None and not ray.is_initialized()
-    mps = MpsStart(res.mps) if wanted(res.mps, own_ray, res.gpus_per_trial != 0) else None
+    mps = MpsStart(res.mps) if use_mps(res.mps, own_ray, res.gpus_per_trial != 0) else None
     try:
         init_ray(address, sweep.spec)
         if marks is not None:

@@ -18,17 +18,22 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.driver.callbacks import (CheckpointCallback, PoolCallback, ProgressCallback, StoreCallback,
-                                          WandbCallback)
-from orchestrator.driver.pool import PROXY_CPUS, Pool, check_resources, scheduled_epochs
+from orchestrator.driver.callbacks import (
+    CheckpointCallback,
+    PoolCallback,
+    ProgressCallback,
+    StoreCallback,
+    WandbCallback,
+)
 from orchestrator.driver.space import to_tune_space
 from orchestrator.errors import SegsweepError
+from orchestrator.pool.launch import PROXY_CPUS, Pool, scheduled_epochs
+from orchestrator.pool.protocol import REPLAYED
 from orchestrator.pool.proxy import proxy_trial
 from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
-from orchestrator.pool.protocol import REPLAYED
-from orchestrator.store import FULL_EPOCH, ended_as
 from orchestrator.spec.schema import SweepSpec
+from orchestrator.store import FULL_EPOCH, ended_as
 
 # Ray's and Tune's environment settings of a sweep: orchestrator.driver's __init__, before Ray is imported
 
@@ -50,6 +55,22 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
         raise SegsweepError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
     quiet_tune()
     check_resources(spec, ray.cluster_resources())
+
+
+def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
+    share = spec.resources.gpus_per_trial
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": 0.0 if share == "auto" else float(share)}
+    for kind, amount in need.items():
+        if amount > available.get(kind, 0):
+            key = f"resources.{kind.lower()}s_per_trial"
+            raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
+                                f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
+    for name, amount in spec.resources.proxy_resources.items():
+        if amount > available.get(name, 0):
+            raise SegsweepError(f"resources.proxy_resources.{name}: {amount:g} per trial, but the Ray cluster has "
+                                f"{available.get(name, 0):g}; start a node with --resources '{{\"{name}\": N}}' or "
+                                f"remove the key")
 
 
 def quiet_tune() -> None:
@@ -173,7 +194,7 @@ def _finite(value: Any) -> bool:
 
 
 def scheduler(sweep: Sweep) -> TrialScheduler:
-    spec, search = sweep.spec, sweep.spec.search
+    search = sweep.spec.search
     if search.scheduler.name != "asha":
         return FIFOScheduler()
     own = {"metric": search.metric, "mode": search.mode} if len(search.objectives) > 1 else {}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from orchestrator.driver.run import Run, RunResult, extend_run, fit, restore_run, start_run
 from orchestrator.rundir import RunDir
-from orchestrator.study.selfcheck import check_trials, unchecked_top
 from orchestrator.spec.load import Sweep
 from orchestrator.store import TERMINAL, Store, progress_line
+from orchestrator.study.selfcheck import check_trials, unchecked_top
 from orchestrator.tracking import Tracker
 from reports.build import build_report, comparison_frame
 from reports.collect import load_run

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.pool.protocol import failure
+from orchestrator.failures import failure
 from orchestrator.rundir import RunDir
 from orchestrator.store import Store, TrialRow, top_trials
 

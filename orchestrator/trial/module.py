@@ -75,7 +75,10 @@ class SegmentationModule(L.LightningModule):
         """ENet's first stage: the encoder alone trains against labels downsampled x8 (nearest)."""
         return self.epoch_offset + self.current_epoch < self.stage1_epochs
 
-    def _logits(self, x: torch.Tensor, y: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, x: torch.Tensor, y: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's logits for a batch and the labels they are scored against (a first-stage batch: the
+        encoder's, against labels downsampled to its output in training, upsampled to the labels' size in
+        validation)."""
         if not self.in_stage1:
             return self(x), y
         logits = self.model.forward_encoder(x)
@@ -116,7 +119,7 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y, *valid = batch  # a batch padded to the full size says how many of its samples are real
         with self.step.autocast():
-            logits, y = self._logits(x, y, training=False)
+            logits, y = self.logits(x, y, training=False)
         if valid:
             logits, y = logits[:valid[0]], y[:valid[0]]
         logits = logits.float()
