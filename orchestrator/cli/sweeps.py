@@ -50,6 +50,7 @@ def run(
                    f"({s.data.resize})")
         typer.echo("search space:" + ("".join(f"\n  {line}" for line in describe_space(sweep)) or " (none: fixed)"))
         return
+    joining(address)
     from orchestrator.study import run_sweep  # lazy: imports Ray
 
     _finish(run_sweep(sweep, out=out, address=address, max_trials=max_trials))
@@ -60,6 +61,7 @@ def resume(
     address: Annotated[Optional[str], typer.Option(help="join a running Ray cluster")] = None,
 ) -> None:
     """Finish an interrupted sweep: finished trials are kept, none is run twice."""
+    joining(address)
     from orchestrator.study import resume_sweep  # lazy: imports Ray
 
     _finish(resume_sweep(run_dir, address=address))
@@ -101,9 +103,19 @@ def extend(
 ) -> None:
     """Continue a study with N more trials: the same Optuna study (or more random points), store and report; an
     interrupted run finishes its own trials first."""
+    joining(address)
     from orchestrator.study import extend_sweep  # lazy: imports Ray
 
     _finish(extend_sweep(run_dir, trials, address=address))
+
+
+def joining(address: str | None) -> None:
+    """Before Ray is imported: the token of the pool's own Ray where ``address`` is that pool's
+    (``orchestrate pool start``)."""
+    if address:
+        from orchestrator.pool.resident import join_token  # lazy: light, but only a joining run needs it
+
+        join_token(address)
 
 
 def _finish(result) -> None:
