@@ -16,6 +16,14 @@ from orchestrator.pool.admission import choose_worker
 DOWN_S = 60.0  # a restarting pool's worker found dead is passed over this long, while Ray starts it again
 
 
+class Lease:
+    """A sweep's lease on a pool that outlives it: a tiny actor its driver owns, so it ends with the driver (also on
+    kill -9); the pool's workers see that and let the sweep go (``TrialWorker.watch``)."""
+
+    def alive(self) -> bool:
+        return True
+
+
 class Dispatcher:
     def __init__(self, slots: list[int], key: str = "", workers: list[Any] | None = None,
                  restarting: bool = False) -> None:

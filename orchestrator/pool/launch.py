@@ -5,6 +5,7 @@ starts it (``driver.run``) and hands every proxy its ``PoolContext``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from orchestrator.errors import SegsweepError
 from orchestrator.mps import MpsDaemon
 from orchestrator.pool.actor import WorkerActor
 from orchestrator.pool.admission import cpu_workers, gpu_placements
-from orchestrator.pool.dispatch import Dispatcher
+from orchestrator.pool.dispatch import Dispatcher, Lease
 from orchestrator.pool.protocol import NAMESPACE, POOL_NAME, PoolContext, WorkerSettings, decision_epochs
 from orchestrator.pool.ship import ShippedData, ship
 from orchestrator.spec.load import Sweep
@@ -74,6 +75,8 @@ class Pool:
         Not waited for: Tune starts while the workers still import (a worker that cannot start fails its trials with
         the reason, ``pool.proxy``). A pool that outlives sweeps keeps it too, for a worker Ray starts again."""
         self.run_dir = context.run_dir
+        if self.resident:  # a driver killed with -9 cannot detach: its lease ends with it, and the workers see that
+            context = dataclasses.replace(context, lease=ray.remote(Lease).options(num_cpus=0).remote())
         self.shipped = ship(context.data)
         for worker in self.workers:
             worker.attach.remote(context, self.shipped)

@@ -46,6 +46,7 @@ from orchestrator.trial.revalidate import revalidate
 from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
+LEASE_CHECK_S = 10.0  # how often a pool that outlives sweeps looks for sweeps whose driver has gone
 BUILD_LOCK = threading.Lock()  # seeding and model initialisation use the process's global random state
 
 
@@ -120,9 +121,11 @@ class TrialWorker:
             threading.Thread(target=self._slot, args=(index,), name=f"segsweep-slot-{index}", daemon=True).start()
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None  # None: made outside Ray
         self._mark("ready", node=node, host=socket.gethostname())
+        self.dispatcher = dispatcher
         if dispatcher is not None:
             for context, shipped in ray.get(dispatcher.attached.remote()):
                 self.attach(context, shipped, warm=False)
+            threading.Thread(target=self.watch, name="segsweep-leases", daemon=True).start()
 
     # ---------------------------------------------------------------------------------------- the proxies' calls
     def ready(self) -> dict[str, Any]:
@@ -170,6 +173,22 @@ class TrialWorker:
             with STEP_LOCK.shared():  # not while another trial captures its step
                 torch.cuda.empty_cache()
         self._mark("detached", run=run_dir)
+
+    def watch(self, every_s: float = LEASE_CHECK_S) -> None:
+        """On a pool that outlives sweeps: a sweep whose driver has gone (its lease actor with it, ``kill -9``
+        included) is detached, here and in the pool's dispatcher, so its trials stop holding slots."""
+        while True:
+            time.sleep(every_s)
+            with self.cond:
+                leases = {run: c.lease for run, c in self.contexts.items() if c.lease is not None}
+            for run_dir, lease in leases.items():
+                try:
+                    ray.get(lease.alive.remote(), timeout=every_s)
+                except ray.exceptions.RayActorError:
+                    self.detach(run_dir)
+                    self.dispatcher.detach.remote(run_dir)
+                except ray.exceptions.GetTimeoutError:
+                    pass  # a busy node: asked again next time
 
     def start(self, trial_id: str, config: dict[str, Any], state_path: str | None, run_dir: str = "") -> None:
         job = Job(trial_id, config, state_path, run_dir)

@@ -56,3 +56,4 @@ class TrialContext:
     decisions: tuple[int, ...] = ()  # the full network's epochs where the sweep's scheduler may stop a trial
     warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per worker
     user: str = "local"  # whose sweep: a worker shares its slots fairly between users
+    lease: Any = None  # on a pool that outlives sweeps: a Ray actor of the sweep's driver, gone when the driver is

@@ -87,8 +87,29 @@ def test_sweeps_share_a_warm_pool_and_their_results_stay_their_own(pool, tmp_pat
     assert all(t.status in ("completed", "early_stopped") for t in Store.of_run(tmp_path / "c").trials())
 
 
-def test_a_pool_of_other_versions_is_passed_over_and_stop_ends_it(pool, tmp_path):
-    state, info, _ = pool
+def test_a_pool_of_other_versions_is_passed_over_a_killed_driver_lets_go_and_stop_ends_it(pool, tmp_path):
+    state, info, spec = pool
+    long = yaml.safe_load(spec.read_text())
+    long["trainer"]["max_epochs"] = 50
+    spec.write_text(yaml.safe_dump(long))
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--address", info["address"],
+                               "--out", str(tmp_path / "killed")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                              "SEGSWEEP_POOL_STATE": str(state)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(w["running"] for w in pool_status(state)["workers"]):
+        time.sleep(1)
+    driver.kill()  # kill -9: it cannot detach its sweep; its lease on the pool ends with it
+    driver.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status = pool_status(state)
+        if not status["sweeps"] and not any(w["running"] or w["sweeps"] for w in status["workers"]):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"the killed driver's sweep still holds the pool: {status}")
+
     script = ("from orchestrator.pool.resident import join_token; import sys; join_token(sys.argv[1], "
               f"__import__('pathlib').Path({str(state)!r})); import ray; ray.init(address=sys.argv[1], "
               "logging_level='ERROR'); from orchestrator.pool.launch import find_pool; "
