@@ -85,31 +85,54 @@ def metric_vs_value(results: pd.DataFrame, key: str, domain: dict, metric: str) 
     return fig.update_layout(xaxis_title=key, yaxis_title=metric)
 
 
-def speed_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
-    """Trials with a latency: measured rows (one per backend@target) or, without any, the trial's proxy."""
+def cost_frame(results: pd.DataFrame, latencies: list[dict], measured_key: str, proxy_metric: str,
+               column: str) -> pd.DataFrame:
+    """Trials with a cost (``column``: a latency or an energy): measured rows (one per backend@target, read from
+    ``measured_key`` of the store's latency rows) or, without any, the trial's latency proxy (``proxy_metric``).
+    Infeasible trials (over budget, never trained) have a proxy figure and no accuracy: they stay, marked."""
     label = results.get("config/model.arch", pd.Series("", index=results.index)).astype(str) + " " + results.get(
         "config/model.encoder", pd.Series("", index=results.index)).astype(str)
     base = results.assign(model=label.str.replace(" None", "").str.strip())
-    measured = [r for r in latencies if r["status"] == "ok"]
+    measured = [r for r in latencies if r["status"] == "ok" and r.get(measured_key) is not None]
     if measured:
-        lat = pd.DataFrame([{"id": r["trial_id"], "latency_ms": r["p50_ms"], "where": f"{r['backend']}@{r['target']}"}
-                            for r in measured])
-        return base.merge(lat, on="id")
-    if "metric/latency/p50_ms" in base:
-        return base.dropna(subset=["metric/latency/p50_ms"]).assign(latency_ms=lambda f: f["metric/latency/p50_ms"],
-                                                                     where="proxy")
+        cost = pd.DataFrame([{"id": r["trial_id"], column: r[measured_key], "where": f"{r['backend']}@{r['target']}"}
+                             for r in measured])
+        return base.merge(cost, on="id")
+    if f"metric/{proxy_metric}" in base:
+        return base.dropna(subset=[f"metric/{proxy_metric}"]).assign(
+            **{column: lambda f: f[f"metric/{proxy_metric}"], "where": "proxy"})
     return base.iloc[0:0]
 
 
-def speed_vs_accuracy(speed: pd.DataFrame, metric: str) -> go.Figure:
-    """Seed 000's speed-vs-accuracy chart: p50 latency against the metric, the Pareto front joined by a line."""
+def speed_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
+    """Trials with a p50 latency (``latency_ms``): measured, or the proxy's."""
+    return cost_frame(results, latencies, "p50_ms", "latency/p50_ms", "latency_ms")
+
+
+def energy_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
+    """Trials with an energy per image (``energy_mj``): measured on a device, or the proxy's."""
+    return cost_frame(results, latencies, "energy_mj", "energy/mj_per_image", "energy_mj")
+
+
+def cost_vs_accuracy(frame: pd.DataFrame, metric: str, column: str, title: str, axis: str) -> go.Figure:
+    """Seed 000's speed-vs-accuracy chart, for any cost: the cost against the metric, the Pareto front joined by a
+    line, infeasible trials (over a budget, never trained: no accuracy) as crosses along the bottom."""
     col = f"metric/{metric}"
-    fig = px.scatter(speed, x="latency_ms", y=col, color="where", symbol="pareto", hover_data=["id", "model"],
-                     title=f"{metric} vs p50 latency (Pareto front joined)")
-    front = speed[speed["pareto"]].sort_values("latency_ms")
-    fig.add_trace(go.Scatter(x=front["latency_ms"], y=front[col], mode="lines", name="Pareto front",
-                             line={"dash": "dash"}))
-    return fig.update_layout(xaxis_title="p50 latency (ms)", yaxis_title=metric)
+    infeasible = frame["status"].eq("infeasible") if "status" in frame else pd.Series(False, index=frame.index)
+    fig = px.scatter(frame[~infeasible], x=column, y=col, color="where", symbol="pareto", hover_data=["id", "model"],
+                     title=f"{metric} vs {title} (Pareto front joined)")
+    front = frame[frame["pareto"]].sort_values(column)
+    fig.add_trace(go.Scatter(x=front[column], y=front[col], mode="lines", name="Pareto front", line={"dash": "dash"}))
+    if infeasible.any():
+        floor = frame.loc[~infeasible, col].min()
+        fig.add_trace(go.Scatter(x=frame.loc[infeasible, column], y=[0 if pd.isna(floor) else floor] * infeasible.sum(),
+                                 mode="markers", marker={"symbol": "x", "size": 10, "color": "grey"},
+                                 text=frame.loc[infeasible, "id"], name="infeasible (over budget, not trained)"))
+    return fig.update_layout(xaxis_title=axis, yaxis_title=metric)
+
+
+def speed_vs_accuracy(speed: pd.DataFrame, metric: str) -> go.Figure:
+    return cost_vs_accuracy(speed, metric, "latency_ms", "p50 latency", "p50 latency (ms)")
 
 
 def latency_bars(speed: pd.DataFrame) -> go.Figure:

@@ -23,12 +23,13 @@ from orchestrator.errors import KNOWN_ERRORS, SegsweepError
 from orchestrator.gpu import GpuSampler, decode_clock_reasons
 from orchestrator.latency.agent import summarize
 from orchestrator.latency.bench import measure_onnx, measure_torch
+from orchestrator.latency.measure import measure
 from orchestrator.latency.remote import measure_remote, parse_facts
 from orchestrator.latency.trtexec import parse_trtexec
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trtexec"
 KEYS = {"backend", "target", "shape", "fp16", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer",
-        "device", "versions", "compute", "extra"}
+        "device", "versions", "compute", "energy", "extra"}
 
 
 def test_summary_percentiles_by_hand():
@@ -93,8 +94,8 @@ def test_bench_cli_json_and_errors(enet_onnx, tmp_path):
     corrupt.write_bytes(b"not a model")
     with pytest.raises(SegsweepError, match=r"ort-cpu: onnxruntime cannot load it or run it on .*corrupt\.onnx"):
         measure_onnx("ort-cpu", corrupt, [1, 3, 64, 96], 0, 1)
-    with pytest.raises(SegsweepError, match="trtexec: not available here"):
-        measure_onnx("trtexec", path, [1, 3, 64, 96], 0, 1)
+    with pytest.raises(SegsweepError, match=r"local: trtexec: not found \(not on PATH nor in /usr/src/tensorrt/bin\)"):
+        measure("trtexec", [1, 3, 64, 96], onnx_path=path)
 
 
 def test_trtexec_parser_tensorrt_10():
