@@ -22,14 +22,14 @@ from reports.collect import RunData, load_run
 from reports.figures import (
     STAGE1,
     cost_vs_accuracy,
-    energy_frame,
+    energy_frames,
     importance_bars,
     latency_bars,
     loss_curves,
     metric_by,
     metric_vs_value,
     parallel_coordinates,
-    speed_frame,
+    speed_frames,
     speed_vs_accuracy,
     training_curves,
     trial_labels,
@@ -253,12 +253,10 @@ def report_sections(run: RunData) -> list[Section]:
     figures = [metric_by(results, metric, "loss.name", f"{metric} by loss"),
                metric_by(results, metric, "model.arch", f"{metric} by architecture"),
                training_curves(history, metric, labels), loss_curves(history, results, labels)]
-    speed = speed_frame(results, run.latencies)
-    if not speed.empty:
+    for speed in speed_frames(results, run.latencies):
         front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])
         figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
-    energy = energy_frame(results, run.latencies)
-    if not energy.empty:
+    for energy in energy_frames(results, run.latencies):
         front = pareto_front(energy, [(f"metric/{metric}", meta["mode"]), ("energy_mj", "min")])
         figures.append(cost_vs_accuracy(energy.assign(pareto=front), metric, "energy_mj", "energy per image",
                                         "energy per image (mJ)"))

@@ -85,33 +85,35 @@ def metric_vs_value(results: pd.DataFrame, key: str, domain: dict, metric: str) 
     return fig.update_layout(xaxis_title=key, yaxis_title=metric)
 
 
-def cost_frame(results: pd.DataFrame, latencies: list[dict], measured_key: str, proxy_metric: str,
-               column: str) -> pd.DataFrame:
-    """Trials with a cost (``column``: a latency or an energy): measured rows (one per backend@target, read from
-    ``measured_key`` of the store's latency rows) or, without any, the trial's latency proxy (``proxy_metric``).
-    Infeasible trials (over budget, never trained) have a proxy figure and no accuracy: they stay, marked."""
+def cost_frames(results: pd.DataFrame, latencies: list[dict], measured_key: str, proxy_metric: str,
+                column: str) -> list[pd.DataFrame]:
+    """Trials with a cost (``column``: a latency or an energy), as the search saw it (the latency proxy's
+    ``proxy_metric``: infeasible trials, over budget and never trained, are there with no accuracy) and as measured
+    after training (one row per backend@target of the store's latency rows, ``measured_key``): each frame where it
+    has rows."""
     label = results.get("config/model.arch", pd.Series("", index=results.index)).astype(str) + " " + results.get(
         "config/model.encoder", pd.Series("", index=results.index)).astype(str)
     base = results.assign(model=label.str.replace(" None", "").str.strip())
+    frames = []
+    if f"metric/{proxy_metric}" in base:
+        frames.append(base.dropna(subset=[f"metric/{proxy_metric}"]).assign(
+            **{column: lambda f: f[f"metric/{proxy_metric}"], "where": "proxy"}))
     measured = [r for r in latencies if r["status"] == "ok" and r.get(measured_key) is not None]
     if measured:
         cost = pd.DataFrame([{"id": r["trial_id"], column: r[measured_key], "where": f"{r['backend']}@{r['target']}"}
                              for r in measured])
-        return base.merge(cost, on="id")
-    if f"metric/{proxy_metric}" in base:
-        return base.dropna(subset=[f"metric/{proxy_metric}"]).assign(
-            **{column: lambda f: f[f"metric/{proxy_metric}"], "where": "proxy"})
-    return base.iloc[0:0]
+        frames.append(base.merge(cost, on="id"))
+    return [frame for frame in frames if not frame.empty]
 
 
-def speed_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
-    """Trials with a p50 latency (``latency_ms``): measured, or the proxy's."""
-    return cost_frame(results, latencies, "p50_ms", "latency/p50_ms", "latency_ms")
+def speed_frames(results: pd.DataFrame, latencies: list[dict]) -> list[pd.DataFrame]:
+    """Trials with a p50 latency (``latency_ms``): the proxy's, and measured."""
+    return cost_frames(results, latencies, "p50_ms", "latency/p50_ms", "latency_ms")
 
 
-def energy_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
-    """Trials with an energy per image (``energy_mj``): measured on a device, or the proxy's."""
-    return cost_frame(results, latencies, "energy_mj", "energy/mj_per_image", "energy_mj")
+def energy_frames(results: pd.DataFrame, latencies: list[dict]) -> list[pd.DataFrame]:
+    """Trials with an energy per image (``energy_mj``): the proxy's, and measured on a device."""
+    return cost_frames(results, latencies, "energy_mj", "energy/mj_per_image", "energy_mj")
 
 
 def cost_vs_accuracy(frame: pd.DataFrame, metric: str, column: str, title: str, axis: str) -> go.Figure:
@@ -119,8 +121,9 @@ def cost_vs_accuracy(frame: pd.DataFrame, metric: str, column: str, title: str, 
     line, infeasible trials (over a budget, never trained: no accuracy) as crosses along the bottom."""
     col = f"metric/{metric}"
     infeasible = frame["status"].eq("infeasible") if "status" in frame else pd.Series(False, index=frame.index)
+    where = " ".join(sorted(set(frame["where"])))
     fig = px.scatter(frame[~infeasible], x=column, y=col, color="where", symbol="pareto", hover_data=["id", "model"],
-                     title=f"{metric} vs {title} (Pareto front joined)")
+                     title=f"{metric} vs {title}, {where} (Pareto front joined)")
     front = frame[frame["pareto"]].sort_values(column)
     fig.add_trace(go.Scatter(x=front[column], y=front[col], mode="lines", name="Pareto front", line={"dash": "dash"}))
     if infeasible.any():
@@ -138,7 +141,8 @@ def speed_vs_accuracy(speed: pd.DataFrame, metric: str) -> go.Figure:
 def latency_bars(speed: pd.DataFrame) -> go.Figure:
     """p50 latency per model (trial), one bar per backend@target."""
     frame = speed.assign(label=speed["model"] + " (" + speed["id"] + ")")
-    fig = px.bar(frame, x="label", y="latency_ms", color="where", barmode="group", title="p50 latency per model")
+    fig = px.bar(frame, x="label", y="latency_ms", color="where", barmode="group",
+                 title=f"p50 latency per model, {' '.join(sorted(set(frame['where'])))}")
     return fig.update_layout(xaxis_title="model (trial)", yaxis_title="p50 latency (ms)")
 
 
