@@ -5,11 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +22,7 @@ from orchestrator.latency.bench import measure_onnx, measure_torch
 from orchestrator.latency.measure import measure
 from orchestrator.latency.remote import measure_remote, parse_facts
 from orchestrator.latency.trtexec import parse_trtexec
+from tests.standins import free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trtexec"
 KEYS = {"backend", "target", "shape", "fp16", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer",
@@ -128,47 +125,8 @@ def test_jetson_device_facts():
     assert parse_facts("\n---\n---\n---\n---\n---\nx86_64") == {"arch": "x86_64"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real OpenSSH server on loopback with key authentication only (Debian's openssh-server; .ci/run installs it)."""
-    daemon = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not Path(daemon).is_file():
-        pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
-    port = _free_port()
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\nAuthorizedKeysFile {home / 'authorized_keys'}\n"
-        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n"
-        f"StrictModes no\nPermitRootLogin prohibit-password\nPidFile {home / 'sshd.pid'}\n"
-        f"Subsystem sftp internal-sftp\nAcceptEnv none\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen([daemon, "-D", "-e", "-f", str(home / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            assert server.poll() is None, server.stderr.read()
-            time.sleep(0.1)
-    options = [f"IdentityFile={home / 'client_key'}", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
-               "LogLevel=ERROR"]
-    yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}", options
-    server.terminate()
-    server.wait(10)
-
-
-def test_remote_target_over_real_ssh(sshd, enet_onnx):
-    url, options = sshd
+def test_remote_target_over_real_ssh(ssh_targets, enet_onnx):
+    url, options = ssh_targets.url(), ssh_targets.options
     _, path = enet_onnx
     args = ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--warmup", "1", "--iters", "8",
             "--target", url, "--remote-python", sys.executable, "--threads", "1", "--format", "json"]
@@ -183,10 +141,10 @@ def test_remote_target_over_real_ssh(sshd, enet_onnx):
     assert "onnxruntime" in data["versions"]
 
 
-def test_remote_errors_are_one_line(sshd, enet_onnx, tmp_path):
-    url, options = sshd
+def test_remote_errors_are_one_line(ssh_targets, enet_onnx, tmp_path):
+    url, options = ssh_targets.url(), ssh_targets.options
     _, path = enet_onnx
-    closed = f"ssh://{getpass.getuser()}@127.0.0.1:{_free_port()}"
+    closed = f"ssh://{getpass.getuser()}@127.0.0.1:{free_port()}"
     with pytest.raises(SegsweepError, match=r"127.0.0.1:\d+: cannot connect"):
         measure_remote(closed, "ort-cpu", path, [1, 3, 64, 96], 0, 1, ssh_options=options)
     with pytest.raises(SegsweepError, match=r"ort-cpu failed: .*/no/python: .*No such file or directory$"):
