@@ -86,7 +86,6 @@ def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], wa
     if backend not in (*ORT_PROVIDERS, "trtexec"):
         raise SegsweepError(f"{backend}: remote targets run onnxruntime backends or trtexec, not PyTorch")
     target, options, remote_python = resolve_target(url, tuple(ssh_options or ()), remote_python)
-    ssh_option_args(options)  # every option checked before anything runs
     if not Path(onnx_path).is_file():
         raise SegsweepError(f"{onnx_path}: no such ONNX file")
     folder = f"/tmp/segsweep-bench-{uuid.uuid4().hex[:10]}"

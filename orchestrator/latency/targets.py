@@ -46,8 +46,8 @@ _WHY = {
     "include": "it reads another configuration file, which may hold any option",
     **dict.fromkeys(("sendenv", "setenv"), "it sends this machine's environment to the target"),
     **dict.fromkeys(("localforward", "remoteforward", "dynamicforward", "forwardagent", "forwardx11",
-                     "forwardx11trusted", "tunnel", "tunneldevice", "gatewayports", "stdinnull", "forkafterauthentication",
-                     "sessiontype", "remotecommand", "requesttty"),
+                     "forwardx11trusted", "tunnel", "tunneldevice", "gatewayports", "stdinnull",
+                     "forkafterauthentication", "sessiontype", "remotecommand", "requesttty"),
                     "it forwards ports, agents or sessions, or changes what runs on the target"),
     **dict.fromkeys(("pkcs11provider", "securitykeyprovider", "identityagent", "controlmaster", "controlpath",
                      "controlpersist", "escapechar", "xauthlocation", "revokedhostkeys", "hostbasedauthentication"),
@@ -174,11 +174,17 @@ def check_target(value: str) -> None:
 def resolve_target(target: str, ssh_options: tuple[str, ...] = (),
                    remote_python: str = "python3") -> tuple[SshTarget, list[str], str]:
     """An ``ssh://`` target with the caller's options and interpreter, or a registered one with its own (the caller's
-    options after them), named by its name in messages and results: its address stays the admin's."""
+    options after them), named by its name in messages and results: its address stays the admin's. Every option is
+    checked (``ssh_option``) before anything runs."""
     if "://" in target:
-        return SshTarget.parse(target), list(ssh_options), remote_python
-    if target == "local":
+        resolved = SshTarget.parse(target), list(ssh_options), remote_python
+    elif target == "local":
         raise TargetError("local: this machine's measurements run here, not over ssh")
-    check_target(target)
-    named = load_targets()[target]
-    return replace(SshTarget.parse(named.url), url=target), [*named.ssh_options, *ssh_options], named.remote_python
+    else:
+        check_target(target)
+        named = load_targets()[target]
+        resolved = (replace(SshTarget.parse(named.url), url=target), [*named.ssh_options, *ssh_options],
+                    named.remote_python)
+    for option in resolved[1]:
+        ssh_option(option)
+    return resolved
