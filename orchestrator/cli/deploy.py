@@ -71,8 +71,9 @@ def bench(
     target: Annotated[Optional[str], typer.Option(help="ssh://user@host[:port], or a registered target's name "
                                                  "(orchestrate target list), to measure on a remote device")] = None,
     remote_python: Annotated[str, typer.Option(help="interpreter on the target")] = "python3",
-    ssh_option: Annotated[Optional[list[str]], typer.Option(help="passed to ssh as -o KEY=VALUE (repeatable; options "
-                                                            "that run commands, like ProxyCommand, are refused)")] = None,
+    ssh_option: Annotated[Optional[list[str]], typer.Option(
+        help="passed to ssh as -o KEY=VALUE (repeatable; options that run commands, like ProxyCommand, are refused)")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
 ) -> None:
     """Latency of a model: warm-up, timed iterations, mean / p50 / p90 / p99, throughput, versions, device."""

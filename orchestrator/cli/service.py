@@ -168,7 +168,7 @@ def target_list(data: DataOption = DEFAULT_DATA) -> None:
     """Registered targets: name, address, ssh options, interpreter."""
     for t in load_targets(data.absolute() / "targets.json").values():
         options = " ".join(f"-o {o}" for o in t.ssh_options)
-        typer.echo(f"{t.name}  {t.url}  {options}  python {t.remote_python}".replace("   ", " "))
+        typer.echo("  ".join(part for part in (t.name, t.url, options, f"python {t.remote_python}") if part))
 
 
 @target_app.command("remove")

@@ -64,9 +64,10 @@ def test_valid_spec_with_domains(write_spec, tmp_path):
          "export.ssh_options: ssh option ProxyCommand: refused (it runs a command on this machine)"),
         (lambda s: s["search"].update(latency_proxy={"backend": "ort-cpu", "ssh_options": ["LocalCommand=id"]}),
          "search.latency_proxy.ssh_options: ssh option LocalCommand: refused"),
-        (lambda s: s.update(export={"targets": ["jetsn1"]}), "export.targets: unknown target 'jetsn1' (registered: none"),
-        (lambda s: s.update(export={"targets": ["ssh://-oProxyCommand=x"]}), "export.targets: ssh://-oProxyCommand=x: a "
-                                                                             "user or host name is letters"),
+        (lambda s: s.update(export={"targets": ["jetsn1"]}),
+         "export.targets: unknown target 'jetsn1' (registered: none"),
+        (lambda s: s.update(export={"targets": ["ssh://-oProxyCommand=x"]}),
+         "export.targets: ssh://-oProxyCommand=x: a user or host name is letters"),
     ],
 )
 def test_bad_specs_name_key_and_choices(write_spec, tmp_path, monkeypatch, mutate, expected):
