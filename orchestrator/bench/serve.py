@@ -208,16 +208,15 @@ def _machine() -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lat = r["latency_ms"]
-    lines = [f"# bench-serve: {r['spec']}", "",
-             f"{r['clients']} clients polling the API every {r['interval_s']} s and {r['followers']} following its "
-             f"events, for {r['seconds']} s, while the sweep runs ({r['machine']['cpus']} CPUs, "
-             f"{r['machine']['platform']}).", "",
-             f"- requests: {r['requests']}, errors: {r['errors']}" + (f" (first: {r['first_errors'][0]})"
-                                                                     if r["errors"] else ""),
-             f"- API latency ms: p50 {lat['p50']}, p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']}",
-             f"- events received: {r['events']}",
-             f"- sweep wall: {r['wall_loaded_s']} s under load"
-             + (f", {r['wall_unloaded_s']} s alone (ratio {r['wall_ratio']})" if "wall_unloaded_s" in r else ""),
-             "- server memory (RSS MB): " + ", ".join(f"{k} {v}" for k, v in r["server_rss_mb"].items())]
-    return "\n".join(lines)
+    lat, machine = r["latency_ms"], r["machine"]
+    first_error = f" (first: {r['first_errors'][0]})" if r["errors"] else ""
+    alone = f", {r['wall_unloaded_s']} s alone (ratio {r['wall_ratio']})" if "wall_unloaded_s" in r else ""
+    return "\n".join([
+        f"# bench-serve: {r['spec']}", "",
+        (f"{r['clients']} clients polling the API every {r['interval_s']} s and {r['followers']} following its "
+         f"events, for {r['seconds']} s, while the sweep runs ({machine['cpus']} CPUs, {machine['platform']})."), "",
+        f"- requests: {r['requests']}, errors: {r['errors']}{first_error}",
+        f"- API latency ms: p50 {lat['p50']}, p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']}",
+        f"- events received: {r['events']}",
+        f"- sweep wall: {r['wall_loaded_s']} s under load{alone}",
+        "- server memory (RSS MB): " + ", ".join(f"{k} {v}" for k, v in r["server_rss_mb"].items())])

@@ -19,7 +19,7 @@ import yaml
 from orchestrator.cli.options import ServerOption, SetOption, TokenOption
 from orchestrator.errors import SegsweepError
 from orchestrator.latency.targets import TARGETS_ENV, NamedTarget, load_targets, save_targets
-from orchestrator.spec.keys import ENV_REFERENCE, parse_override
+from orchestrator.spec.keys import ENV_REFERENCE, parse_override, strings
 
 DataOption = Annotated[Path, typer.Option("--data", help="the service's folder: its database, runs and logs "
                                           "(default $SEGSWEEP_DATA or ./segsweep-data)")]
@@ -198,17 +198,6 @@ def client_env(text: str, sets: list[str]) -> dict[str, str]:
         values += [parse_override(item)[1] for item in sets]
     except (yaml.YAMLError, SegsweepError):
         return {}  # the server names the syntax error
-
-    def strings(value: Any):
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            for item in value.values():
-                yield from strings(item)
-        elif isinstance(value, list):
-            for item in value:
-                yield from strings(item)
-
     names = {m.group(1) for v in values for s in strings(v) for m in ENV_REFERENCE.finditer(s)}
     return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 

@@ -27,7 +27,7 @@ TARGETS_ENV = "SEGSWEEP_TARGETS"
 TARGET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:-]*$")  # a name, an IPv4 or IPv6 address, an ~/.ssh/config alias
-_OPTION = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(.*?)\s*$", re.S)  # ssh -o: "Key=Value" or "Key Value"
+_OPTION = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(.*?)\s*$", re.DOTALL)  # ssh -o: "Key=Value" or "Key Value"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # ssh -o options that choose how to connect and authenticate, and nothing else

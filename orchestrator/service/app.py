@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from itsdangerous import URLSafeTimedSerializer
 from pydantic import BaseModel, Field
@@ -28,7 +28,7 @@ from orchestrator.service.access import Throttle, current_user, one_line, owned_
 from orchestrator.service.db import ACTIVE, ServiceDB, SweepRow, User
 from orchestrator.service.edge import BodyLimit, SecurityHeaders
 from orchestrator.service.pages import error_page, page_routes, wants_html
-from orchestrator.service.policy import UNSET_HINT, SubmitPolicy
+from orchestrator.service.policy import UNSET_ON_SERVER, SubmitPolicy
 from orchestrator.service.queue import Scheduler
 from orchestrator.spec.load import load_spec_text
 from reports.build import report_json
@@ -63,7 +63,7 @@ def create_app(data: Path, scheduler: Scheduler, policy: SubmitPolicy = SubmitPo
     signer = URLSafeTimedSerializer(secret_key(data), salt="segsweep-login")
     app = FastAPI(title="segsweep", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.db, app.state.scheduler, app.state.signer, app.state.data = db, scheduler, signer, data
-    app.state.policy, app.state.throttle = policy, Throttle()
+    app.state.throttle = Throttle()
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the body limit's refusals carry the headers too
 
@@ -92,7 +92,7 @@ def create_app(data: Path, scheduler: Scheduler, policy: SubmitPolicy = SubmitPo
     @app.post("/api/sweeps", status_code=201)
     def submit(body: Submit, user: User = Depends(current_user)) -> dict[str, Any]:
         try:
-            sweep = load_spec_text(body.spec, body.sets, body.filename, environ=body.env, hint=UNSET_HINT,
+            sweep = load_spec_text(body.spec, body.sets, body.filename, environ=body.env, hint=UNSET_ON_SERVER,
                                    screen=policy.screen)
         except KNOWN_ERRORS as e:
             raise HTTPException(422, str(e)) from None

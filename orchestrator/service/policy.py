@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.keys import ENV_REFERENCE, flatten, is_domain
+from orchestrator.spec.keys import ENV_REFERENCE, flatten, is_domain, strings
 from orchestrator.spec.schema import WEIGHT_NAMES
 
 # keys that name a program, or pass options to ssh, on the server: the admin sets them for each registered target
 ADMIN_KEYS = ("export.ssh_options", "export.remote_python", "search.latency_proxy.ssh_options",
               "search.latency_proxy.remote_python")
 TARGET_KEYS = ("export.targets", "search.latency_proxy.target")
-UNSET_HINT = ("set it in the shell that runs orchestrate submit, which sends its value, or write ${%s:-default}: "
+UNSET_ON_SERVER = ("set it in the shell that runs orchestrate submit, which sends its value, or write ${%s:-default}: "
               "the server never reads its own environment")
 
 
@@ -88,14 +88,3 @@ def leaves(flat: dict[str, Any]) -> Iterator[tuple[str, Any]]:
             else:
                 yield key, option
 
-
-def strings(value: Any) -> Iterator[str]:
-    """Every string in a value, through lists and mappings."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from strings(item)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +113,8 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 UNSET_HINT = "export it or write ${%s:-default}"
 
 
-def expand_env(value: Any, where: str = "", environ: Mapping[str, str] | None = None, hint: str = UNSET_HINT) -> Any:
+def expand_env(value: Any, where: str = "", environ: Mapping[str, str] | None = None,
+               hint: str = UNSET_HINT) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string from ``environ`` (default: this process's
     environment); an unset VAR without default is an error, ``hint`` (with the name for ``%s``) says what to do."""
     environ = os.environ if environ is None else environ
@@ -136,6 +137,18 @@ def expand_env(value: Any, where: str = "", environ: Mapping[str, str] | None = 
     if expanded != value and ENV_REFERENCE.fullmatch(value):
         return yaml.safe_load(expanded) if expanded else expanded  # "${EPOCHS:-3}" stays a number
     return expanded
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string in a value, through lists and mappings."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from strings(item)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
