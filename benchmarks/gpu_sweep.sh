@@ -1,32 +1,61 @@
 #!/usr/bin/env bash
-# Issue 11 on the GPU machine, one device call: the whole-study benchmark of sweeps/idd_lite_loss.yaml as shipped.
-#   bash benchmarks/gpu_sweep.sh [binary|binary-1proc|binary-4proc|multiclass|real|gpu-tests ...]   (default: binary multiclass)
-# binary: the default, which runs under the sweep's own CUDA MPS daemon where the machine has MPS (resources.mps: auto);
-# binary-nomps: the same without it (4 trials in 2 processes); binary-native: with trainer.native_depthwise (no
-# run-time compiled depthwise kernels); binary-fp16: with trainer.precision=16-mixed; binary-v7: with TORCH_CUDNN_V8_API_DISABLED=1 exported to the sweep's workers
-# binary-1proc / binary-4proc: the binary study with one / four worker processes per GPU (default two)
-# binary-8: eight trials at once, four processes of two; binary-mps, binary-8-mps: those under CUDA MPS (started and
-# stopped here, in its own pipe folder); imports: where a worker's and the driver's imports go; startup: a fresh
-# process's first steps with and without the depthwise kernels compiled first (VARIANTS, STARTUP_S)
+# The GPU machine's one benchmark entry point: each part is an `orchestrate` command (bench-sweep, bench-train,
+# run/evaluate) or the gpu tests; figures and their commands go into docs/benchmarks.md.
+#   bash benchmarks/gpu_sweep.sh [PART ...]          (default: binary multiclass)
+# Parts (the shipped sweeps/idd_lite_loss.yaml, unchanged but for --set; synthetic scenes of IDD-lite's shape):
+#   binary              the study as shipped (under the sweep's own CUDA MPS where the machine has it)
+#   binary-nomps        the same without MPS (4 trials in 2 processes)
+#   binary-native       with trainer.native_depthwise (no run-time compiled depthwise kernels)
+#   binary-fp16         with trainer.precision=16-mixed
+#   binary-1proc, binary-4proc, binary-8   one / four worker processes per GPU, eight trials at once
+#   multiclass          the multiclass variant (100 epochs, 16 trials)
+#   real                the study on the real IDD-lite subset (.data/idd_lite_train_subset, val: 20% of it)
+#   enet-check          the shipped ENet study, shortened, on the real subset; then evaluate on val (issue 24)
+#   train               orchestrate bench-train (the seeds' pipeline, one trial, each lever, a sweep)
+#   imports             where a worker's and the driver's imports go
+#   gpu-tests           pytest -m gpu
+# DRY_RUN=1: on any machine, check every part's study and --set keys with `orchestrate validate` and run nothing
+# (tests/test_benchmarks.py does, on CPU). Time limits: BINARY_S, MULTICLASS_S, REAL_S, ENET_S, TRAIN_S, TESTS_S.
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
-# /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts) and,
-# for `real`, .data (the IDD-lite subset). Summaries land in $OUT (runs stay in /tmp: too many files).
+# /tmp/segsweep-parts; this one carries the last (.wheels/part3) and, for `real` and `enet-check`, .data. Summaries
+# land in $OUT (runs stay in /tmp: too many files).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-for last in .wheels/part3 .wheels2/partB; do
-  if [ -d "$last" ]; then
-    bash "$last/install.sh" > /dev/null || exit 1
-    # the wheels go in with --no-compile (one call's time): compile them as pip's own install does, so that the first
-    # study of a call does not pay the bytecode compilation of Ray, W&B and smp in every process that imports them
+OUT=${OUT:-/tmp/gpu-sweep-out}
+mkdir -p "$OUT"
+if [ -z "${DRY_RUN:-}" ]; then
+  if [ -d .wheels/part3 ]; then
+    bash .wheels/part3/install.sh > /dev/null || exit 1
+    # the wheels go in with --no-compile (one call's time): compile them as pip's own install does, so that the
+    # first study of a call does not pay the bytecode compilation of Ray, W&B and smp in every process
     python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1
   fi
-done
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-bench() {  # name timeout args...
+  export PYTHONPATH=/tmp/site:$PWD
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+fi
+STUDY=sweeps/idd_lite_loss.yaml
+REAL=.data/idd_lite_train_subset
+
+validate() {  # SPEC [--set k=v ...]: what a part would run, checked (DRY_RUN)
+  local spec=$1; shift
+  local sets=() a
+  while [ $# -gt 0 ]; do
+    a=$1; shift
+    case $a in
+      --set) sets+=(--set "$1"); shift ;;
+      --root) sets+=(--set "data.root=$PWD"); shift ;;  # the keys are checked, not the data (not here on CI)
+      --seeds-sample|--out|--shape) shift ;;
+    esac
+  done
+  IDD_LITE_ROOT=${IDD_LITE_ROOT:-/tmp} CAMVID_ROOT=${CAMVID_ROOT:-/tmp} \
+    python3 -m orchestrator.cli validate "$spec" "${sets[@]}" > /dev/null || { echo "DRY_RUN: $spec ${sets[*]} does not validate"; exit 1; }
+}
+
+bench() {  # name timeout args...: orchestrate bench-sweep of the shipped study
   local name=$1 limit=$2; shift 2
+  if [ -n "${DRY_RUN:-}" ]; then validate "$STUDY" "$@"; echo "$name: ok"; return; fi
   rm -rf "/tmp/bs-$name"
-  timeout "$limit" python3 -m orchestrator.cli bench-sweep sweeps/idd_lite_loss.yaml --out "/tmp/bs-$name" "$@" \
+  timeout "$limit" python3 -m orchestrator.cli bench-sweep "$STUDY" --out "/tmp/bs-$name" "$@" \
     > "/tmp/bs-$name.log" 2>&1
   echo "$name rc=$?"
   cp "/tmp/bs-$name/bench_sweep.md" "$OUT/$name.md" 2>/dev/null && cat "$OUT/$name.md"
@@ -34,41 +63,49 @@ bench() {  # name timeout args...
   tail -3 "/tmp/bs-$name/orchestrate_run.log" 2>/dev/null
   cp "/tmp/bs-$name/orchestrate_run.log" "$OUT/$name.run.log" 2>/dev/null
 }
+
+enet_check() {
+  local args=(sweeps/camvid_enet.yaml --set data.dataset=idd_lite --set data.val_fraction=0.2
+              --set "data.size=[224,320]" --set "model.stage1_epochs=${STAGE1:-20}"
+              --set "trainer.max_epochs=${EPOCHS:-60}" --set schedule.step_epochs=40
+              --set tracking.wandb.mode=disabled)
+  if [ -n "${DRY_RUN:-}" ]; then CAMVID_ROOT=$PWD validate "${args[@]}"; echo "enet-check: ok"; return; fi
+  rm -rf /tmp/enet-check
+  CAMVID_ROOT=$REAL timeout "${ENET_S:-300}" python3 -m orchestrator.cli run "${args[@]}" --out /tmp/enet-check \
+    > "$OUT/enet-check.log" 2>&1
+  echo "enet-check rc=$?"; tail -6 "$OUT/enet-check.log"
+  timeout 120 python3 -m orchestrator.cli evaluate /tmp/enet-check --split val --top-k 2 >> "$OUT/enet-check.log" 2>&1
+  echo "evaluate rc=$?"; tail -5 "$OUT/enet-check.log"; cp /tmp/enet-check/report.md "$OUT/enet-check.md"
+}
+
 for part in ${@:-binary multiclass}; do
   case $part in
     binary) bench binary "${BINARY_S:-290}" --seeds-sample "${SEEDS:-2}" ;;
     binary-nomps) bench binary-nomps "${BINARY_S:-290}" --seeds-sample 0 --set resources.mps=false ;;
     binary-native) bench binary-native "${BINARY_S:-290}" --seeds-sample 0 --set trainer.native_depthwise=true ;;
-    binary-fp16)  # fp16 autocast (cuDNN's fp16 depthwise kernels; the step runs eagerly: no CUDA graphs with a scaler)
-      bench binary-fp16 "${BINARY_S:-290}" --seeds-sample 0 --set trainer.precision=16-mixed ;;
-    binary-v7)  # PyTorch's legacy cuDNN API in every worker (precompiled algorithms, a process-wide algorithm cache)
-      (export TORCH_CUDNN_V8_API_DISABLED=1; bench binary-v7 "${BINARY_S:-290}" --seeds-sample 0) ;;
+    binary-fp16) bench binary-fp16 "${BINARY_S:-290}" --seeds-sample 0 --set trainer.precision=16-mixed ;;
     binary-1proc) bench binary-1proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=1 ;;
     binary-4proc) bench binary-4proc "${BINARY_S:-290}" --seeds-sample 0 --set resources.workers_per_gpu=4 ;;
-    multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \
-      --set search.metric=val/miou --set trainer.max_epochs=100 --set search.num_samples=16 ;;
-    real) bench real "${REAL_S:-300}" --root .data/idd_lite_train_subset --set data.val_fraction=0.2 \
-      --seeds-sample "${SEEDS:-2}" ;;
     binary-8) bench binary-8 "${BINARY_S:-290}" --seeds-sample 0 --set resources.trials_per_gpu=8 \
       --set resources.workers_per_gpu=4 ;;
-    binary-mps|binary-8-mps)  # the same under CUDA MPS: the worker processes' kernels run side by side, not time-sliced
-      export CUDA_MPS_PIPE_DIRECTORY=/tmp/segsweep-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/segsweep-mps/log
-      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d && echo "MPS on"
-      if [ "$part" = binary-mps ]; then bench binary-mps "${BINARY_S:-290}" --seeds-sample 0
-      else bench binary-8-mps "${BINARY_S:-290}" --seeds-sample 0 --set resources.trials_per_gpu=8 \
-        --set resources.workers_per_gpu=4; fi
-      echo quit | nvidia-cuda-mps-control; sleep 1
-      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
+    multiclass) bench multiclass "${MULTICLASS_S:-190}" --seeds-sample 0 --set data.task=multiclass \
+      --set search.metric=val/miou --set trainer.max_epochs=100 --set search.num_samples=16 ;;
+    real) bench real "${REAL_S:-300}" --root "$REAL" --set data.val_fraction=0.2 --seeds-sample "${SEEDS:-2}" ;;
+    enet-check) enet_check ;;
+    train)
+      if [ -n "${DRY_RUN:-}" ]; then python3 -m orchestrator.cli bench-train --help > /dev/null && echo "train: ok"
+      else timeout "${TRAIN_S:-300}" python3 -m orchestrator.cli bench-train --out /tmp/bench-train \
+          --parts seeds,trial,levers,sweep > "$OUT/train.log" 2>&1; echo "train rc=$?"
+        cp /tmp/bench-train/bench_train.md "$OUT/train.md" 2>/dev/null && cat "$OUT/train.md"; fi ;;
     imports)
-      python3 -c "import importlib.util as u; print('transformers installed:', u.find_spec('transformers') is not None)"
+      [ -n "${DRY_RUN:-}" ] && { echo "imports: ok"; continue; }
       for m in orchestrator.study orchestrator.pool.worker; do
         python3 -X importtime -c "import $m" 2> "$OUT/importtime-$m.txt"
         echo "import $m (cumulative us, the slowest 25):"; sort -t'|' -k2 -n "$OUT/importtime-$m.txt" | tail -25
       done ;;
-    startup)  # a fresh process's first steps with the depthwise kernels compiled first (benchmarks/startup_profile.py)
-      timeout "${STARTUP_S:-150}" python3 benchmarks/startup_profile.py --out /tmp/sp --images 256 --epochs 1 \
-        --variants "${VARIANTS:-warm1,warm,concurrent4_warm}" > "$OUT/startup.log" 2>&1
-      echo "startup rc=$?"; cp /tmp/sp/startup_profile.jsonl "$OUT/" 2>/dev/null; tail -8 "$OUT/startup.log" ;;
-    gpu-tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
+    gpu-tests)
+      [ -n "${DRY_RUN:-}" ] && { echo "gpu-tests: ok"; continue; }
+      timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 ;;
+    *) echo "unknown part '$part' (see the header of $0)"; exit 2 ;;
   esac
 done

@@ -3,11 +3,11 @@
 from importlib import import_module
 
 _HOME = {
-    "ARCHITECTURES": "registry", "create_model": "registry", "list_encoders": "registry", "list_models": "registry",
-    "LOSSES": "losses", "create_loss": "losses", "enet_weights": "losses", "list_losses": "losses",
+    "ARCHITECTURES": "catalog", "LOSSES": "catalog", "OPTIMIZERS": "catalog", "SCHEDULES": "catalog",
     "loss_parts": "catalog",
-    "OPTIMIZERS": "optim", "SCHEDULES": "optim", "create_optimizer": "optim", "create_schedule": "optim",
-    "list_schedules": "optim",
+    "create_model": "registry", "list_encoders": "registry", "list_models": "registry",
+    "create_loss": "losses", "enet_weights": "losses", "list_losses": "losses",
+    "create_optimizer": "optim", "create_schedule": "optim", "list_schedules": "optim",
     "ConfusionMatrix": "metrics", "metrics_from_confusion": "metrics",
     "Complexity": "complexity", "complexity": "complexity", "model_size": "complexity",
     "ModelError": "errors", "UnknownNameError": "errors",

@@ -31,10 +31,8 @@ class NativeDepthwiseConv2d(nn.Conv2d):
     its own kernels for an NCHW one unless it is fp16 (NCHW fp16 may still take cuDNN for some shapes). So the input
     and the weight go in as NCHW (a channels-last weight of one channel per group suggests channels-last too, hence
     the clone), the output goes back to the input's layout, and autograd's backward picks the same kernels. Nothing
-    process-wide is switched: the trials of a pool worker run in threads side by side. (The version before turned
-    ``torch.backends.cudnn.enabled`` off around each call, for every thread of the process at once. With it, every
-    trial of the default packing failed on an H200 with 'CUDA error: an illegal instruction was encountered'. With
-    this version all 40 trials of the shipped study trained there, at 0.77x the default's images per second.)"""
+    process-wide is switched (``torch.backends.cudnn.enabled``, say): the trials of a pool worker run in threads side
+    by side, and a switch of one thread would reach every other's convolutions."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)

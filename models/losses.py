@@ -111,14 +111,9 @@ def _dice(ctx: LossContext) -> nn.Module:
     return smp_losses.DiceLoss(ctx.smp_mode, from_logits=True, smooth=ctx.smooth, ignore_index=ctx.ignore_index)
 
 
-@dataclass(frozen=True)
-class LossEntry:
-    build: Callable[[LossContext], nn.Module]
-    description: str
-    graph_safe: bool = True  # static shapes, no host reads: can be captured in a CUDA graph
-
-
-_BUILDERS: dict[str, Callable[[LossContext], nn.Module]] = {
+# each name of the catalog (``models.catalog.LOSSES``: descriptions, graph safety) and its builder;
+# tests/models/test_catalog.py holds the two together
+BUILDERS: dict[str, Callable[[LossContext], nn.Module]] = {
     "ce": _ce,
     "weighted_ce_enet": _weighted_ce,
     "dice": _dice,
@@ -137,19 +132,13 @@ _BUILDERS: dict[str, Callable[[LossContext], nn.Module]] = {
     ),
     "lovasz": lambda ctx: smp_losses.LovaszLoss(ctx.smp_mode, ignore_index=ctx.ignore_index),
 }
-# the catalog's names and facts (checked without torch) with their builders
-LOSSES: dict[str, LossEntry] = {
-    name: LossEntry(_BUILDERS[name], info.description, info.graph_safe) for name, info in catalog.LOSSES.items()
-}
-
-
 def list_losses() -> dict[str, str]:
-    return {name: entry.description for name, entry in LOSSES.items()}
+    return {name: info.description for name, info in catalog.LOSSES.items()}
 
 
 def loss_graph_safe(name: str) -> bool:
     """Whether every part of ``name`` can run inside a captured CUDA graph (checked on an H100 for each loss)."""
-    return all(LOSSES[p].graph_safe for p in loss_parts(name))
+    return all(catalog.LOSSES[p].graph_safe for p in loss_parts(name))
 
 
 def loss_needs_class_weights(name: str) -> bool:
@@ -168,5 +157,5 @@ def create_loss(
     parts = loss_parts(name)
     cw = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
     ctx = LossContext(task=task, ignore_index=ignore_index, class_weights=cw, **params)
-    built = [LOSSES[p].build(ctx) for p in parts]
+    built = [BUILDERS[p](ctx) for p in parts]
     return built[0] if len(built) == 1 else WeightedSum(built, weights)

@@ -31,28 +31,35 @@ class ConfusionMatrix:
         return self._counts[: c * c].view(c, c).cpu().numpy()
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+def _ratio(num: np.ndarray, den: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """``num / den`` for the classes that are ``defined`` (NaN for the others); a zero denominator of a defined class
+    gives 0, as torchmetrics and scikit-learn (``zero_division=0``) count it."""
+    out = np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
+    return np.where(defined, out, np.nan)
 
 
 def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str], positive: int | None = None) -> dict[str, float]:
     """mIoU, per-class IoU, Dice, pixel accuracy, precision, recall and specificity.
 
-    Multiclass (``positive=None``): Dice, precision, recall and specificity are macro means over classes, and classes
-    with an undefined value (absent and never predicted) are left out of every mean. Binary (``positive`` = index of
-    the foreground class): those four are the foreground's, as a road-segmentation user reads them.
+    A class is counted when it is in the labels or predicted. Such a class that is in the labels but never predicted
+    has precision 0; one predicted but absent has recall 0 (and IoU, Dice 0), as torchmetrics and scikit-learn count
+    them. A class neither in the labels nor predicted has every value NaN and leaves every mean.
+    Multiclass (``positive=None``): Dice, precision, recall and specificity are macro means over the counted classes.
+    Binary (``positive`` = index of the foreground class): those four are the foreground's, as a road-segmentation
+    user reads them.
     """
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp
     fn = cm.sum(axis=1) - tp
     tn = cm.sum() - tp - fp - fn
-    iou = _ratio(tp, tp + fp + fn)
+    defined = tp + fp + fn > 0
+    iou = _ratio(tp, tp + fp + fn, defined)
     per_class = {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, defined),
+        "precision": _ratio(tp, tp + fp, defined),
+        "recall": _ratio(tp, tp + fn, defined),
+        "specificity": _ratio(tn, tn + fp, defined),
     }
     out = {"miou": _nanmean(iou), "pixel_acc": float(tp.sum() / cm.sum()) if cm.sum() else float("nan")}
     out |= {f"iou/{name}": float(v) for name, v in zip(class_names, iou, strict=True)}

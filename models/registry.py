@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -15,16 +14,6 @@ from models.catalog import check_arch_encoder
 from models.deeplab import FCN, AtrousDeepLabV3
 from models.enet import ENet
 from models.errors import ModelError, UnknownNameError
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """``build(encoder_name, encoder_weights, in_channels, classes)``; ``encoders`` None: any smp/timm encoder,
-    else the only ones it takes (an empty tuple: it has none of its own, ``model.encoder: null``)."""
-
-    build: Callable[..., nn.Module]
-    description: str
-    encoders: tuple[str, ...] | None = None
 
 
 def _enet(encoder_name=None, encoder_weights=None, in_channels=3, classes=1) -> nn.Module:
@@ -39,15 +28,13 @@ def _fcn(encoder_name="resnet50", encoder_weights=None, in_channels=3, classes=1
     return FCN(classes, in_channels)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+# each name of the catalog (``models.catalog.ARCHITECTURES``: descriptions, encoders) and its builder,
+# ``build(encoder_name, encoder_weights, in_channels, classes)``; tests/models/test_catalog.py holds the two together
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus, "fpn": smp.FPN, "pspnet": smp.PSPNet,
     "deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus, "linknet": smp.Linknet, "manet": smp.MAnet,
     "pan": smp.PAN, "upernet": smp.UPerNet, "segformer": smp.Segformer, "enet": _enet,
     "deeplabv3_atrous": _deeplab_atrous, "fcn": _fcn,
-}
-# the catalog's names and facts (checked without torch) with their builders
-ARCHITECTURES: dict[str, Architecture] = {
-    name: Architecture(_BUILDERS[name], info.description, info.encoders) for name, info in catalog.ARCHITECTURES.items()
 }
 
 WEIGHT_NAMES = ("imagenet", "ssl", "swsl", "advprop", "noisy-student")
@@ -55,7 +42,7 @@ WEIGHT_NAMES = ("imagenet", "ssl", "swsl", "advprop", "noisy-student")
 
 def list_models() -> dict[str, str]:
     """Registry name -> one-line description."""
-    return {name: arch.description for name, arch in ARCHITECTURES.items()}
+    return {name: info.description for name, info in catalog.ARCHITECTURES.items()}
 
 
 def list_encoders() -> list[str]:
@@ -78,15 +65,15 @@ def create_model(
     ``batchnorm="batch"`` makes every BatchNorm normalise with the current batch's statistics, in training and in
     evaluation (``track_running_stats=False``: seed 000's setting for ENet on one small GPU).
     """
-    if arch not in ARCHITECTURES:
-        raise UnknownNameError("architecture", arch, ARCHITECTURES)
+    if arch not in catalog.ARCHITECTURES:
+        raise UnknownNameError("architecture", arch, catalog.ARCHITECTURES)
     check_arch_encoder(arch, encoder)
-    if encoder_weights and ARCHITECTURES[arch].encoders is not None:
+    if encoder_weights and catalog.ARCHITECTURES[arch].encoders is not None:
         raise ModelError(f"{arch}: encoder_weights are for smp encoders; its own weights start random")
     local = encoder_weights if encoder_weights and encoder_weights not in WEIGHT_NAMES else None
     kwargs = {"encoder_name": encoder} if encoder else {}
     try:
-        model = ARCHITECTURES[arch].build(
+        model = BUILDERS[arch](
             **kwargs, encoder_weights=None if local else encoder_weights, in_channels=in_channels, classes=classes
         )
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:

@@ -3,9 +3,8 @@ pool's workers are pointed at (``CUDA_MPS_PIPE_DIRECTORY`` in their environment)
 worker processes of one GPU run side by side instead of taking turns (measured on an H200: 840 training images/s
 for 8 trials in 4 processes, against 602 for 4 in 2 without it, on the IDD-lite study).
 
-``resources.mps``: ``auto`` starts it where the sweep starts its own Ray on a machine with NVIDIA GPUs and
-``nvidia-cuda-mps-control``, and no MPS is set up already; ``true`` insists (a one-line error says why it cannot);
-``false`` never. A daemon that starts but serves no client (a GPU in a compute mode that forbids it, another user's
+Whether a sweep wants one is admission's rule (``pool.admission.use_mps``); this module starts, checks and stops the
+daemon: ``true`` turns every reason it cannot into a one-line error, ``auto`` into a warning line. A daemon that starts but serves no client (a GPU in a compute mode that forbids it, another user's
 server holding the GPU) is stopped again, and the sweep runs without it. Nothing here imports CUDA libraries: the
 check is a child process that opens a context through the driver API (``libcuda``).
 """
@@ -80,30 +79,6 @@ class MpsDaemon:
             if lines:
                 return lines[-1].strip()
         return ""
-
-
-def wanted(setting: Setting, own_ray: bool, gpu_trials: bool) -> bool:
-    """Whether to try MPS: ``false`` never; ``auto`` for GPU trials with GPUs visible; either only on a Ray this
-    sweep starts here (a joined cluster's workers run on other machines, whose GPUs this driver does not own) and
-    where no MPS is set up already (``CUDA_MPS_PIPE_DIRECTORY`` given: the workers use that one)."""
-    if setting is False or (setting == "auto" and not (gpu_trials and gpus_visible())):
-        return False
-    if not own_ray:
-        if setting is True:
-            raise SegsweepError("resources.mps: true needs the sweep's own Ray on this machine; on a cluster start "
-                                f"'{CONTROL} -d' on each GPU node yourself, or set resources.mps=auto")
-        return False
-    if PIPE_ENV in os.environ:
-        if setting is True:
-            raise SegsweepError(f"resources.mps: true, but {PIPE_ENV} is set already (an MPS daemon of your own): "
-                                f"unset it, or set resources.mps=auto to use that daemon")
-        return False
-    return True
-
-
-def gpus_visible() -> bool:
-    """False where ``CUDA_VISIBLE_DEVICES`` hides every GPU (a CPU run on a GPU machine)."""
-    return os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() not in ("", "-1")
 
 
 def start_mps(setting: Setting) -> MpsDaemon | None:

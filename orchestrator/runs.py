@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.catalog import ARCHITECTURES
 from models.export import export_onnx, onnx_parity
-from models.registry import ARCHITECTURES, create_model
+from models.registry import create_model
 from orchestrator.data.cache import load_split
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir

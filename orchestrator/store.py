@@ -1,8 +1,10 @@
 """The results store: one SQLite file per run, written by the driver only, read by every report.
 
 Tables: ``meta`` (sweep name, metric, mode, ...), ``trials`` (one row per trial: flat config, status, error line,
-epochs done, best and last metrics, size, train time) and ``epochs`` (one row per trial and epoch). An epoch row is
-keyed by (trial, epoch), so a trial that restarts from a checkpoint after a crash overwrites rather than duplicates.
+epochs done, best and last metrics, size, train time), ``epochs`` (one row per trial and epoch), ``latency`` and
+``evaluations`` (held-out splits) per trial, and ``checks`` (the self-check: a trial's saved best weights re-scored on
+the validation split against its recorded best). An epoch row is keyed by (trial, epoch), so a trial that restarts
+from a checkpoint after a crash overwrites rather than duplicates.
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ CREATE TABLE IF NOT EXISTS evaluations (
     evaluated_at REAL NOT NULL,
     PRIMARY KEY (trial_id, split, tta)
 );
+CREATE TABLE IF NOT EXISTS checks (
+    trial_id TEXT PRIMARY KEY REFERENCES trials(id),
+    metric TEXT NOT NULL,
+    recorded REAL,
+    measured REAL,
+    tolerance REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    error TEXT,
+    seconds REAL,
+    checked_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS epochs (
     trial_id TEXT NOT NULL REFERENCES trials(id),
     epoch INTEGER NOT NULL,
@@ -76,10 +89,21 @@ def metric_mode(name: str) -> str:
     return "min" if "loss" in name or name.startswith("latency") else "max"
 
 
+STAGE1 = "stage1/"  # prefix of a staged model's first-stage losses and validation metrics (``stage1/val/miou``)
+FULL_EPOCH = "full_epoch"  # reported with each epoch of the full network: epochs less the first stage's (ASHA's time)
+
+
+def ended_as(result: dict[str, Any], max_epochs: int) -> str:
+    """How a trial that Tune ended without an error ended, by its last result: ``completed`` when it trained every
+    epoch, else ``early_stopped`` (the scheduler stopped it). The store and Optuna's study both go by this."""
+    return "completed" if int(result.get("epoch", 0)) >= max_epochs else "early_stopped"
+
+
 def is_metric(key: str) -> bool:
-    """Reported metric keys are namespaced (``val/miou``, ``train/loss``, ``latency/p50_ms`` from a trial's latency
-    proxy, ``perf/images_per_s`` from the speed levers); Tune's bookkeeping keys are not."""
-    return key.startswith(("val/", "train/", "latency/", "perf/"))
+    """Reported metric keys are namespaced (``val/miou``, ``train/loss``, ``stage1/val/miou`` of a staged model's first
+    stage, ``latency/p50_ms`` from a trial's latency proxy, ``perf/images_per_s`` from the speed levers); Tune's
+    bookkeeping keys are not."""
+    return key.startswith(("val/", "train/", STAGE1, "latency/", "perf/"))
 
 
 @dataclass
@@ -208,6 +232,22 @@ class Store:
         return [{"trial_id": r[0], "split": r[1], "tta": r[2], "images": r[3], "metrics": json.loads(r[4])}
                 for r in rows]
 
+    def record_check(self, trial_id: str, metric: str, recorded: float | None, measured: float | None,
+                     tolerance: float, ok: bool, error: str | None = None, seconds: float | None = None) -> None:
+        """The self-check of a trial: ``measured`` is its saved best weights' ``metric`` on the validation split again,
+        ``ok`` whether it came within ``tolerance`` of ``recorded``; ``error`` when it could not be measured."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (trial_id, metric, recorded, measured, tolerance, int(ok), error, seconds, time.time()))
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """Each checked trial's self-check: ``metric, recorded, measured, tolerance, ok, error, seconds``."""
+        with self._db() as db:
+            rows = db.execute("SELECT trial_id, metric, recorded, measured, tolerance, ok, error, seconds "
+                              "FROM checks ORDER BY trial_id").fetchall()
+        return {r[0]: {"metric": r[1], "recorded": r[2], "measured": r[3], "tolerance": r[4], "ok": bool(r[5]),
+                       "error": r[6], "seconds": r[7]} for r in rows}
+
     # ------------------------------------------------------------------ reading
     def meta(self) -> dict[str, Any]:
         with self._db() as db:
@@ -241,6 +281,14 @@ def best_of(trials: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     if not scored:
         return None
     return (max if mode == "max" else min)(scored, key=lambda t: t.best[metric])
+
+
+def top_trials(store: Store, k: int) -> list[TrialRow]:
+    """The ``k`` best finished trials by the sweep's metric (those with weights to evaluate), best first."""
+    meta = store.meta()
+    metric, mode = meta["metric"], meta["mode"]
+    done = [t for t in store.trials() if t.status in FINISHED and metric in t.best]
+    return sorted(done, key=lambda t: t.best[metric], reverse=mode == "max")[:k]
 
 
 def progress_line(store: Store, total: int | None = None) -> str:

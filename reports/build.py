@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
+from markdown_it import MarkdownIt
 
 from models.catalog import COUNTER
 from orchestrator.files import write_text_whole
@@ -15,13 +18,17 @@ from orchestrator.rundir import RunDir
 from reports.analysis import analysis_markdown
 from reports.collect import RunData, load_run
 from reports.figures import (
+    STAGE1,
     importance_bars,
     latency_bars,
+    loss_curves,
     metric_by,
+    metric_vs_value,
     parallel_coordinates,
     speed_frame,
     speed_vs_accuracy,
     training_curves,
+    trial_labels,
 )
 from reports.summary import latency_columns, pareto_front
 from reports.tables import comparison_table, to_markdown, varying_keys
@@ -51,10 +58,45 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "latency": [{k: r[k] for k in ("backend", "target", "status", "p50_ms", "error")} | (
                 {k: r["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
                 if r["result"] else {}) for r in latencies.get(t.id, [])],
-            "evaluations": evaluations.get(t.id, []),
+            "evaluations": [{**e, "verified": verified(run, t.id)} for e in evaluations.get(t.id, [])],
+            "check": run.checks.get(t.id),
         })
     return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials,
             "importances": run.importances}
+
+
+def verified(run: RunData, trial_id: str) -> bool | None:
+    """Whether the trial's saved weights reproduced its recorded figure (the self-check); None: not checked."""
+    check = run.checks.get(trial_id)
+    return None if check is None else check["ok"]
+
+
+def check_cell(check: dict[str, Any] | None) -> str:
+    """The report's ``check`` column: ``ok``, ``NOT REPRODUCED (0.0321)`` with the re-scored figure, or ``–``."""
+    if check is None:
+        return "–"
+    if check["ok"]:
+        return "ok"
+    return f"NOT REPRODUCED ({check['measured']:.4f})" if check["measured"] is not None else "NOT REPRODUCED"
+
+
+def check_lines(run: RunData) -> list[str]:
+    """The self-check under the table: how many trials were re-scored from their saved weights, and a loud line per
+    trial that did not reproduce its figure."""
+    if not run.checks:
+        return []
+    metric = run.meta["metric"]
+    failed = {trial: c for trial, c in run.checks.items() if not c["ok"]}
+    tolerance = max(c["tolerance"] for c in run.checks.values())
+    lines = [f"Self-check (`check` column): {len(run.checks)} trial(s) re-scored on the validation split from their "
+             f"saved best weights; {len(run.checks) - len(failed)} reproduce their recorded `{metric}` within "
+             f"{tolerance:.3g}.", ""]
+    for trial, c in failed.items():
+        found = (f"{c['recorded']:.4f} recorded, {c['measured']:.4f} from its saved weights"
+                 if c["measured"] is not None and c["recorded"] is not None else f"could not re-score ({c['error']})")
+        lines += [f"- **WARNING** `{trial}` does not reproduce its `{metric}`: {found}. Its figures, held-out ones "
+                  "included, are unverified.", ""]
+    return lines
 
 
 def objectives(meta: dict) -> list[tuple[str, str]]:
@@ -77,6 +119,9 @@ def comparison_frame(run: RunData) -> pd.DataFrame:
         table.insert(table.columns.get_loc("epochs"), column, table["trial"].map(latency[column]))
     for column, values in heldout_columns(run).items():
         table.insert(table.columns.get_loc(meta["metric"]) + 1, column, table["trial"].map(values))
+    if run.checks:
+        table.insert(table.columns.get_loc(meta["metric"]) + 1, "check", table["trial"].map(
+            lambda trial: check_cell(run.checks.get(trial))))
     goals = objectives(meta)
     if len(goals) > 1:
         front = pareto_front(results, goals)
@@ -91,24 +136,41 @@ def heldout_columns(run: RunData) -> dict[str, dict[str, float]]:
     columns: dict[str, dict[str, float]] = {}
     for e in run.evaluations:
         suffix = "" if e["tta"] == "none" else f" ({e['tta']})"
+        unverified = verified(run, e["trial_id"]) is False
         # the validation split evaluated again (at the best weights, with TTA): not the search's own val/ column
         prefix = "eval " if e["split"] == run.meta["metric"].split("/", 1)[0] else ""
         for name in dict.fromkeys([short, "miou"]):
             if name in e["metrics"]:
                 column = f"{prefix}{e['split']}/{name}{suffix}"
-                columns.setdefault(column, {})[e["trial_id"]] = round(e["metrics"][name], 4)
+                value = round(e["metrics"][name], 4)
+                # weights that do not reproduce their validation figure: their held-out figure is no better
+                columns.setdefault(column, {})[e["trial_id"]] = f"{value:.4f} (unverified)" if unverified else value
     return dict(reversed(list(columns.items())))  # inserted one by one after the metric: keeps this order
 
 
-def markdown_report(run: RunData) -> str:
+@dataclass
+class Section:
+    """A part of the report: its markdown lines (report.md is them all) and the charts report.html shows after it."""
+
+    lines: list[str]
+    figures: list[go.Figure] = field(default_factory=list)
+
+
+def report_sections(run: RunData) -> list[Section]:
+    """The report, top to bottom: summary and model-wise table (with the self-check, held-out and latency columns and
+    notes), the study analysis, failed measurements and trials, the best trial. report.md and report.html both
+    render exactly these, so neither has a section the other lacks."""
     meta, counts = run.meta, run.counts
     metric, mode = meta["metric"], meta["mode"]
-    results = run.results
+    results, history = run.results, run.history
     table = comparison_frame(run)
+    staged = any(k.startswith(STAGE1) for k in history.columns)
     lines = [
         f"# {meta['sweep']}: model-wise comparison",
         "",
-        f"Metric: `{metric}` ({mode}), best value over each trial's epochs. "
+        f"Metric: `{metric}` ({mode}), best value over each trial's epochs"
+        + (" of the full network (a staged model's first-stage epochs score the encoder alone: they are the "
+           f"`{STAGE1}` series, never its figure)" if staged else "") + ". "
         f"Trials: {sum(counts.values())} ({counts['completed']} completed, {counts['early_stopped']} early-stopped, "
         f"{counts['failed']} failed, {counts['running'] + counts['pending']} unfinished). "
         f"Data: {meta['data']['dataset']} ({meta['data']['task']}), train {meta['data']['train']['images']} / "
@@ -121,63 +183,80 @@ def markdown_report(run: RunData) -> str:
     if len(goals) > 1:
         named = ", ".join(f"{column.removeprefix('metric/')} ({mode})" for column, mode in goals)
         lines += [f"`pareto` marks the trials no other trial beats in every objective: {named}.", ""]
+    lines += check_lines(run)
     if run.evaluations:
         splits = sorted({e["split"] for e in run.evaluations})
         lines += [f"Held-out figures ({', '.join(splits)}): the trials selected on `{metric}`, each at its best "
                   "validation weights, on a split no trial saw (`orchestrate evaluate`). Publish these, not the "
                   "validation ones the search selected on.", ""]
-    lines += analysis_markdown(meta, run.trials, run.domains, run.importances)
-    failed_latency = [r for r in run.latencies if r["status"] == "failed"]
-    if failed_latency:
-        lines += ["## Failed latency measurements", ""] + [
-            f"- `{r['trial_id']}` {r['backend']} on {r['target']}: {r['error']}" for r in failed_latency] + [""]
-    failed = results[results["status"] == "failed"] if not results.empty else results
-    if not failed.empty:
-        lines += ["## Failed trials", ""] + [f"- `{r.id}`: {r.error}" for r in failed.itertuples()] + [""]
-    if not table.empty and table["rank"].notna().any():
-        best = results.set_index("id").loc[table.iloc[0]["trial"]]
-        searched = varying_keys(results)
-        lines += ["## Best trial", "", f"`{table.iloc[0]['trial']}`: {metric} = {table.iloc[0][metric]:.4f}; "
-                  "its searched values:", "", "```yaml", *[f"{k}: {best[f'config/{k}']}" for k in searched], "```", ""]
-    return "\n".join(lines)
-
-
-def html_report(run: RunData) -> str:
-    meta = run.meta
-    metric = meta["metric"]
-    results, history = run.results, run.history
-    figures = [
-        metric_by(results, metric, "loss.name", f"{metric} by loss"),
-        metric_by(results, metric, "model.arch", f"{metric} by architecture"),
-        training_curves(history, metric),
-        training_curves(history, "val/loss"),
-    ]
-    if run.domains:
-        figures.append(parallel_coordinates(results, run.domains, metric))
-    if run.importances:
-        figures.append(importance_bars(run.importances, metric))
+    searched = list(run.domains) or varying_keys(results)
+    labels = trial_labels(results, searched) if not results.empty else {}
+    figures = [metric_by(results, metric, "loss.name", f"{metric} by loss"),
+               metric_by(results, metric, "model.arch", f"{metric} by architecture"),
+               training_curves(history, metric, labels), loss_curves(history, results, labels)]
     speed = speed_frame(results, run.latencies)
     if not speed.empty:
         front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])
         figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
-    # plotly.js is embedded once, so the page works offline
-    parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
-    table = comparison_frame(run)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(meta['sweep'])} — segsweep</title>"
-        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>"
-        f"<h1>{html.escape(meta['sweep'])}: model-wise comparison</h1>"
-        f"{table.to_html(index=False, na_rep='–', float_format=lambda v: f'{v:.4g}') if not table.empty else ''}"
-        + "".join(parts) + "</body></html>"
-    )
+    sections = [Section(lines, figures)]
+
+    analysis = Section(analysis_markdown(meta, run.trials, run.domains, run.importances))
+    if run.domains:
+        analysis.figures.append(parallel_coordinates(results, run.domains, metric))
+        analysis.figures += [metric_vs_value(results, key, domain, metric) for key, domain in run.domains.items()
+                             if domain["kind"] in ("uniform", "loguniform", "int")]
+    if run.importances:
+        analysis.figures.append(importance_bars(run.importances, metric))
+    sections.append(analysis)
+
+    failed_latency = [r for r in run.latencies if r["status"] == "failed"]
+    if failed_latency:
+        sections.append(Section(["## Failed latency measurements", ""] + [
+            f"- `{r['trial_id']}` {r['backend']} on {r['target']}: {r['error']}" for r in failed_latency] + [""]))
+    failed = results[results["status"] == "failed"] if not results.empty else results
+    if not failed.empty:
+        sections.append(Section(["## Failed trials", ""] + [f"- `{r.id}`: {r.error}" for r in failed.itertuples()]
+                                + [""]))
+    if not table.empty and table["rank"].notna().any():
+        best = results.set_index("id").loc[table.iloc[0]["trial"]]
+        keys = varying_keys(results)
+        sections.append(Section(["## Best trial", "", f"`{table.iloc[0]['trial']}`: {metric} = "
+                                 f"{table.iloc[0][metric]:.4f}; its searched values:", "", "```yaml",
+                                 *[f"{k}: {best[f'config/{k}']}" for k in keys], "```", ""]))
+    return sections
+
+
+def markdown_report(run: RunData, sections: list[Section] | None = None) -> str:
+    return "\n".join(line for section in sections or report_sections(run) for line in section.lines)
+
+
+# CommonMark with tables; raw HTML in the text (a class name, an error line) is escaped, never passed through
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;font-size:13px}"
+          "td,th{border:1px solid #ccc;padding:3px 6px} code{background:#f4f4f4;padding:0 3px}"
+          "pre{background:#f4f4f4;padding:8px}")
+
+
+def html_report(run: RunData, sections: list[Section] | None = None) -> str:
+    """report.md's sections rendered as HTML, each followed by its plotly charts (plotly.js embedded once, so the page
+    works offline; plotly escapes ``<`` in its JSON, so no string closes a script tag)."""
+    parts, first = [], True
+    for section in sections or report_sections(run):
+        parts.append(_MARKDOWN.render("\n".join(section.lines)))
+        for fig in section.figures:
+            parts.append(f"<div class='chart'>{fig.to_html(full_html=False, include_plotlyjs=first)}</div>")
+            first = False
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.meta['sweep'])} — segsweep"
+            f"</title><style>{_STYLE}</style></head><body>" + "".join(parts) + "</body></html>")
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run directory (atomically) and return their paths."""
     run, paths = load_run(run_dir), RunDir(run_dir)
+    sections = report_sections(run)
     outputs = []
-    for path, text in ((paths.report_md, markdown_report(run)), (paths.report_html, html_report(run))):
+    for path, text in ((paths.report_md, markdown_report(run, sections)),
+                       (paths.report_html, html_report(run, sections))):
         write_text_whole(path, text)
         outputs.append(path)
     return outputs[0], outputs[1]

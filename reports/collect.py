@@ -24,6 +24,7 @@ class RunData:
     counts: dict[str, int]
     latencies: list[dict[str, Any]]
     evaluations: list[dict[str, Any]]  # held-out splits: trial_id, split, tta, images, metrics
+    checks: dict[str, dict[str, Any]]  # the self-check per checked trial: recorded, measured, ok, ...
 
     @cached_property
     def results(self) -> pd.DataFrame:
@@ -46,7 +47,7 @@ class RunData:
 def load_run(run_dir: str | Path) -> RunData:
     store = Store.of_run(run_dir)
     return RunData(Path(run_dir), store.meta(), store.trials(history=True), store.counts(), store.latencies(),
-                   store.evaluations())
+                   store.evaluations(), store.checks())
 
 
 def results_frame(trials: list[TrialRow]) -> pd.DataFrame:

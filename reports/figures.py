@@ -20,12 +20,69 @@ def metric_by(results: pd.DataFrame, metric: str, key: str, title: str) -> go.Fi
     return fig.update_layout(xaxis_title=key, yaxis_title=metric)
 
 
-def training_curves(history: pd.DataFrame, metric: str) -> go.Figure:
-    """``metric`` per epoch, one line per trial."""
-    frame = history.dropna(subset=[metric]) if metric in history else history.iloc[0:0].assign(id=[], epoch=[])
-    fig = px.line(frame, x="epoch", y=metric if metric in frame else None, color="id", markers=True,
-                  title=f"{metric} per epoch")
-    return fig.update_layout(legend_title="trial")
+STAGE1 = "stage1/"  # a staged model's first-stage series (``orchestrator.store.STAGE1``)
+
+
+def trial_labels(results: pd.DataFrame, keys: list[str]) -> dict[str, str]:
+    """A legend entry per trial that names its searched values: ``3f2a1c0d arch=unet loss=dice lr=0.00231``
+    (a key's last part; ``loss.name`` is ``loss``)."""
+    labels = {}
+    for row in results.to_dict("records"):
+        parts = []
+        for key in keys:
+            value = row.get(f"config/{key}")
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+            short = key.rsplit(".", 1)[-1]
+            parts.append(f"{key.split('.')[0] if short == 'name' else short}={shown}")  # loss.name -> loss
+        labels[row["id"]] = " ".join([row["id"], *parts])
+    return labels
+
+
+def _curves(history: pd.DataFrame, metric: str, labels: dict[str, str]) -> pd.DataFrame:
+    """``metric`` per trial and epoch in long form, a staged model's first stage (``stage1/<metric>``) as its own
+    series beside the full network's."""
+    parts = []
+    for column, stage in ((metric, "full network"), (STAGE1 + metric, "stage 1")):
+        if column in history:
+            rows = history.dropna(subset=[column])
+            parts.append(pd.DataFrame({"id": rows["id"], "epoch": rows["epoch"], "value": rows[column],
+                                       "stage": stage}))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["id", "epoch", "value", "stage"])
+    return frame.assign(trial=frame["id"].map(lambda i: labels.get(i, i)))
+
+
+def training_curves(history: pd.DataFrame, metric: str, labels: dict[str, str] | None = None) -> go.Figure:
+    """``metric`` per epoch, one line per trial (legend: its searched values); a staged model's first stage dashed."""
+    frame = _curves(history, metric, labels or {})
+    staged = frame["stage"].eq("stage 1").any()
+    fig = px.line(frame, x="epoch", y="value", color="trial", line_dash="stage" if staged else None, markers=True,
+                  title=f"{metric} per epoch" + (" (dashed: stage 1, the encoder alone)" if staged else ""))
+    return fig.update_layout(legend_title="trial", yaxis_title=metric)
+
+
+def loss_curves(history: pd.DataFrame, results: pd.DataFrame, labels: dict[str, str] | None = None,
+                metric: str = "val/loss") -> go.Figure:
+    """``val/loss`` per epoch in one panel per loss function, each on its own axis: the losses' scales differ (a
+    Tversky loss near 1 beside a cross-entropy of 36 would flatten the other curves)."""
+    frame = _curves(history, metric, labels or {})
+    loss = results.set_index("id")["config/loss.name"] if "config/loss.name" in results else pd.Series(dtype=str)
+    frame = frame.assign(loss=frame["id"].map(loss).fillna("(fixed)").astype(str))
+    fig = px.line(frame, x="epoch", y="value", color="trial", facet_col="loss", facet_col_wrap=2, markers=True,
+                  line_dash="stage" if frame["stage"].eq("stage 1").any() else None,
+                  title=f"{metric} per epoch, by loss function (each on its own scale)")
+    fig.update_yaxes(matches=None, showticklabels=True, title_text="")
+    return fig.update_layout(legend_title="trial", yaxis_title=metric)
+
+
+def metric_vs_value(results: pd.DataFrame, key: str, domain: dict, metric: str) -> go.Figure:
+    """Each finished trial's best ``metric`` against its value of a continuous searched ``key`` (log axis for a
+    log-uniform domain)."""
+    col, by = f"metric/{metric}", f"config/{key}"
+    frame = results.dropna(subset=[col]) if col in results and by in results else results.iloc[0:0]
+    fig = px.scatter(frame, x=by if by in frame else None, y=col if col in frame else None,
+                     color="status" if "status" in frame else None, hover_data=["id"] if "id" in frame else None,
+                     log_x=domain.get("kind") == "loguniform", title=f"{metric} against {key}")
+    return fig.update_layout(xaxis_title=key, yaxis_title=metric)
 
 
 def speed_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:

@@ -19,20 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("orchestrator", "models", "reports")
+PACKAGES = ("orchestrator", "models", "reports", "benchmarks")  # benchmarks: any Python script kept there
 
 # Bottom to top. A module may import its own layer and the layers below it. The first matching prefix wins.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("schema and names", ("models.errors", "orchestrator.errors", "orchestrator.files", "orchestrator.rundir",
                           "orchestrator.spec.schema", "orchestrator.spec.keys", "orchestrator.store",
-                          "orchestrator.gpu", "orchestrator.mps")),
+                          "orchestrator.gpu", "orchestrator.mps", "orchestrator.failures")),
     ("registries", ("models", "orchestrator.data", "orchestrator.latency", "orchestrator.tracking")),
     ("spec loading", ("orchestrator.spec",)),
     ("trial", ("orchestrator.trial", "orchestrator.runs", "orchestrator.pool")),
     ("driver", ("orchestrator.driver",)),
     ("reports", ("reports",)),
     ("study", ("orchestrator.study", "orchestrator.bench", "orchestrator.service")),
-    ("cli", ("orchestrator.cli", "orchestrator")),
+    ("cli", ("orchestrator.cli", "orchestrator", "benchmarks")),
 ]
 # third-party imports that take seconds (or a GPU context): inside a function they need a reason in a comment
 HEAVY = ("torch", "ray", "lightning", "segmentation_models_pytorch", "timm", "wandb", "onnx", "onnxruntime",

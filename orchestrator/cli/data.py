@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
+from orchestrator.cli.options import TextFormat, TextFormatOption
 from orchestrator.data.adapters import Adapter, DataError, create_adapter
 
 app = typer.Typer(no_args_is_help=True, help="Inspect a dataset as stored: class statistics, broken files.")
@@ -33,7 +34,7 @@ def stats(
     split: Annotated[str, typer.Option(help="split to count")] = "train",
     task: Annotated[str, typer.Option(help="multiclass | binary")] = "multiclass",
     enet_c: Annotated[float, typer.Option(help="ENet weighting constant c")] = 1.02,
-    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    format: TextFormatOption = TextFormat.text,
     encoding: EncodingOption = "current",
     class_map: ClassMapOption = None,
 ) -> None:
@@ -42,7 +43,7 @@ def stats(
 
     adapter = _adapter(dataset, root, encoding, class_map)
     result = split_stats(adapter, adapter.pairs(root, split), task, enet_c, dataset, split)
-    typer.echo(json.dumps(result, indent=2) if format == "json" else stats_table(result))
+    typer.echo(json.dumps(result, indent=2) if format is TextFormat.json else stats_table(result))
 
 
 @app.command("check")

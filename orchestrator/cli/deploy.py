@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli.options import SetOption, hw
+from orchestrator.cli.options import SetOption, TableFormat, TableFormatOption, TextFormat, TextFormatOption, hw
 from orchestrator.errors import SegsweepError
 
 
@@ -17,7 +17,7 @@ def model_info(
     classes: Annotated[int, typer.Option(min=1, help="output classes")],
     size: Annotated[str, typer.Option(help="input HxW, e.g. 256x320")],
     encoder: Annotated[Optional[str], typer.Option(help="encoder (smp name or tu-<timm model>)")] = None,
-    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    format: TextFormatOption = TextFormat.text,
 ) -> None:
     """Parameters, weight size in MB and GMACs at an input size, with the counter named."""
     # lazy: torch and smp; see the package docstring
@@ -27,7 +27,7 @@ def model_info(
     height, width = hw(size, "--size")
     model, _ = bench_model(None, arch=arch, encoder=encoder, classes=classes)
     info = complexity(model, (height, width))
-    if format == "json":
+    if format is TextFormat.json:
         typer.echo(json.dumps({"params": info.params, "size_mb": info.size_mb, "gmacs": info.gmacs,
                                "counter": info.counter}))
     else:
@@ -74,7 +74,7 @@ def bench(
     ssh_option: Annotated[Optional[list[str]], typer.Option(
         help="passed to ssh as -o KEY=VALUE (repeatable; options that run commands, like ProxyCommand, are refused)")
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    format: TextFormatOption = TextFormat.text,
 ) -> None:
     """Latency of a model: warm-up, timed iterations, mean / p50 / p90 / p99, throughput, versions, device."""
     # lazy: torch, onnxruntime
@@ -87,7 +87,7 @@ def bench(
     dims = parse_shape(shape) if shape else default_shape(source, onnx_path, trial)
     result = measure(backend, dims, Protocol(warmup, iters, fp16, threads), model=model, onnx_path=onnx_path,
                      target=target or "local", remote_python=remote_python, ssh_options=tuple(ssh_option or ()))
-    typer.echo(json.dumps(result.to_json(), indent=2) if format == "json" else format_result(result))
+    typer.echo(json.dumps(result.to_json(), indent=2) if format is TextFormat.json else format_result(result))
 
 
 def default_shape(source: Path | None, onnx_path: Path | None, trial: str) -> list[int]:
@@ -126,7 +126,7 @@ def bench_train(
     quality_epochs: Annotated[int, typer.Option(min=1)] = 8,
     parts: Annotated[str, typer.Option(help="comma-separated: seeds, trial, levers, sweep, quality")] = "seeds,trial,sweep",
     out: Annotated[Path, typer.Option(help="where data, cache, runs and bench_train.{json,md} go")] = Path("bench-train"),
-    format: Annotated[str, typer.Option("--format", help="md | json")] = "md",
+    format: TableFormatOption = TableFormat.md,
     set_: SetOption = None,
 ) -> None:
     """Training throughput: the seeds' pipeline, one segsweep trial (and each lever off), a whole sweep.
@@ -139,14 +139,12 @@ def bench_train(
     unknown = [p for p in chosen if p not in PARTS]
     if unknown or not chosen:
         raise SegsweepError(f"--parts {parts}: choose from {', '.join(PARTS)}")
-    if format not in ("md", "json"):
-        raise SegsweepError(f"--format {format}: md or json")
     settings = BenchSettings(arch=arch, encoder=encoder, size=hw(size, "--size"), batch=batch, images=images,
                              epochs=epochs, workers=workers, trials=trials, sweep_epochs=sweep_epochs,
                              quality_epochs=quality_epochs, parts=chosen,
                              sweep_set=tuple(parse_override(text) for text in set_ or ()))
     result = run_bench(settings, out)
-    typer.echo(json.dumps(result, indent=1, default=str) if format == "json" else markdown(result))
+    typer.echo(json.dumps(result, indent=1, default=str) if format is TableFormat.json else markdown(result))
 
 
 def bench_sweep(

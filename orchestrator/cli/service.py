@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from orchestrator.cli.options import ServerOption, SetOption, TokenOption
+from orchestrator.cli.options import ServerOption, SetOption, TableFormat, TableFormatOption, TokenOption
 from orchestrator.errors import SegsweepError
 from orchestrator.latency.targets import TARGETS_ENV, NamedTarget, load_targets, save_targets
 from orchestrator.spec.keys import ENV_REFERENCE, parse_override, strings
@@ -270,14 +270,12 @@ def bench_serve(
     interval: Annotated[float, typer.Option(min=0, help="each polling client's pause between calls (s)")] = 1.0,
     baseline: Annotated[bool, typer.Option(help="run the sweep once without load first, for its wall")] = True,
     out: Annotated[Path, typer.Option(help="the server's data folder and the datasets")] = Path("bench-serve"),
-    format: Annotated[str, typer.Option("--format", help="md | json")] = "md",
+    format: TableFormatOption = TableFormat.md,
 ) -> None:
     """The service under load: a real server on loopback runs SPEC while CLIENTS poll its API and FOLLOWERS follow
     its events for SECONDS; prints errors, API latency (p50 / p99 / max), the sweep's wall against an unloaded run
     and the server's memory over the run."""
     from orchestrator.bench.serve import ServeBench, markdown, run_bench_serve  # lazy: httpx, the server's imports
 
-    if format not in ("md", "json"):
-        raise SegsweepError(f"--format {format}: md or json")
     result = run_bench_serve(ServeBench(spec, tuple(set_ or ()), clients, followers, seconds, interval, baseline), out)
-    typer.echo(json.dumps(result, indent=1) if format == "json" else markdown(result))
+    typer.echo(json.dumps(result, indent=1) if format is TableFormat.json else markdown(result))

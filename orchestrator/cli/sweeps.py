@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli.options import ServerOption, SetOption, TokenOption
+from orchestrator.cli.options import ReportFormat, ReportFormatOption, ServerOption, SetOption, TokenOption
 from orchestrator.cli.service import on_server, requeue
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
@@ -141,15 +141,9 @@ def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> No
         typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {t.error}" if t.error else ""))
 
 
-class ReportFormat(str, Enum):
-    md = "md"
-    html = "html"
-    json = "json"
-
-
 def report(
     run_dir: Annotated[Path, typer.Argument(help="run directory")],
-    format: Annotated[ReportFormat, typer.Option("--format", help="md, html or json")] = ReportFormat.md,
+    format: ReportFormatOption = ReportFormat.md,
 ) -> None:
     """(Re)build report.md and report.html from the store and print one of them (json: the results object)."""
     from reports.build import build_report, report_json  # lazy: pandas and plotly
@@ -173,8 +167,9 @@ class Registry(str, Enum):
 def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> None:
     """List a registry's names with one line each."""
     # lazy: the registries import torch and smp
+    from models.catalog import OPTIMIZERS
     from models.losses import list_losses
-    from models.optim import OPTIMIZERS, list_schedules
+    from models.optim import list_schedules
     from models.registry import list_encoders, list_models
     from orchestrator.data.adapters import list_datasets
 
@@ -184,7 +179,7 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
         Registry.losses: list_losses,
         Registry.schedules: list_schedules,
         Registry.datasets: list_datasets,
-        Registry.optimizers: lambda: {k: v.description for k, v in OPTIMIZERS.items()},
+        Registry.optimizers: lambda: dict(OPTIMIZERS),
     }[what]()
     width = max(map(len, entries))
     for name, description in entries.items():

@@ -8,7 +8,6 @@ import collections
 import functools
 import json
 import queue
-import re
 import shutil
 import sys
 import threading
@@ -19,12 +18,13 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.failures import error_line
 from orchestrator.files import write_text_whole
-from orchestrator.driver.pool import active_pool
+from orchestrator.pool.launch import active_pool
 from orchestrator.pool.protocol import STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
-from orchestrator.store import Store, is_metric, progress_line
+from orchestrator.store import Store, ended_as, is_metric, progress_line
 from orchestrator.tracking import Tracker
 
 SPENT: collections.Counter[str] = collections.Counter()  # the driver's seconds in each callback (bench-sweep)
@@ -50,22 +50,6 @@ class Timed(tune.Callback):
         for name, hook in list(vars(cls).items()):
             if name.startswith("on_") and callable(hook):
                 setattr(cls, name, _timed(cls.__name__, hook))
-
-
-_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
-
-
-def error_line(trace: str | None) -> str:
-    """The last ``SomeError: message`` line of a traceback (Ray wraps trial errors in several layers)."""
-    if not trace:
-        return "trial failed (no error recorded)"
-    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        match = _ERROR_LINE.match(line)
-        if match and not line.startswith(("ray::", "File ")) and match.group(1) not in ("RayTaskError", "TuneError"):
-            # the pool's proxy carries the worker's own line: "TrialError: RuntimeError: ..." -> "RuntimeError: ..."
-            return (match.group(2) if match.group(1) == "TrialError" and match.group(2) else line)[:300]
-    return lines[-1][:300]
 
 
 class StoreCallback(Timed):
@@ -104,8 +88,7 @@ class StoreCallback(Timed):
             self.store.record_epoch(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        epochs = int((trial.last_result or {}).get("epoch", 0))
-        self.store.finish_trial(trial.trial_id, "completed" if epochs >= self.max_epochs else "early_stopped")
+        self.store.finish_trial(trial.trial_id, ended_as(trial.last_result or {}, self.max_epochs))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # Tune writes the error into the trial's driver-side staging folder first and syncs it to storage later

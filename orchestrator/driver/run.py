@@ -21,11 +21,11 @@ from ray import tune
 
 from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
 from orchestrator.driver.callbacks import SPENT, release_checkpoint
-from orchestrator.driver.pool import Pool, start_pool
-from orchestrator.driver.pool import decisions as pool_decisions
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
 from orchestrator.errors import SegsweepError
-from orchestrator.mps import MpsStart, wanted
+from orchestrator.mps import MpsStart
+from orchestrator.pool.admission import use_mps
+from orchestrator.pool.launch import Pool, decisions, scheduled_epochs, start_pool
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
@@ -80,6 +80,13 @@ def domain_meta(sweep: Sweep) -> dict[str, dict]:
             for k, d in sweep.domains.items()}
 
 
+def rung_epochs(sweep: Sweep) -> list[int]:
+    """The scheduler's rungs as trial epochs (the report's analysis compares trials there): the full network's rung
+    epochs after a fixed stage 1."""
+    stage1 = sweep.spec.trainer.max_epochs - scheduled_epochs(sweep)
+    return [stage1 + epoch for epoch in decisions(sweep)]
+
+
 def trial_context(sweep: Sweep, run_dir: Path, prepared) -> TrialContext:
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
@@ -121,7 +128,7 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
         max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
         data=prepared.to_json(), source=sweep.source, created=time.time(),
         objectives=[o.model_dump() for o in spec.search.objectives], domains=domain_meta(sweep),
-        rungs=list(pool_decisions(spec)), mps=pool.mps is not None)
+        rungs=rung_epochs(sweep), mps=pool.mps is not None)
     h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
           f"val {prepared.val.images} images (native {h}x{w}); {len(pool.workers)} worker(s), "
@@ -190,7 +197,7 @@ def start_cluster(sweep: Sweep, address: str | None, marks: list[float] | None =
     ``marks``: gets the time Ray was up."""
     res = sweep.spec.resources
     own_ray = address is None and not ray.is_initialized()
-    mps = MpsStart(res.mps) if wanted(res.mps, own_ray, res.gpus_per_trial != 0) else None
+    mps = MpsStart(res.mps) if use_mps(res.mps, own_ray, res.gpus_per_trial != 0) else None
     try:
         init_ray(address, sweep.spec)
         if marks is not None:
@@ -216,14 +223,11 @@ def _rejoin(sweep: Sweep, run_dir: Path, address: str | None) -> tuple[TrialCont
 
 def fit(run: Run, restore: bool = False) -> RunResult:
     """Tune's fit of the run's trials; the store then says how many ended and whether the run was interrupted. The
-    pool's workers go at the end."""
+    pool's workers stay (the study's self-check uses them); whoever started the run shuts the pool down."""
     started = time.perf_counter()
     SPENT.clear()
-    try:
-        build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore, run.experiment, run.seed_offset,
-                    run.finished).fit()
-    finally:
-        run.pool.shutdown()
+    build_tuner(run.sweep, run.run_dir, run.pool, run.total, restore, run.experiment, run.seed_offset,
+                run.finished).fit()
     run.timed("fit", time.perf_counter() - started)
     Store(RunDir(run.run_dir).store).set_meta(fit_window=(time.time() - (time.perf_counter() - started), time.time()))
     for kind, seconds in SPENT.items():

@@ -5,26 +5,35 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.driver.callbacks import (CheckpointCallback, PoolCallback, ProgressCallback, StoreCallback,
-                                          WandbCallback)
-from orchestrator.driver.pool import PROXY_CPUS, Pool, check_resources
+from orchestrator.driver.callbacks import (
+    CheckpointCallback,
+    PoolCallback,
+    ProgressCallback,
+    StoreCallback,
+    WandbCallback,
+)
 from orchestrator.driver.space import to_tune_space
 from orchestrator.errors import SegsweepError
+from orchestrator.pool.launch import PROXY_CPUS, Pool, scheduled_epochs
+from orchestrator.pool.protocol import REPLAYED
 from orchestrator.pool.proxy import proxy_trial
 from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
+from orchestrator.store import FULL_EPOCH, ended_as
 
 # Ray's and Tune's environment settings of a sweep: orchestrator.driver's __init__, before Ray is imported
 
@@ -48,6 +57,22 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
     check_resources(spec, ray.cluster_resources())
 
 
+def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
+    share = spec.resources.gpus_per_trial
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": 0.0 if share == "auto" else float(share)}
+    for kind, amount in need.items():
+        if amount > available.get(kind, 0):
+            key = f"resources.{kind.lower()}s_per_trial"
+            raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
+                                f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
+    for name, amount in spec.resources.proxy_resources.items():
+        if amount > available.get(name, 0):
+            raise SegsweepError(f"resources.proxy_resources.{name}: {amount:g} per trial, but the Ray cluster has "
+                                f"{available.get(name, 0):g}; start a node with --resources '{{\"{name}\": N}}' or "
+                                f"remove the key")
+
+
 def quiet_tune() -> None:
     """Tune logs a failed trial's whole traceback: the store keeps its one line, which the progress callback
     prints, so Tune's own logging stays off the console."""
@@ -69,31 +94,114 @@ def searcher(sweep: Sweep, run_dir: Path, concurrency: int, seed_offset: int = 0
     # several objectives: Optuna gets them all; Tune itself and ASHA keep the single search.metric
     objectives = {"metric": [o.metric for o in search.objectives], "mode": [o.mode for o in search.objectives]}
     # an extension's sampler starts from another seed: the same one would draw its first (random) points again
-    return ResumableOptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
-                                 study_name=spec.name, **(objectives if len(search.objectives) > 1 else {}))
+    return StudySearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
+                       study_name=spec.name, run_dir=str(run_dir), max_epochs=spec.trainer.max_epochs,
+                       **(objectives if len(search.objectives) > 1 else {}))
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """Optuna's searcher, for a run that may be resumed after kill -9. Tune tells the searcher that a trial ended
-    (Optuna's study in optuna.db stores it at once) before its own callbacks and its next snapshot; a driver killed in
-    between resumes that trial, and Optuna refuses its reports with UpdateFinishedTrialError, which Tune raises as the
-    whole sweep's error. The trial's end stands as the study stored it; its resumed reports go to Tune, the scheduler
-    and the store only."""
+class StudySearch(OptunaSearch):
+    """Optuna's searcher, with its study (``optuna.db``) in agreement with the store, so that optuna-dashboard shows
+    what the report does:
+
+    - each trial carries user attributes ``segsweep_trial_id`` and ``run_dir``, and at its end ``status`` (the
+      store's), ``best_value`` and ``best_epoch`` of the sweep's metric;
+    - each epoch's metric is an intermediate value (step = the trial's epoch; single objective only, as Optuna allows),
+      so the dashboard draws the curves; a staged model's first-stage epochs have no metric and report none;
+    - a trial that ran every epoch ends COMPLETE with its best epoch's value (the figure the report ranks on; several
+      objectives: each one's best); one stopped early by the scheduler ends PRUNED (Optuna then takes its last
+      reported value, by its own rule); a failed one ends FAIL.
+
+    And for a run resumed after kill -9: Tune tells the searcher that a trial ended (stored at once) before its own
+    callbacks and its next snapshot; a driver killed in between resumes that trial, whose reports Optuna refuses
+    (UpdateFinishedTrialError, which Tune would raise as the sweep's error): its end stands as the study stored it."""
+
+    def __init__(self, *args: Any, run_dir: str = "", max_epochs: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_dir, self.max_epochs = run_dir, max_epochs
+        self._best: dict[str, dict[str, tuple[float, int]]] = {}  # trial -> metric -> (best value, its epoch)
+        self._reported: dict[str, set[int]] = {}  # trial -> epochs reported as intermediate values
+
+    def _objectives(self) -> list[tuple[str, str]]:
+        metrics, modes = self.metric, self.mode
+        if isinstance(metrics, list):
+            return list(zip(metrics, modes))
+        return [(metrics, modes)]
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and "segsweep_trial_id" not in ot_trial.user_attrs:
+            ot_trial.set_user_attr("segsweep_trial_id", trial_id)
+            ot_trial.set_user_attr("run_dir", self.run_dir)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._completed_trials:
+            self._absorb(trial_id, result)
+
+    def _absorb(self, trial_id: str, result: dict) -> None:
+        """An epoch's result: each objective's best so far, and the metric as the epoch's intermediate value. Tune
+        hands a trial's last result (the one its scheduler stops it at) to ``on_trial_complete`` alone."""
+        if REPLAYED in result or "epoch" not in result:
+            return
+        epoch = int(result["epoch"])
+        best = self._best.setdefault(trial_id, {})
+        for metric, mode in self._objectives():
+            value = result.get(metric)
+            if not _finite(value):
+                continue  # a first-stage epoch (no metric), or a NaN
+            if metric not in best or (value > best[metric][0] if mode == "max" else value < best[metric][0]):
+                best[metric] = (float(value), epoch)
+        reported = self._reported.setdefault(trial_id, set())
+        metric = self._objectives()[0][0]
+        if isinstance(self.metric, list) or not _finite(result.get(metric)) or epoch in reported:
+            return
         try:
-            super().on_trial_result(trial_id, result)
+            self._ot_trials[trial_id].report(float(result[metric]), epoch)
+            reported.add(epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
-            self._completed_trials.add(trial_id)  # and its completion is then a no-op too
+            self._completed_trials.add(trial_id)  # ended before a kill -9: its completion is then a no-op too
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error:
+            self._absorb(trial_id, result)
+            if trial_id in self._completed_trials:
+                return
+        self._completed_trials.add(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        best = self._best.get(trial_id, {})
+        status = "failed" if error else ended_as(result or {}, self.max_epochs)
+        values = None
+        if status == "completed" and all(m in best for m, _ in self._objectives()):
+            values = [best[m][0] for m, _ in self._objectives()]
+        state = {"failed": optuna.trial.TrialState.FAIL, "early_stopped": optuna.trial.TrialState.PRUNED,
+                 "completed": optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL}[status]
+        try:
+            ot_trial.set_user_attr("status", status)
+            metric = self._objectives()[0][0]
+            if metric in best:
+                ot_trial.set_user_attr("best_value", best[metric][0])
+                ot_trial.set_user_attr("best_epoch", best[metric][1])
+            self._ot_study.tell(ot_trial, values if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # stored before a kill -9; it stands
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def scheduler(sweep: Sweep) -> TrialScheduler:
-    spec, search = sweep.spec, sweep.spec.search
+    search = sweep.spec.search
     if search.scheduler.name != "asha":
         return FIFOScheduler()
     own = {"metric": search.metric, "mode": search.mode} if len(search.objectives) > 1 else {}
-    return ASHAScheduler(max_t=spec.trainer.max_epochs, grace_period=min(search.scheduler.grace_period,
-                         spec.trainer.max_epochs), reduction_factor=search.scheduler.reduction_factor, **own)
+    # ASHA counts the full network's epochs: a staged model's first-stage epochs carry no search metric
+    max_t = scheduled_epochs(sweep)
+    return ASHAScheduler(time_attr=FULL_EPOCH, max_t=max_t, grace_period=min(search.scheduler.grace_period, max_t),
+                         reduction_factor=search.scheduler.reduction_factor, **own)
 
 
 def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bool = False, experiment: int = 1,
@@ -132,7 +240,8 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
             callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
                        WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
                                      sweep.groups),
-                       CheckpointCallback(str(run_dir)), PoolCallback(), ProgressCallback(store_path)],
+                       CheckpointCallback(str(run_dir)), PoolCallback(), ProgressCallback(store_path),
+                       JsonLoggerCallback()],
         ),
     )
 

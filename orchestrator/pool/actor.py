@@ -33,3 +33,6 @@ class WorkerActor:
 
     def stop(self, trial_id: str) -> None:
         self.worker.stop(trial_id)
+
+    def revalidate(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        return self.worker.revalidate(trial_id, config)

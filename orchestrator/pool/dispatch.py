@@ -5,25 +5,34 @@ died under it) is abandoned by the driver: its worker is told to drop it. Import
 
 from __future__ import annotations
 
+from collections import Counter
+
+from orchestrator.pool.admission import choose_worker
+
 
 class Dispatcher:
     def __init__(self, slots: list[int]) -> None:
         self.slots = list(slots)
         self.assigned: dict[str, int] = {}
         self.dead: set[int] = set()
+        self.final: dict[str, str] = {}  # trials failed in a way that is not retried (``orchestrator.failures``)
 
     def assign(self, trial_id: str) -> int | None:
         """The index of the worker that trains ``trial_id`` (the same one when asked again); None when every worker
         has died."""
         if trial_id in self.assigned and self.assigned[trial_id] not in self.dead:
             return self.assigned[trial_id]
-        alive = [i for i in range(len(self.slots)) if i not in self.dead]
-        if not alive:
-            return None
-        load = {i: sum(1 for w in self.assigned.values() if w == i) for i in alive}
-        chosen = max(alive, key=lambda i: (self.slots[i] - load[i], -i))
-        self.assigned[trial_id] = chosen
+        chosen = choose_worker(self.slots, Counter(self.assigned.values()), self.dead)
+        if chosen is not None:
+            self.assigned[trial_id] = chosen
         return chosen
+
+    def fail(self, trial_id: str, line: str) -> None:
+        """``trial_id`` failed with ``line``, which trying again would only repeat: a retry of it ends at once."""
+        self.final[trial_id] = line
+
+    def final_failure(self, trial_id: str) -> str | None:
+        return self.final.get(trial_id)
 
     def release(self, trial_id: str) -> None:
         self.assigned.pop(trial_id, None)

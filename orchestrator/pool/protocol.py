@@ -1,5 +1,5 @@
-"""What the driver, the proxies and the workers agree on: the proxies' context, the events a worker sends about a
-trial, the scheduler's decision points, the checkpoint stub, and the admission arithmetic. Imports no torch."""
+"""What the driver, the proxies and the workers agree on: the proxies' context, the workers' settings, the
+scheduler's decision points and the checkpoint stub. Imports no torch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HEADROOM = 0.15  # allocator fragmentation and cuDNN workspaces beyond a trial's measured peak
 STUB = {"finished": True}  # what a finished trial's released checkpoint (state.pt) says, as JSON
 CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders of a trial
 REPLAYED = "segsweep/replayed"  # marks the one report of a trial that had finished before a resume (no epoch in it)
@@ -56,13 +55,6 @@ def decision_epochs(max_epochs: int, grace_period: int | None, reduction_factor:
         k += 1
 
 
-def slots_for(trial_bytes: float, gpu_bytes: float, slots: int, headroom: float = HEADROOM) -> int:
-    """How many trials of ``trial_bytes`` peak GPU memory (plus headroom) share one GPU of ``gpu_bytes``, at most
-    ``slots`` and at least one (a trial too large for the GPU runs alone, and may fail as a trial)."""
-    need = trial_bytes * (1 + headroom)
-    return max(1, min(slots, math.floor(gpu_bytes / need))) if need > 0 else slots
-
-
 def _marker(state: Path) -> dict | None:
     """A ``state.pt`` that is a few bytes of JSON (the stub, or a pointer to a newer checkpoint); None for weights."""
     if not state.is_file() or state.stat().st_size > 256:
@@ -94,9 +86,3 @@ def resolve_state(state: Path) -> Path:
             return state
         state = state.parent.parent / newer / state.name
     return state
-
-
-def failure(error: BaseException) -> str:
-    """A trial's exception as one line: ``RuntimeError: Output size is too small``."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")[:300]

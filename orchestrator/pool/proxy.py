@@ -15,6 +15,7 @@ import ray
 from ray import tune
 from ray.exceptions import RayActorError
 
+from orchestrator.failures import retried
 from orchestrator.pool.protocol import REPLAYED, PoolContext, is_stub, resolve_state
 from orchestrator.rundir import STATE_FILE
 
@@ -35,6 +36,9 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
         return
     if state is not None and is_stub(state):
         return  # released, so finished (the store says so too, and ``finished`` holds it on resume)
+    final = ray.get(ctx.dispatcher.final_failure.remote(trial_id))
+    if final is not None:  # Tune retries it (search.max_failures), but it would fail the same way again
+        raise TrialError(final)
     index, worker = start_on_a_worker(trial_id, config, state, ctx)
     try:
         while True:
@@ -53,6 +57,8 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
             elif event["kind"] == "done":
                 return
             elif event["kind"] == "failed":
+                if not retried(event["error"]):
+                    ctx.dispatcher.fail.remote(trial_id, event["error"])
                 raise TrialError(event["error"])
     except RayActorError as e:  # its process or node went away while it trained the trial
         ctx.dispatcher.lost.remote(index)

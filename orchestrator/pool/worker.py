@@ -6,10 +6,8 @@ follows (measured on an H200: a fresh process's first step 15 s, a fresh thread'
 concurrent trials overlap on the GPU as the kernels of separate processes do not. A trial is the same Lightning fit
 as ever (``trial.build``); the worker only decides when it starts and hands its epochs to the trial's proxy.
 
-Admission: at most ``limit`` trials run at once (the slots, or fewer where stated memory figures say so); with
-``memory_aware`` a trial starts only when the GPU has room for the largest per-trial footprint seen so far, and a
-trial that runs out of GPU memory beside others restarts, from its start, once fewer run (``perf/restarts`` says
-so); alone, it fails with the reason.
+Which trial starts when, and what an out-of-memory error means, is admission's rule (``pool.admission``); a
+trial's failure is its one line (``orchestrator.failures``), and the worker goes on.
 """
 
 from __future__ import annotations
@@ -34,14 +32,17 @@ import ray
 import torch
 
 from models.depthwise import cudnn_depthwise
+from orchestrator.failures import failure
 from orchestrator.latency.measure import Protocol, measure
-from orchestrator.pool.protocol import HEADROOM, WorkerSettings, failure
+from orchestrator.pool.admission import WorkerAdmission
+from orchestrator.pool.protocol import WorkerSettings
 from orchestrator.pool.ship import ShippedData, receive
 from orchestrator.rundir import RunDir
 from orchestrator.trial.build import build_module, build_trial
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
 from orchestrator.trial.config import TrialConfig, TrialContext
 from orchestrator.trial.data import normalise, to_model_input
+from orchestrator.trial.revalidate import revalidate
 from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
@@ -61,6 +62,7 @@ class Job:
         self.restarts = 0
         self.submitted = self.started = time.time()
         self.max_epochs = 0  # known once the trial's config is read
+        self.stage1_epochs = 0  # a staged model's first stage: the scheduler's decisions count the epochs after it
         self.waited_s: float | None = None  # the last wait for Tune's word, reported with the next epoch
 
     def decide(self, epoch: int) -> None:
@@ -74,9 +76,9 @@ class Job:
             self.cond.notify_all()
 
     def wait(self, epoch: int, decisions: tuple[int, ...]) -> bool:
-        """After sending ``epoch``: at a decision epoch wait for Tune's word on it; elsewhere run at most one epoch
-        ahead of it. Returns whether the trial goes on."""
-        target = epoch if epoch in decisions else epoch - 1
+        """After sending ``epoch``: at a decision epoch (``decisions`` counts the full network's epochs) wait for
+        Tune's word on it; elsewhere run at most one epoch ahead of it. Returns whether the trial goes on."""
+        target = epoch if epoch - self.stage1_epochs in decisions else epoch - 1
         with self.cond:
             self.cond.wait_for(lambda: self.stopped or self.confirmed >= target, timeout=DECISION_TIMEOUT_S)
             if self.confirmed < target:
@@ -85,7 +87,8 @@ class Job:
 
 
 class TrialWorker:
-    """The Ray actor of the pool (``ray.remote(TrialWorker)`` with ``max_concurrency``: its methods run in threads)."""
+    """One worker process of the pool, inside its Ray actor (``pool.actor.WorkerActor``, started with
+    ``max_concurrency``: the actor's methods run in threads of their own, and this worker's slots in theirs)."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.timeline: list[dict[str, Any]] = [{"event": "process", "at": psutil.Process().create_time()}]
@@ -103,9 +106,7 @@ class TrialWorker:
         self.jobs: dict[str, Job] = {}
         self.pending: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
-        self.running = 0
-        self.limit = settings.limit
-        self.per_trial_bytes = 0.0  # the largest footprint of one trial seen so far (memory_aware)
+        self.admission = WorkerAdmission(settings.limit, settings.memory_aware and self.cuda)
         for index in range(settings.slots):
             threading.Thread(target=self._slot, args=(index,), name=f"segsweep-slot-{index}", daemon=True).start()
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None  # None: made outside Ray
@@ -114,7 +115,7 @@ class TrialWorker:
     # ---------------------------------------------------------------------------------------- the proxies' calls
     def ready(self) -> dict[str, Any]:
         return {"cuda": self.cuda, "device": torch.cuda.get_device_name(0) if self.cuda else "cpu",
-                "slots": self.settings.slots, "limit": self.limit}
+                "slots": self.settings.slots, "limit": self.admission.limit}
 
     def attach(self, context: TrialContext, shipped: ShippedData | None = None) -> None:
         """The sweep's context (run directory, data, metric): the slots start warming up, then take trials. On another
@@ -152,9 +153,24 @@ class TrialWorker:
             with self.cond:
                 self.cond.notify_all()
 
+    def revalidate(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The study's self-check of a finished trial: its saved best weights scored on the validation split as it
+        validated (``trial.revalidate``), here where the data and the compiled kernels are. ``{"metrics": ...,
+        "seconds": ...}``, or ``{"error": "one line"}``."""
+        self.attached.wait()
+        weights = RunDir(self.context.run_dir).trial(trial_id).best_weights
+        if not weights.is_file():
+            return {"error": f"{weights.name} missing"}
+        started = time.perf_counter()
+        try:
+            metrics = revalidate(config, self.context.data, weights, self.cuda, build_lock=BUILD_LOCK)
+        except Exception as e:  # noqa: BLE001 - weights that do not load are a failed check, with the reason
+            return {"error": failure(e)}
+        return {"metrics": metrics, "seconds": time.perf_counter() - started}
+
     def load(self) -> dict[str, int]:
         with self.cond:
-            return {"running": self.running, "pending": len(self.pending), "limit": self.limit}
+            return {"running": self.admission.running, "pending": len(self.pending), "limit": self.admission.limit}
 
     # ---------------------------------------------------------------------------------------- the slots
     def _slot(self, index: int) -> None:
@@ -169,7 +185,7 @@ class TrialWorker:
                     self._run(job)
                 finally:
                     with self.cond:
-                        self.running -= 1
+                        self.admission.running -= 1
                         self.cond.notify_all()
 
     def _warm_up(self) -> None:
@@ -203,24 +219,17 @@ class TrialWorker:
             self.warmed.set()
 
     def _take(self) -> Job:
-        """The next trial to start, when fewer than ``limit`` run and (memory_aware) the GPU has room for it."""
+        """The next trial to start, when admission lets it (``WorkerAdmission.may_start``)."""
         with self.cond:
             while True:
                 while self.pending and self.pending[0].stopped:
                     self.pending.popleft()
-                if self.pending and self.running < self.limit and self._room():
+                if self.pending and self.admission.may_start(gpu_room):
                     job = self.pending.popleft()
-                    self.running += 1
+                    self.admission.running += 1
                     job.started = time.time()
                     return job
                 self.cond.wait(timeout=0.5)
-
-    def _room(self) -> bool:
-        if not (self.cuda and self.settings.memory_aware) or self.running == 0 or not self.per_trial_bytes:
-            return True
-        free, _ = torch.cuda.mem_get_info()
-        cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-        return free + cached >= self.per_trial_bytes * (1 + HEADROOM)
 
     def _run(self, job: Job) -> None:
         if job.stopped:
@@ -235,12 +244,12 @@ class TrialWorker:
             # our own file, written by ReportEpochs: optimiser and schedule state are not plain tensors
             state = torch.load(job.state_path, map_location="cpu", weights_only=False) if job.state_path else None
             cfg = TrialConfig.from_flat(job.config, ctx.groups)
-            job.max_epochs = cfg.trainer.max_epochs
+            job.max_epochs, job.stage1_epochs = cfg.trainer.max_epochs, cfg.model.stage1_epochs
             if state is not None and state["epoch"] >= cfg.trainer.max_epochs:
                 job.events.put({"kind": "done"})
                 return
             with self.cond:
-                concurrent = self.running
+                concurrent = self.admission.running
             self._mark("start", trial=job.trial_id)
             constants: dict[str, float] = {"perf/preloaded": float(self.warmed.is_set()),
                                            "perf/restarts": float(job.restarts), "perf/concurrent": float(concurrent),
@@ -279,21 +288,20 @@ class TrialWorker:
         with STEP_LOCK.shared():  # not while another trial captures its step
             torch.cuda.empty_cache()
         with self.cond:
-            if self.running <= 1:
+            if not self.admission.out_of_memory():
                 job.events.put({"kind": "failed", "error": "OutOfMemoryError: the trial does not fit in its GPU even "
                                 "alone; lower trainer.batch_size or data.size"})
                 return
-            self.limit = max(1, self.running - 1)  # this one restarts once fewer run beside it
-            job.restarts += 1
+            job.restarts += 1  # it starts again, from its start, once fewer run beside it
             self.pending.appendleft(job)
             self.cond.notify_all()
 
     def _send(self, job: Job, metrics: dict[str, float], checkpoint) -> bool:
         """An epoch for the proxy; then wait as ``Job.wait`` says. Returns whether the trial goes on."""
         epoch = int(metrics["epoch"])
-        if epoch == 1 and self.cuda and self.settings.memory_aware:
+        if epoch == 1 and self.cuda:
             with self.cond:
-                self.per_trial_bytes = max(self.per_trial_bytes, torch.cuda.memory_reserved() / max(1, self.running))
+                self.admission.observe(torch.cuda.memory_reserved())
         if epoch <= job.reported:  # a restarted trial retraining what it already reported
             return not job.stopped
         job.reported = epoch
@@ -308,6 +316,12 @@ class TrialWorker:
             return job.wait(epoch, self.settings.decision_epochs)
         finally:
             job.waited_s = time.perf_counter() - started
+
+
+def gpu_room() -> float:
+    """The GPU's free memory plus what this process's allocator holds unused (admission's room for another trial)."""
+    free, _ = torch.cuda.mem_get_info()
+    return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
 
 
 def proxy_latency(model: torch.nn.Module, proxy: dict[str, Any], size: tuple[int, int]) -> dict[str, float]:

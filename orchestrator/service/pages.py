@@ -4,10 +4,11 @@ page (curves, best and worst panels), the finished report, and every refusal a b
 line.
 
 No page holds a script of its own: ``static/segsweep.js`` draws the charts from JSON data blocks (``tojson`` escapes
-``<``, so no string closes its block) and builds the live table from JSON as text. The report is drawn here from the
-run's report.md (markdown-it, raw HTML off) and figures; the run's own report.html is offered only as a download
-(served with a CSP ``sandbox``, it never runs in the service's origin). plotly.js is served from the plotly package
-itself: the pages work offline."""
+``<``, so no string closes its block) and builds the live table from JSON as text. The report page draws the
+report's sections (``reports.build.report_sections``, what report.md and report.html hold) here: markdown-it with raw
+HTML off, each section's charts as data blocks. The run's own report.html, whose plotly scripts are inline, is offered
+only as a download (served with a CSP ``sandbox``, it never runs in the service's origin). plotly.js is served from
+the plotly package itself: the pages work offline."""
 
 from __future__ import annotations
 
@@ -37,18 +38,9 @@ from orchestrator.service.access import (
     visible_sweep,
 )
 from orchestrator.service.db import SweepRow, User
-from reports.build import comparison_frame
-from reports.collect import RunData, load_run
-from reports.figures import (
-    importance_bars,
-    latency_bars,
-    metric_by,
-    parallel_coordinates,
-    speed_frame,
-    speed_vs_accuracy,
-    training_curves,
-)
-from reports.summary import pareto_front
+from reports.build import comparison_frame, report_sections
+from reports.collect import load_run
+from reports.figures import metric_by, training_curves
 
 TRIAL_ID = re.compile(r"^[A-Za-z0-9_]+$")
 HERE = Path(__file__).parent
@@ -57,7 +49,7 @@ STATIC = {"segsweep.js": (HERE / "static" / "segsweep.js", "text/javascript"),
           "segsweep.css": (HERE / "static" / "segsweep.css", "text/css"),
           "plotly.min.js": (PLOTLY_JS, "text/javascript")}
 TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, undefined=StrictUndefined)
-MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML in report.md shows as text
+MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML in the report shows as text
 # a run's own report.html: its inline scripts and any string in it stay inert in the service's origin
 DOWNLOAD_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 
@@ -141,14 +133,14 @@ def page_routes(app: FastAPI) -> None:
     def finished_report(sweep_id: str, request: Request) -> HTMLResponse:
         user = viewer(request)
         row = visible_sweep(db, sweep_id, user)
-        path = RunDir(row.run_dir).report_md
-        if not path.is_file():
+        if not RunDir(row.run_dir).report_md.is_file():
             raise HTTPException(404, f"sweep {row.id} has no report yet ({row.state})")
         # the one place HTML is not escaped here: markdown-it's output, with raw HTML off (it escapes every string)
-        report = Markup(MARKDOWN.render(path.read_text()))
-        figures = [json.loads(fig.to_json()) for fig in report_figures(load_run(row.run_dir))]
-        return render("report.html", title=f"report of {row.name} ({row.id})", row=row, report=report,
-                      figures=figures, user=user, charts=True)
+        sections = [{"html": Markup(MARKDOWN.render("\n".join(section.lines))),
+                     "figures": [json.loads(fig.to_json()) for fig in section.figures]}
+                    for section in report_sections(load_run(row.run_dir))]
+        return render("report.html", title=f"report of {row.name} ({row.id})", row=row, sections=sections,
+                      user=user, charts=True)
 
     @app.get("/sweeps/{sweep_id}/report.html")
     def report_download(sweep_id: str, request: Request) -> FileResponse:
@@ -217,20 +209,3 @@ def live_fragment(row: SweepRow) -> dict[str, Any]:
     out["figures"] = [json.loads(fig.to_json()) for fig in figures]
     return out
 
-
-def report_figures(run: RunData) -> list[Any]:
-    """The report's charts, as report.html draws them (reports.build.html_report's list)."""
-    meta, results, history = run.meta, run.results, run.history
-    metric = meta["metric"]
-    figures = [metric_by(results, metric, "loss.name", f"{metric} by loss"),
-               metric_by(results, metric, "model.arch", f"{metric} by architecture"),
-               training_curves(history, metric), training_curves(history, "val/loss")]
-    if run.domains:
-        figures.append(parallel_coordinates(results, run.domains, metric))
-    if run.importances:
-        figures.append(importance_bars(run.importances, metric))
-    speed = speed_frame(results, run.latencies)
-    if not speed.empty:
-        front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])
-        figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
-    return figures

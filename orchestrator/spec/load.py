@@ -269,7 +269,7 @@ def format_validation_error(error: ValidationError, domain_key: str | None = Non
     if domain_key and path == domain_key:
         msg += " (in its search domain)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{path}: {msg}{more}"
+    return f"{path}: {msg}{more}" if path else f"{msg}{more}"  # a whole-spec check names its keys itself
 
 
 def grid_size(sweep: Sweep) -> int:

@@ -270,6 +270,13 @@ class EvaluateSpec(Strict):
     tta: Literal["none", "hflip"] = Field("none", description="hflip: logits averaged with the flipped image's")
 
 
+class CheckSpec(Strict):
+    """At the end of every sweep: the top-k trials' saved best weights scored on the validation split again, which
+    must reproduce each one's recorded best (``orchestrator.study.selfcheck``)."""
+
+    top_k: int = Field(3, ge=0, description="trials to re-score (also every trial `evaluate:` evaluates); 0: none")
+
+
 class ExportSpec(Strict):
     """After training: export chosen trials to ONNX and measure them on each backend and target."""
 
@@ -371,4 +378,13 @@ class SweepSpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     export: ExportSpec | None = None
     evaluate: EvaluateSpec | None = None
+    check: CheckSpec = CheckSpec()
+
+    @model_validator(mode="after")
+    def _stages(self) -> SweepSpec:
+        if self.model.stage1_epochs >= self.trainer.max_epochs:
+            raise ValueError(f"model.stage1_epochs: {self.model.stage1_epochs} leaves no epoch of the full network "
+                             f"(trainer.max_epochs {self.trainer.max_epochs}); the trial's figures come from the full "
+                             f"network's epochs, so set it below trainer.max_epochs")
+        return self
 

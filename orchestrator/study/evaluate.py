@@ -24,7 +24,8 @@ from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
 from orchestrator.runs import pick_trial, trial_model
 from orchestrator.spec.load import load_spec
-from orchestrator.store import Store, TrialRow
+from orchestrator.store import Store, top_trials
+from orchestrator.study.selfcheck import check_trials, in_process
 from orchestrator.trial.data import normalise, to_model_input
 from orchestrator.trial.module import predict
 
@@ -36,14 +37,6 @@ class Evaluation:
     tta: str
     images: int
     metrics: dict[str, float]
-
-
-def top_trials(store: Store, k: int) -> list[TrialRow]:
-    """The ``k`` best finished trials by the sweep's metric (with weights to evaluate)."""
-    meta = store.meta()
-    metric, mode = meta["metric"], meta["mode"]
-    done = [t for t in store.trials() if t.status in ("completed", "early_stopped") and metric in t.best]
-    return sorted(done, key=lambda t: t.best[metric], reverse=mode == "max")[:k]
 
 
 def evaluate_model(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
@@ -69,7 +62,9 @@ def evaluate_model(model: torch.nn.Module, images: np.ndarray, labels: np.ndarra
 def evaluate_run(run_dir: str | Path, split: str = "test", top_k: int = 3, trial: str | None = None,
                  tta: str = "none") -> list[Evaluation]:
     """Evaluate ``trial`` (an id or ``best``) or the ``top_k`` best trials of a run on ``split``, and store the
-    results. The split is decoded once at the training size into the run's cache."""
+    results. The split is decoded once at the training size into the run's cache. A trial without a self-check yet
+    is checked first (``study.selfcheck``): a held-out figure of weights that do not reproduce their validation
+    figure is marked in the report."""
     run = RunDir(run_dir)
     store = Store.of_run(run_dir)
     meta = store.meta()
@@ -83,6 +78,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", top_k: int = 3, trial
     if not (np.asarray(labels) != meta["data"]["ignore_index"]).any():
         raise DataError(f"{data.root}: the '{split}' split has no labelled pixels (its labels are withheld, as "
                         f"Cityscapes' test labels are); evaluate on a labelled split")
+    checked = store.checks()
+    check_trials(run_dir, [row for row in rows if row.id not in checked], in_process(run_dir))
     out = []
     for row in rows:
         print(f"[segsweep] evaluating {row.id} on {split} ({len(pairs)} images{', hflip' if tta == 'hflip' else ''})",

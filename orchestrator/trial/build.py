@@ -101,7 +101,7 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     device. ``state``: a checkpoint to continue from; ``callbacks``: the trainer's (reporting, timing)."""
     cfg = TrialConfig.from_flat(config, groups)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    use_gpu = use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    use_gpu = use_gpu_for(cfg, use_gpu)
     if use_gpu:
         torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
     module = build_module(cfg, data, use_gpu, state, started)
@@ -110,24 +110,39 @@ def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, start
     constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs,
                  **levers.as_metrics()}
     done = state["epoch"] if state else 0
+    trainer = build_trainer(cfg, use_gpu, max_epochs=max(1, cfg.trainer.max_epochs - done), callbacks=callbacks)
+    return TrialRun(cfg, levers, module, build_datamodule(cfg, data, use_gpu, levers), trainer, constants)
+
+
+def use_gpu_for(cfg: TrialConfig, use_gpu: bool) -> bool:
+    """Whether this configuration trains on the GPU its worker has (``trainer.accelerator: cpu`` keeps it off)."""
+    return use_gpu and cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+
+
+def build_datamodule(cfg: TrialConfig, data: PreparedData, use_gpu: bool, levers: Levers) -> CachedData:
+    """The trial's batches: from the decode-once cache (on the GPU where it fits), or from the files."""
     aug = cfg.data.augment
     sets = {} if cfg.data.cache else file_datasets(cfg)
-    datamodule = CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
-                            jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
-                            num_workers=0 if cfg.data.cache else cfg.data.workers,
-                            resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed,
-                            full_batches=use_gpu, **validation_batching(cfg, use_gpu), **sets)
+    return CachedData(data.train.path, data.val.path, cfg.trainer.batch_size, hflip=aug.hflip, scale=aug.scale,
+                      jitter=aug.jitter, ignore_index=data.ignore_index, levers=levers,
+                      num_workers=0 if cfg.data.cache else cfg.data.workers,
+                      resident=device_resident(cfg, data, use_gpu, levers), seed=cfg.trainer.seed,
+                      full_batches=use_gpu, **validation_batching(cfg, use_gpu), **sets)
+
+
+def build_trainer(cfg: TrialConfig, use_gpu: bool, max_epochs: int = 1,
+                  callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """Lightning's trainer of a trial (or of its validation alone)."""
     # precision is the module's own (TrainStep's autocast), so that a captured step and an eager one agree.
     # benchmark=None leaves cuDNN's autotuning as the process has it (off): the trials of a worker share the flag, and
     # a capture must find the very plans its warm-up built (measured on an H200: autotuned warm-up, then capture ->
     # CUDNN_STATUS_INTERNAL_ERROR)
-    trainer = L.Trainer(
-        max_epochs=max(1, cfg.trainer.max_epochs - done), accelerator=SharedCUDA() if use_gpu else "cpu", devices=1,
+    return L.Trainer(
+        max_epochs=max_epochs, accelerator=SharedCUDA() if use_gpu else "cpu", devices=1,
         benchmark=None, precision="32-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_train_batches=cfg.trainer.limit_train_batches, callbacks=callbacks or [],
     )
-    return TrialRun(cfg, levers, module, datamodule, trainer, constants)
 
 
 _COMPLEXITY: dict[tuple, Complexity] = {}

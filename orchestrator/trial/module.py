@@ -13,6 +13,7 @@ from torch import nn
 
 from models.metrics import ConfusionMatrix, metrics_from_confusion
 from models.optim import create_optimizer, create_schedule
+from orchestrator.store import FULL_EPOCH, STAGE1
 from orchestrator.trial.levers import CPU_LEVERS, Levers
 from orchestrator.trial.step import TrainStep
 
@@ -58,6 +59,7 @@ class SegmentationModule(L.LightningModule):
         self.resume_state = resume_state
         self.epoch_offset = resume_state["epoch"] if resume_state else 0
         self.history: list[dict[str, float]] = []
+        self.val_metrics: dict[str, float] = {}  # the last validation's ``val/...`` metrics
         self.started = time.time() if started is None else started
         self.startup_s: float | None = None
 
@@ -73,7 +75,10 @@ class SegmentationModule(L.LightningModule):
         """ENet's first stage: the encoder alone trains against labels downsampled x8 (nearest)."""
         return self.epoch_offset + self.current_epoch < self.stage1_epochs
 
-    def _logits(self, x: torch.Tensor, y: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, x: torch.Tensor, y: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's logits for a batch and the labels they are scored against (a first-stage batch: the
+        encoder's, against labels downsampled to its output in training, upsampled to the labels' size in
+        validation)."""
         if not self.in_stage1:
             return self(x), y
         logits = self.model.forward_encoder(x)
@@ -114,7 +119,7 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y, *valid = batch  # a batch padded to the full size says how many of its samples are real
         with self.step.autocast():
-            logits, y = self._logits(x, y, training=False)
+            logits, y = self.logits(x, y, training=False)
         if valid:
             logits, y = logits[:valid[0]], y[:valid[0]]
         logits = logits.float()
@@ -126,25 +131,30 @@ class SegmentationModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         metrics = metrics_from_confusion(self._cm.compute(), self.classes, self.positive)
-        self._val_metrics = {f"val/{k}": v for k, v in metrics.items()}
-        self._val_metrics["val/loss"] = float(self._val_loss) / max(1, self._val_items)
+        self.val_metrics = {f"val/{k}": v for k, v in metrics.items()}
+        self.val_metrics["val/loss"] = float(self._val_loss) / max(1, self._val_items)
 
     def on_train_epoch_end(self) -> None:
         self.epoch_metrics()  # every epoch is recorded, whether or not a callback asked first
 
     def epoch_metrics(self) -> dict[str, float]:
         """This epoch's row: training loss, learning rate, speed and the validation metrics. Computed once per epoch,
-        on the first call (a callback's ``on_train_epoch_end`` runs before the module's); later calls return it."""
+        on the first call (a callback's ``on_train_epoch_end`` runs before the module's); later calls return it.
+
+        A stage-1 epoch (ENet's encoder alone) reports its losses and validation metrics as ``stage1/train/loss``,
+        ``stage1/val/...``: they score another network than the one deployed, so no ``val/`` figure, best weights or
+        scheduler decision comes from them. ``full_epoch`` counts the full network's epochs (absent in stage 1)."""
         epoch = self.epoch_offset + self.current_epoch + 1
         if self.history and self.history[-1]["epoch"] == epoch:
             return self.history[-1]
+        stage1 = self.in_stage1
         train_loss = float(self._train_loss) / max(1, self._train_batches)
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch}; lower optimizer.lr?")
         seconds = time.perf_counter() - self._epoch_start  # the loss read above waited for the GPU
         val_start = getattr(self, "_val_start", None)
         lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
-        metrics = {"epoch": epoch, "train/loss": train_loss, "lr": lr,
+        metrics = {"epoch": epoch, "lr": lr,
                    "perf/images_per_s": self._train_items / max(seconds, 1e-9), "perf/epoch_s": seconds,
                    "perf/train_s": (val_start or time.perf_counter()) - self._epoch_start,
                    "perf/val_s": time.perf_counter() - val_start if val_start else 0.0,
@@ -153,7 +163,11 @@ class SegmentationModule(L.LightningModule):
             metrics["perf/startup_s"] = self.startup_s
         if self.device.type == "cuda":
             metrics["perf/gpu_peak_gb"] = torch.cuda.max_memory_reserved(self.device) / 2**30
-        metrics |= getattr(self, "_val_metrics", {})
+        scored = {"train/loss": train_loss, **self.val_metrics}
+        if stage1:
+            metrics |= {f"{STAGE1}{k}": v for k, v in scored.items()}
+        else:
+            metrics |= {FULL_EPOCH: epoch - self.stage1_epochs, **scored}
         self.history.append(metrics)
         return metrics
 

@@ -6,17 +6,26 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from orchestrator.trial.levers import Levers
 
-if TYPE_CHECKING:
-    from orchestrator.trial.module import SegmentationModule
-
 log = logging.getLogger("segsweep.trial")
+
+
+class Steppable(Protocol):
+    """What a step needs of the trial's module (``trial.module.SegmentationModule``): its network and loss, its device,
+    the stage it trains (a staged model's first stage has other shapes), and its logits for a batch."""
+
+    model: nn.Module
+    loss: nn.Module
+    device: torch.device
+    in_stage1: bool
+
+    def logits(self, x: torch.Tensor, y: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class CaptureLock:
@@ -84,7 +93,7 @@ class TrainStep:
 
     WARMUP = 3
 
-    def __init__(self, module: SegmentationModule, levers: Levers, batch_size: int) -> None:
+    def __init__(self, module: Steppable, levers: Levers, batch_size: int) -> None:
         self.module, self.batch_size = module, batch_size
         self.dtype = AUTOCAST_DTYPES.get(levers.precision)
         self.scaler = torch.amp.GradScaler("cuda") if levers.precision == "16-mixed" else None
@@ -107,7 +116,7 @@ class TrainStep:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            logits, y = self.module._logits(x, y, training=True)
+            logits, y = self.module.logits(x, y, training=True)
         return self.module.loss(logits.float(), y)
 
     def eager(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:

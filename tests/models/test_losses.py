@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models import catalog
 from models.errors import ModelError, UnknownNameError
 from models.losses import (
-    LOSSES,
     create_loss,
     enet_weights,
     loss_graph_safe,
@@ -81,7 +81,7 @@ def test_multiclass_ce_and_weighted_ce_by_hand():
     assert got.item() == pytest.approx((-(1 * lsm[0, 1] + 4 * lsm[1, 0]) / 5).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(catalog.LOSSES))
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
 def test_every_loss_ignores_ignored_pixels(name, task):
     torch.manual_seed(0)

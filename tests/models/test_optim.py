@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from models.catalog import SCHEDULES
 from models.errors import UnknownNameError
-from models.optim import SCHEDULES, create_optimizer, create_schedule
+from models.optim import create_optimizer, create_schedule
 
 DEFAULTS = dict(pct_start=0.3, div_factor=25.0, final_div_factor=1e4, min_lr_factor=0.0, power=0.9, step_epochs=2,
                 step_gamma=0.1, restart_epochs=2, restart_mult=1)

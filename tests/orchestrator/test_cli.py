@@ -67,7 +67,6 @@ def test_validate_dry_run_and_list(write_spec, tmp_path):
         assert result.exit_code == 0 and expected in result.output
 
 
-@pytest.mark.slow
 def never_reported(run_metadata: str) -> str:
     """A trial's run metadata in Tune's snapshot as it was before its first report: no result, no checkpoint."""
     from ray.train._internal.checkpoint_manager import _CheckpointManager
@@ -79,6 +78,7 @@ def never_reported(run_metadata: str) -> str:
     return metadata.get_json_state()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_keeps_finished_trials_and_duplicates_none(synthetic_root, write_spec, tmp_path):
     spec = tiny_spec(synthetic_root, search={"algorithm": "optuna", "num_samples": 4, "seed": 3,
                                              "scheduler": {"name": "none"}})

@@ -12,39 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.driver.pool import gpu_placements, gpu_slots
 from orchestrator.errors import SegsweepError
-from orchestrator.mps import CONTROL, PIPE_ENV, MpsStart, start_mps, wanted
-from orchestrator.spec.schema import ResourcesSpec
-
-
-def test_wanted_only_for_gpu_trials_on_the_sweeps_own_ray(monkeypatch):
-    monkeypatch.delenv(PIPE_ENV, raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert wanted("auto", own_ray=True, gpu_trials=True)
-    assert not wanted(False, own_ray=True, gpu_trials=True)
-    assert not wanted("auto", own_ray=True, gpu_trials=False)  # gpus_per_trial: 0
-    assert not wanted("auto", own_ray=False, gpu_trials=True)  # a joined cluster: its nodes' GPUs are not ours
-    with pytest.raises(SegsweepError, match="needs the sweep's own Ray"):
-        wanted(True, own_ray=False, gpu_trials=True)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert not wanted("auto", own_ray=True, gpu_trials=True)  # every GPU hidden: a CPU run
-    assert wanted(True, own_ray=True, gpu_trials=True)  # true tries, and start_mps says why it cannot
-
-
-def test_an_mps_set_up_by_the_user_is_left_to_the_workers(monkeypatch):
-    monkeypatch.setenv(PIPE_ENV, "/tmp/their-mps")
-    assert not wanted("auto", own_ray=True, gpu_trials=True)
-    with pytest.raises(SegsweepError, match=f"{PIPE_ENV} is set already"):
-        wanted(True, own_ray=True, gpu_trials=True)
-
-
-def test_auto_packing_is_eight_trials_in_four_processes_under_mps():
-    assert gpu_slots(ResourcesSpec()) == 4 and gpu_slots(ResourcesSpec(), mps=True) == 8
-    assert gpu_placements(ResourcesSpec(), mps=True) == [(2, 2, 0.25)] * 4
-    # stated figures win over auto
-    assert gpu_placements(ResourcesSpec(trials_per_gpu=4, workers_per_gpu=2), mps=True) == [(2, 2, 0.5)] * 2
-    assert gpu_placements(ResourcesSpec(gpus_per_trial=0.5), mps=True) == [(1, 1, 0.5)] * 2
+from orchestrator.mps import CONTROL, MpsStart, start_mps
 
 
 @pytest.mark.skipif(shutil.which(CONTROL) is not None, reason="this machine has MPS")

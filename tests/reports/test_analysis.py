@@ -62,3 +62,50 @@ def test_importances_and_the_report_sections(tmp_path):
     assert '"dimensions":[{' in page and '"ticktext":["dice","focal"]' in page and '"label":"log10 optimizer.lr"' in page
     assert "importance for val\\u002fmiou (fANOVA)" in page
     assert report_json(run_dir)["importances"] == pytest.approx(importances)
+
+
+def continuous_run(tmp_path, n: int = 8):
+    """``n`` trials over a log-uniform learning rate and two losses, one stopped at the first rung each."""
+    store = Store(tmp_path / "results.db")
+    domains = {"optimizer.lr": {"kind": "loguniform", "values": [1e-4, 1e-2]},
+               "loss.name": {"kind": "choice", "values": ["ce", "tversky"]}}
+    store.set_meta(sweep="lr", metric="val/miou", mode="max", trials=n, max_epochs=3, rungs=[1], domains=domains,
+                   classes=["bg", "road"],
+                   data={"dataset": "synthetic", "task": "binary", "train": {"images": 8}, "val": {"images": 4}})
+    for i in range(n):
+        lr, loss = 1e-4 * 1.8 ** i, ["ce", "tversky"][i % 2]
+        store.add_trial(f"t{i}", {"optimizer.lr": lr, "loss.name": loss, "model.arch": "unet"}, "running")
+        epochs = 1 if i % 3 == 0 else 3
+        for epoch in range(1, epochs + 1):
+            store.record_epoch(f"t{i}", {"epoch": epoch, "val/miou": 0.1 * epoch + 0.01 * i,
+                                         "val/loss": (36.0 if loss == "ce" else 0.4) / epoch})
+        store.finish_trial(f"t{i}", "completed" if epochs == 3 else "early_stopped")
+    return tmp_path
+
+
+def test_a_continuous_key_is_in_quartiles_with_a_scatter(tmp_path):
+    run = load_run(continuous_run(tmp_path))
+    table, notes = factor_table(run.trials, "optimizer.lr", "val/miou", "max", [1], 3, run.domains["optimizer.lr"])
+    assert len(table) == 4 and table["trials"].sum() == 8  # quartiles, not one row per float
+    assert table["value"].tolist()[0] == "0.0001–0.00018 (Q1)" and table["value"].str.endswith("(Q4)").iloc[-1]
+    assert all("(Q" in note for note in notes)
+    few, _ = factor_table(run.trials[:3], "optimizer.lr", "val/miou", "max", [1], 3, run.domains["optimizer.lr"])
+    assert few["value"].tolist() == ["0.0001", "0.00018", "0.000324"]  # up to four values: one row each
+    md, html = build_report(tmp_path)
+    analysis = md.read_text().split("**optimizer.lr**")[1].split("**")[0]
+    assert sum(line.startswith("| 0") for line in analysis.splitlines()) == 4
+    page = html.read_text()
+    assert "val\\u002fmiou against optimizer.lr" in page and '"type":"log"' in page
+
+
+def test_loss_curves_are_faceted_by_loss_and_legends_name_the_searched_values(tmp_path):
+    from reports.figures import loss_curves, trial_labels
+
+    run = load_run(continuous_run(tmp_path))
+    labels = trial_labels(run.results, list(run.domains))
+    assert labels["t1"] == "t1 lr=0.00018 loss=tversky"
+    fig = loss_curves(run.history, run.results, labels)
+    panels = {a.text for a in fig.layout.annotations}
+    assert panels == {"loss=ce", "loss=tversky"}
+    assert fig.layout.yaxis.matches is None and fig.layout.yaxis2.matches is None  # each loss on its own scale
+    assert {trace.name for trace in fig.data} == set(labels.values())

@@ -88,7 +88,7 @@ def test_build_report_and_json(filled):
     assert obj["sweep"] == "s" and obj["metric"] == "val/miou" and obj["mode"] == "max"
     t1 = obj["trials"][0]
     assert set(t1) == {"id", "status", "config", "epochs", "metrics", "error", "params_m", "size_mb", "gmacs",
-                       "train_seconds", "latency", "evaluations"}
+                       "train_seconds", "latency", "evaluations", "check"}
     assert t1["metrics"] == {"val/miou": 0.7, "val/loss": 0.4, "val/iou/road": pytest.approx(0.6),
                              "val/iou/background": 0.9}
     assert obj["trials"][2]["error"].startswith("FloatingPointError") and obj["trials"][2]["metrics"] == {}

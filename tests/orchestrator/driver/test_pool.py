@@ -1,5 +1,5 @@
-"""The driver's side of the pool: slots per GPU, what no cluster can run, the architectures a worker warms up, and
-stated memory figures limiting a real Ray cluster's logical GPU to one trial at a time (trials on the CPU here)."""
+"""The pool as the driver starts it: what no cluster can run, the architectures a worker warms up, and stated memory
+figures limiting a real Ray cluster's logical GPU to one trial at a time (trials on the CPU here)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,11 @@ import textwrap
 
 import pytest
 
-from orchestrator.driver.pool import check_resources, gpu_placements, gpu_slots, split, warm_configs
+from orchestrator.driver.tuner import check_resources
 from orchestrator.errors import SegsweepError
+from orchestrator.pool.launch import warm_configs
 from orchestrator.spec import build_sweep
-from orchestrator.spec.schema import ResourcesSpec
 from tests.conftest import ROOT, tiny_spec
-
-
-def test_gpu_slots_by_hand():
-    assert gpu_slots(ResourcesSpec()) == 4 and gpu_slots(ResourcesSpec(trials_per_gpu=3)) == 3
-    assert gpu_slots(ResourcesSpec(gpus_per_trial=0.25)) == 4 and gpu_slots(ResourcesSpec(gpus_per_trial=0.3)) == 3
-    assert gpu_slots(ResourcesSpec(gpus_per_trial=1)) == 1 and gpu_slots(ResourcesSpec(gpus_per_trial=2)) == 1
-
-
-def test_a_gpus_slots_split_over_its_worker_processes_by_hand():
-    assert [split(5, 2, i) for i in range(2)] == [3, 2] and [split(4, 3, i) for i in range(3)] == [2, 1, 1]
-    assert gpu_placements(ResourcesSpec()) == [(2, 2, 0.5), (2, 2, 0.5)]  # 4 trials, 2 processes of half the GPU
-    assert gpu_placements(ResourcesSpec(workers_per_gpu=1)) == [(4, 4, 1.0)]
-    assert gpu_placements(ResourcesSpec(workers_per_gpu=3, trials_per_gpu=5)) == [(2, 2, 0.3333), (2, 2, 0.3333),
-                                                                                   (1, 1, 0.3333)]
-    assert gpu_placements(ResourcesSpec(workers_per_gpu=8, trials_per_gpu=2)) == [(1, 1, 0.5), (1, 1, 0.5)]
-    assert gpu_placements(ResourcesSpec(gpus_per_trial=1)) == [(1, 1, 1.0)]
-    assert gpu_placements(ResourcesSpec(gpus_per_trial=0.25, workers_per_gpu=4)) == [(1, 1, 0.25)] * 4
-    # 10 GiB trials on a 24 GiB card: two at a time (with headroom), so two processes of one trial each, 4 slots kept
-    stated = ResourcesSpec(trial_gpu_memory_gb=10, gpu_memory_gb=24, workers_per_gpu=4)
-    assert gpu_placements(stated) == [(2, 1, 0.5), (2, 1, 0.5)]
 
 
 def test_trials_no_cluster_can_run_are_refused():

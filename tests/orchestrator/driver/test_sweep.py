@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -71,22 +70,41 @@ def test_grid_sweep_records_every_trial(ray_session, synthetic_root, write_spec,
     assert (run_dir / "spec.yaml").is_file() and not (run_dir / "optuna.db").exists()
 
 
-def test_optuna_sweep_stores_its_study(ray_session, synthetic_root, write_spec, tmp_path):
+def test_optuna_sweep_stores_its_study_as_the_store_has_it(ray_session, synthetic_root, write_spec, tmp_path):
+    """Readers users already have agree with the store: Optuna's own API on optuna.db (states, values, intermediate
+    values, segsweep's ids) and Ray Tune's ExperimentAnalysis on the run's tune/ folder."""
+    import optuna
+    from ray.tune import ExperimentAnalysis
+
     spec = tiny_spec(synthetic_root, loss={"name": {"choice": ["dice", "focal"]}},
-                     search={"algorithm": "optuna", "num_samples": 3, "seed": 1, "scheduler": {"name": "none"}})
+                     search={"algorithm": "optuna", "num_samples": 4, "seed": 1, "metric": "val/miou", "mode": "max",
+                             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}})
     spec["optimizer"]["lr"] = {"loguniform": [0.001, 0.01]}
-    spec["trainer"]["max_epochs"] = 1
+    spec["trainer"]["max_epochs"] = 3
     spec["tracking"] = {"wandb": {"mode": "disabled"}}
     result = run_sweep(load_spec(write_spec(spec)), out=tmp_path / "run")
-    trials = Store(result.run_dir / "results.db").trials()
-    assert [t.status for t in trials] == ["completed"] * 3
-    lrs = {t.config["optimizer.lr"] for t in trials}
-    assert len(lrs) == 3 and all(0.001 <= lr <= 0.01 for lr in lrs)
-    db = sqlite3.connect(result.run_dir / "optuna.db")
-    (study,) = db.execute("SELECT study_name FROM studies").fetchall()
-    assert study == ("tiny",)
-    assert db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone() == (3,)
+    trials = {t.id: t for t in Store(result.run_dir / "results.db").trials(history=True)}
+    assert len(trials) == 4 and all(t.status in ("completed", "early_stopped") for t in trials.values())
+    lrs = {t.config["optimizer.lr"] for t in trials.values()}
+    assert len(lrs) == 4 and all(0.001 <= lr <= 0.01 for lr in lrs)
     assert not list(Path(result.run_dir, "trials").glob("*/wandb"))  # tracking disabled: no W&B files
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{result.run_dir / 'optuna.db'}")
+    assert len(study.trials) == 4
+    for ot in study.trials:
+        t = trials[ot.user_attrs["segsweep_trial_id"]]
+        assert ot.user_attrs["run_dir"] == str(result.run_dir) and ot.user_attrs["status"] == t.status
+        expected = optuna.trial.TrialState.COMPLETE if t.status == "completed" else optuna.trial.TrialState.PRUNED
+        assert ot.state == expected
+        assert ot.intermediate_values == pytest.approx({h["epoch"]: h["val/miou"] for h in t.history})
+        assert ot.user_attrs["best_value"] == pytest.approx(t.best["val/miou"])
+        if t.status == "completed":
+            assert ot.value == pytest.approx(t.best["val/miou"])  # the figure the report ranks on
+    assert {t.status for t in trials.values()} == {"completed", "early_stopped"}
+
+    frame = ExperimentAnalysis(str(result.run_dir / "tune")).dataframe()
+    assert set(frame["trial_id"]) == set(trials) and frame["val/miou"].notna().all()
+    assert dict(zip(frame["trial_id"], frame["epoch"])) == {i: t.epochs for i, t in trials.items()}
 
 
 def test_multi_objective_sweep_marks_the_pareto_front_and_measures_exports(ray_session, synthetic_root, write_spec,

@@ -1,14 +1,11 @@
-"""The pool's pure parts: where ASHA may stop a trial, how many trials share a GPU, the checkpoint stub, the one-line
-failure, and the dispatcher's choice of worker."""
+"""The pool's pure parts: where ASHA may stop a trial, the checkpoint stub, and the dispatcher's bookkeeping."""
 
 from __future__ import annotations
 
 import json
 
 from orchestrator.pool.dispatch import Dispatcher
-from orchestrator.pool.protocol import STUB, decision_epochs, failure, is_stub, slots_for
-
-GiB = 2**30
+from orchestrator.pool.protocol import STUB, decision_epochs, is_stub
 
 
 def test_decision_epochs_are_ashas_rungs_below_max_t():
@@ -19,30 +16,12 @@ def test_decision_epochs_are_ashas_rungs_below_max_t():
     assert decision_epochs(3, 3, 3) == () and decision_epochs(20, None, 3) == ()
 
 
-def test_slots_for_by_hand():
-    # 10 GiB * 1.15 = 11.5 of 80: 6 fit, more than the 4 asked for -> 4
-    assert slots_for(10 * GiB, 80 * GiB, 4) == 4
-    # 30 GiB * 1.15 = 34.5 of 80: 2 fit
-    assert slots_for(30 * GiB, 80 * GiB, 4) == 2
-    # 25 GiB * 1.15 = 28.75 of 100: 3 fit
-    assert slots_for(25 * GiB, 100 * GiB, 4) == 3
-    # 60 GiB * 1.15 = 69 of 80: alone; larger than the GPU: alone too (it may still fail, as a trial)
-    assert slots_for(60 * GiB, 80 * GiB, 4) == 1 and slots_for(90 * GiB, 80 * GiB, 4) == 1
-    assert slots_for(30, 40, 4) == 1  # the units only need to agree
-
-
 def test_the_stub_is_read_without_torch(tmp_path):
     state = tmp_path / "state.pt"
     state.write_text(json.dumps(STUB))
     assert is_stub(state)
     state.write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a torch checkpoint (a zip file)
     assert not is_stub(state) and not is_stub(tmp_path / "missing.pt")
-
-
-def test_failure_is_one_line():
-    assert failure(RuntimeError("Output size is too small\n  (more detail)")) == "RuntimeError: Output size is too small"
-    assert failure(FloatingPointError("")) == "FloatingPointError"
-    assert "\n" not in failure(ValueError("a\nb\nc"))
 
 
 def test_the_dispatcher_fills_the_roomiest_worker_and_forgets_dead_ones():
@@ -65,3 +44,10 @@ def test_an_abandoned_trial_names_the_worker_to_drop_it_once():
     assert d.assign("d") == 1  # and its room is free again
     d.lost(0)
     assert d.abandon("c") is None  # its worker is gone with it
+
+
+def test_a_failure_that_would_repeat_is_remembered_for_its_retries():
+    d = Dispatcher([1])
+    assert d.final_failure("a") is None
+    d.fail("a", "FloatingPointError: training loss is nan at epoch 2; lower optimizer.lr?")
+    assert d.final_failure("a").startswith("FloatingPointError")

@@ -81,15 +81,15 @@ def test_a_failing_trial_is_one_line_and_the_worker_goes_on(worker):
 def test_out_of_memory_beside_others_restarts_the_trial_once_fewer_run(worker):
     w, config, _ = worker
     job = Job("x", config, None)
-    w.running, w.limit = 3, 3  # as if x ran out of memory while three ran
+    w.admission.running, w.admission.limit = 3, 3  # as if x ran out of memory while three ran
     w._out_of_memory(job)
-    assert w.limit == 2 and job.restarts == 1 and list(w.pending) == [job]  # first in line, two at once from now
+    assert w.admission.limit == 2 and job.restarts == 1 and list(w.pending) == [job]  # first in line, two at once from now
     w.pending.clear()
-    w.running = 1  # alone and still out of memory: the trial fails, saying what to change
+    w.admission.running = 1  # alone and still out of memory: the trial fails, saying what to change
     w._out_of_memory(job)
     (event,) = [job.events.get_nowait()]
     assert event["kind"] == "failed" and "even alone" in event["error"] and "trainer.batch_size" in event["error"]
-    w.running = 0
+    w.admission.running = 0
 
 
 def test_a_restarted_trial_does_not_report_its_epochs_twice(worker):

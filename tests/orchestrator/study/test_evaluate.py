@@ -89,7 +89,8 @@ def test_a_sweep_evaluates_its_best_trials_on_the_test_split(ray_session, tmp_pa
     assert row["trial_id"] == best.id and row["split"] == "test" and row["tta"] == "hflip" and row["images"] == 6
     assert 0 <= row["metrics"]["miou"] <= 1 and {"iou/road", "iou/sky", "pixel_acc"} <= set(row["metrics"])
     header = next(line for line in (result.run_dir / "report.md").read_text().splitlines() if line.startswith("| rank"))
-    assert "| val/miou | test/miou (hflip) |" in header
+    assert "| val/miou | check | test/miou (hflip) |" in header  # the self-check beside the figure it checked
+    assert all(c["ok"] for c in store.checks().values()) and len(store.checks()) == 2
     assert "Held-out figures (test)" in (result.run_dir / "report.md").read_text()
     trials = {t["id"]: t for t in report_json(result.run_dir)["trials"]}
     assert trials[best.id]["evaluations"][0]["metrics"] == row["metrics"]

@@ -127,7 +127,7 @@ def test_a_padded_validation_batch_scores_as_the_split_itself(synthetic_root, tm
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False)
         trainer.validate(module, datamodule=dm, verbose=False)
-        results.append(module._val_metrics)
+        results.append(module.val_metrics)
     plain, padded = results
     assert plain.keys() == padded.keys()
     for key, value in plain.items():

@@ -1,87 +1,32 @@
-"""The driver's side of the trial pool: how many workers, where, with how many slots; the dispatcher; and the
-context every proxy gets. ``workers_per_gpu`` worker processes per GPU of the cluster (one worker per
-``gpus_per_trial`` GPUs where a trial takes whole GPUs), else one one-slot worker per ``cpus_per_trial`` CPUs of each
-node.
-
-Slots per GPU: ``trials_per_gpu`` for ``gpus_per_trial: auto``, else ``1 / gpus_per_trial``, split over the GPU's
-workers (a trial's host work is Python: four trials in one interpreter held one H200 at 41% busy). Both default to
-``auto``: 4 trials in 2 processes, or 8 in 4 under CUDA MPS (``orchestrator.mps``), where more processes no longer take
-turns on the GPU (H200, IDD-lite study: 840 images/s, against 625 for 8 in 4 and 602 for 4 in 2 without MPS). Stated
-memory figures
-(``trial_gpu_memory_gb``, ``gpu_memory_gb``) lower the number that start at once; otherwise the worker reads its own
-GPU (``pool.worker``). No probe runs before a trial: a GPU with room for twenty trials waits for none.
+"""The pool's workers started and held: where each runs and with how many slots (the rules: ``pool.admission``), the
+dispatcher, the sweep's context attached to every worker, the study's self-check on them, and their end. The driver
+starts it (``driver.run``) and hands every proxy its ``PoolContext``.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.errors import SegsweepError
 from orchestrator.mps import MpsDaemon
 from orchestrator.pool.actor import WorkerActor
+from orchestrator.pool.admission import cpu_workers, gpu_placements
 from orchestrator.pool.dispatch import Dispatcher
-from orchestrator.pool.protocol import PoolContext, WorkerSettings, decision_epochs, slots_for
+from orchestrator.pool.protocol import PoolContext, WorkerSettings, decision_epochs
 from orchestrator.pool.ship import ShippedData, ship
 from orchestrator.spec.load import Sweep
-from orchestrator.spec.schema import ResourcesSpec, SweepSpec
 from orchestrator.trial.config import TrialContext
 
 MAX_CONCURRENCY = 256  # a worker's method threads: each waiting proxy holds one
 PROXY_CPUS = 0.01  # a proxy holds no GPU and does next to nothing; Tune wants some resource per trial
 WARM_LIMIT = 8  # architectures stepped once per slot before the first trial
 _ACTIVE: Pool | None = None  # ``active_pool``
-
-
-PACKING = {False: (4, 2), True: (8, 4)}  # (trials_per_gpu, workers_per_gpu) for auto, without and with CUDA MPS
-
-
-def gpu_slots(resources: ResourcesSpec, mps: bool = False) -> int:
-    """Trials sharing one GPU: ``trials_per_gpu`` (auto), ``1/gpus_per_trial`` below one GPU, else one."""
-    share = resources.gpus_per_trial
-    if share == "auto":
-        return PACKING[mps][0] if resources.trials_per_gpu == "auto" else resources.trials_per_gpu
-    return max(1, math.floor(1 / share + 1e-9)) if share < 1 else 1
-
-
-def gpu_placements(res: ResourcesSpec, mps: bool = False) -> list[tuple[int, int, float]]:
-    """The workers of one GPU as (slots, trials admitted at the start, GPU share): the GPU's slots and its stated
-    memory limit split as evenly as may be over ``workers_per_gpu`` processes (fewer where there are fewer slots or
-    fewer trials fit), each holding an equal share of the GPU. A trial of whole GPUs: one worker of one slot.
-    ``mps``: the workers run under CUDA MPS (the ``auto`` packing differs)."""
-    slots = gpu_slots(res, mps)
-    limit = stated_limit(res, slots)
-    workers = PACKING[mps][1] if res.workers_per_gpu == "auto" else res.workers_per_gpu
-    n = max(1, min(workers, limit))
-    share = math.floor(10_000 / n) / 10_000  # Ray keeps four decimals of a fractional GPU; n shares fit in one
-    return [(split(slots, n, i), split(limit, n, i), share) for i in range(n)]
-
-
-def split(total: int, parts: int, index: int) -> int:
-    """Part ``index`` of ``total`` split into ``parts`` near-equal whole parts, the larger ones first."""
-    return total // parts + (1 if index < total % parts else 0)
-
-
-def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
-    """A trial that asks for more than the whole cluster has would wait forever: refuse it up front."""
-    share = spec.resources.gpus_per_trial
-    need = {"CPU": spec.resources.cpus_per_trial, "GPU": 0.0 if share == "auto" else float(share)}
-    for kind, amount in need.items():
-        if amount > available.get(kind, 0):
-            key = f"resources.{kind.lower()}s_per_trial"
-            raise SegsweepError(f"{key}: {amount:g} per trial, but the Ray cluster has {available.get(kind, 0):g} "
-                                f"{kind}(s); lower it (e.g. --set {key}={available.get(kind, 0):g})")
-    for name, amount in spec.resources.proxy_resources.items():
-        if amount > available.get(name, 0):
-            raise SegsweepError(f"resources.proxy_resources.{name}: {amount:g} per trial, but the Ray cluster has "
-                                f"{available.get(name, 0):g}; start a node with --resources '{{\"{name}\": N}}' or "
-                                f"remove the key")
 
 
 def warm_configs(sweep: Sweep) -> tuple[dict[str, Any], ...]:
@@ -132,6 +77,18 @@ class Pool:
         if index is not None:
             self.workers[index].stop.remote(trial_id)
 
+    def revalidate(self, rows: list[Any]) -> list[dict[str, Any]]:
+        """The study's self-check on the workers (``TrialWorker.revalidate``), the trials spread over them: one result
+        per store row, in order."""
+        calls = [self.workers[i % len(self.workers)].revalidate.remote(row.id, row.config) for i, row in enumerate(rows)]
+        results = []
+        for call in calls:
+            try:
+                results.append(ray.get(call))
+            except RayActorError as e:
+                results.append({"error": f"WorkerDied: the worker stopped while re-scoring ({str(e).splitlines()[0]})"})
+        return results
+
     def shutdown(self) -> None:
         global _ACTIVE
         if _ACTIVE is self:
@@ -161,13 +118,9 @@ def start_pool(sweep: Sweep, mps: MpsDaemon | None = None) -> Pool:
                 limits.append(limit)
     else:
         for node in ray.nodes():
-            cpus = node["Resources"].get("CPU", 0) if node["Alive"] else 0
-            if cpus >= res.cpus_per_trial:
-                # on CPUs a trial is Python-bound as much as compute-bound: a process each, not threads sharing one
-                # interpreter lock (measured on 2 cores: the demo's epochs 1.2-2.1 s in two threads, 0.9 s apart)
-                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                placements += [(1, {"num_cpus": 0, "scheduling_strategy": strategy})] * math.floor(
-                    cpus / res.cpus_per_trial)
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            placements += [(1, {"num_cpus": 0, "scheduling_strategy": strategy})] * cpu_workers(
+                node["Resources"].get("CPU", 0) if node["Alive"] else 0, res)
         if mps is not None:
             mps.stop()  # CPU trials: no client for it
             mps = None
@@ -176,7 +129,7 @@ def start_pool(sweep: Sweep, mps: MpsDaemon | None = None) -> Pool:
     limits = limits or [slots for slots, _ in placements]
     actor = ray.remote(WorkerActor)
     workers = [actor.options(max_concurrency=MAX_CONCURRENCY, **options).remote(
-        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(spec), warm))
+        WorkerSettings(slots, limit, max(1, int(res.cpus_per_trial)), res.memory_aware, decisions(sweep), warm))
         for (slots, options), limit in zip(placements, limits)]
     # on the driver's node: it lives as long as the driver, whichever other node goes away
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -192,19 +145,17 @@ def active_pool() -> Pool | None:
     return _ACTIVE
 
 
-def decisions(spec: SweepSpec) -> tuple[int, ...]:
-    """The epochs at which the sweep's scheduler may stop a trial (ASHA's rungs; none without early stopping)."""
-    scheduler = spec.search.scheduler
-    return decision_epochs(spec.trainer.max_epochs, scheduler.grace_period if scheduler.name == "asha" else None,
+def scheduled_epochs(sweep: Sweep) -> int:
+    """The most epochs of the full network a trial trains: ``trainer.max_epochs`` less a fixed
+    ``model.stage1_epochs`` (a staged model's first stage is no epoch of the network it deploys). ASHA's ``max_t``."""
+    spec = sweep.spec
+    searched = any(key in ("model", "model.stage1_epochs") for key in sweep.domains)
+    return spec.trainer.max_epochs - (0 if searched else spec.model.stage1_epochs)
+
+
+def decisions(sweep: Sweep) -> tuple[int, ...]:
+    """The full network's epochs (``full_epoch``) at which the sweep's scheduler may stop a trial (ASHA's rungs; none
+    without early stopping)."""
+    scheduler = sweep.spec.search.scheduler
+    return decision_epochs(scheduled_epochs(sweep), scheduler.grace_period if scheduler.name == "asha" else None,
                            scheduler.reduction_factor)
-
-
-def stated_limit(res: ResourcesSpec, slots: int) -> int:
-    """Trials per GPU by the stated memory figures (both given), with one line when that is fewer than the slots."""
-    if res.trial_gpu_memory_gb is None or res.gpu_memory_gb is None:
-        return slots
-    limit = slots_for(res.trial_gpu_memory_gb, res.gpu_memory_gb, slots)
-    if limit < slots:
-        print(f"[segsweep] a trial needs {res.trial_gpu_memory_gb:.1f} GiB of a {res.gpu_memory_gb:.0f} GiB GPU: "
-              f"{limit} trial(s) per GPU at once instead of {slots}", file=sys.stderr, flush=True)
-    return limit
