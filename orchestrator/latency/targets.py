@@ -35,8 +35,8 @@ SAFE_SSH_OPTIONS = {name.lower(): name for name in (
     "AddressFamily", "BatchMode", "CASignatureAlgorithms", "CertificateFile", "CheckHostIP", "Ciphers", "Compression",
     "ConnectionAttempts", "ConnectTimeout", "FingerprintHash", "GlobalKnownHostsFile", "HostKeyAlgorithms",
     "HostKeyAlias", "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "LogLevel", "MACs",
-    "NumberOfPasswordPrompts", "PreferredAuthentications", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes",
-    "PubkeyAuthentication", "RekeyLimit", "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking",
+    "NumberOfPasswordPrompts", "Port", "PreferredAuthentications", "PubkeyAcceptedAlgorithms",
+    "PubkeyAcceptedKeyTypes", "PubkeyAuthentication", "RekeyLimit", "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking",
     "TCPKeepAlive", "UpdateHostKeys", "User", "UserKnownHostsFile", "VerifyHostKeyDNS")}
 # what the refusal says of the options people reach for (any other unknown one gets the list of allowed ones)
 _WHY = {
