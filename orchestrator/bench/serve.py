@@ -2,8 +2,9 @@
 (a process of its own, data under ``--out``) runs a sweep (``sweeps/demo.yaml`` by default) twice: once alone, for
 its wall, then while ``clients`` poll its API (the sweep, its trials, the queue, in turn, ``interval`` apart) and
 ``followers`` follow its server-sent events, for ``seconds``. The figures: requests, errors, the API's latency as the
-clients see it (p50 / p90 / p99 / max), events received, the sweep's wall loaded against unloaded, and the server
-process's memory (RSS) before the load, 10 s into it, at most, and after it.
+clients see it (p50 / p90 / p99 / max), events received, the CPU seconds the server and the clients (this process,
+on the same machine: they compete with the sweep too) used during the load, the sweep's wall loaded against
+unloaded, and the server process's memory (RSS) before the load, 10 s into it, at most, and after it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def run_bench_serve(b: ServeBench, out: Path) -> dict[str, Any]:
             _wait(api, sweep, ("running", "finished", "failed"), b.timeout_s)
             memory = _Memory(server.pid)
             memory.sample()
+            cpu = _cpu_seconds(server.pid), _cpu_seconds(os.getpid())
             load = asyncio.run(_load(url, token, sweep, b, memory))
+            load["cpu_s"] = {"server": round(_cpu_seconds(server.pid) - cpu[0], 1),
+                             "clients": round(_cpu_seconds(os.getpid()) - cpu[1], 1)}
             row = _finish(api, sweep, b.timeout_s)
             memory.sample()
         result |= load | {"wall_loaded_s": _wall(row), "server_rss_mb": memory.figures()}
@@ -130,6 +134,11 @@ def _finish(api: httpx.Client, sweep: str, timeout: float) -> dict[str, Any]:
 
 def _wall(row: dict[str, Any]) -> float:
     return round(row["ended_at"] - row["started_at"], 1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 class _Memory:
@@ -218,5 +227,6 @@ def markdown(r: dict[str, Any]) -> str:
         f"- requests: {r['requests']}, errors: {r['errors']}{first_error}",
         f"- API latency ms: p50 {lat['p50']}, p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']}",
         f"- events received: {r['events']}",
+        f"- CPU seconds during the load: server {r['cpu_s']['server']}, clients {r['cpu_s']['clients']}",
         f"- sweep wall: {r['wall_loaded_s']} s under load{alone}",
         "- server memory (RSS MB): " + ", ".join(f"{k} {v}" for k, v in r["server_rss_mb"].items())])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,6 +24,7 @@ from orchestrator.rundir import RunDir
 from orchestrator.service.db import ServiceDB, SweepRow, User
 from orchestrator.store import Store, progress_line
 
+T = TypeVar("T")
 COOKIE = "segsweep_session"
 SESSION_S = 7 * 24 * 3600
 SWEEP_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -117,6 +120,28 @@ def run_store(row: SweepRow) -> Store | None:
     return Store(path) if path.is_file() else None
 
 
+_READS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
+
+
+def from_store(row: SweepRow, what: str, compute: Callable[[Store], T]) -> T | None:
+    """``compute(store)`` of the sweep's results store (None before there is one), kept until the store changes (its
+    modification time and size): every client polls the same sweep, so it is read once per change however many ask,
+    and fewer readers hold the driver's writes back."""
+    path = RunDir(row.run_dir).store
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    version, key = (stat.st_mtime_ns, stat.st_size), (str(path), what)
+    hit = _READS.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = compute(Store(path))  # read after the stat: at worst newer than its version, never older
+    if len(_READS) > 1024:
+        _READS.clear()
+    _READS[key] = (version, value)
+    return value
+
+
 def progress(row: SweepRow) -> str | None:
-    store = run_store(row)
-    return progress_line(store).removeprefix("[segsweep] ") if store is not None else None
+    return from_store(row, "progress", lambda store: progress_line(store).removeprefix("[segsweep] "))

@@ -24,13 +24,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import KNOWN_ERRORS
-from orchestrator.service.access import Throttle, current_user, one_line, owned_sweep, progress, run_store
+from orchestrator.service.access import Throttle, current_user, from_store, one_line, owned_sweep, progress
 from orchestrator.service.db import ACTIVE, ServiceDB, SweepRow, User
 from orchestrator.service.edge import BodyLimit, SecurityHeaders
 from orchestrator.service.pages import error_page, page_routes, wants_html
 from orchestrator.service.policy import UNSET_ON_SERVER, SubmitPolicy
 from orchestrator.service.queue import Scheduler
 from orchestrator.spec.load import load_spec_text
+from orchestrator.store import Store
 from reports.build import report_json
 
 MAX_BODY = 256 * 1024  # a spec is a few KB; anything near this is a mistake
@@ -107,18 +108,18 @@ def create_app(data: Path, scheduler: Scheduler, policy: SubmitPolicy = SubmitPo
 
     @app.get("/api/sweeps/{sweep_id}/trials")
     def trials(row: SweepRow = Depends(owned_sweep)) -> list[dict[str, Any]]:
-        store = run_store(row)
-        if store is None:
-            return []
-        metric = store.meta().get("metric", "val/miou")
-        return [{"id": t.id, "status": t.status, "epochs": t.epochs, metric: t.best.get(metric), "error": t.error,
-                 "config": t.config} for t in store.trials()]
+        def rows(store: Store) -> list[dict[str, Any]]:
+            metric = store.meta().get("metric", "val/miou")
+            return [{"id": t.id, "status": t.status, "epochs": t.epochs, metric: t.best.get(metric), "error": t.error,
+                     "config": t.config} for t in store.trials()]
+        return from_store(row, "trials", rows) or []
 
     @app.get("/api/sweeps/{sweep_id}/report")
     def report(row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
-        if run_store(row) is None:
+        found = from_store(row, "report", lambda _: report_json(row.run_dir))
+        if found is None:
             raise HTTPException(404, f"sweep {row.id} has no results yet ({row.state})")
-        return report_json(row.run_dir)
+        return found
 
     @app.get("/api/sweeps/{sweep_id}/logs")
     def logs(offset: int = 0, row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from orchestrator.service.access import (
     SESSION_S,
     client_address,
     first_line,
+    from_store,
     progress,
     run_store,
     user_of,
@@ -194,18 +195,17 @@ def _cell(value: Any) -> str:
 def live_fragment(row: SweepRow) -> dict[str, Any]:
     """What the live page redraws: state, progress, the model-wise table (columns and rows of text) and the charts
     (plotly JSON). Nothing in it is markup."""
-    out: dict[str, Any] = {"state": row.state, "progress": progress(row) or "", "error": row.error, "table": None,
-                           "figures": []}
-    if run_store(row) is None:
-        return out
-    run = load_run(row.run_dir)
-    table = comparison_frame(run)
-    if not table.empty:
-        out["table"] = {"columns": [str(c) for c in table.columns],
-                        "rows": [[_cell(v) for v in values] for values in table.itertuples(index=False)]}
-    metric = run.meta["metric"]
-    figures = [metric_by(run.results, metric, "model.arch", f"{metric} by architecture"),
-               training_curves(run.history, metric)]
-    out["figures"] = [json.loads(fig.to_json()) for fig in figures]
-    return out
+    def results(_) -> dict[str, Any]:
+        run = load_run(row.run_dir)
+        table = comparison_frame(run)
+        metric = run.meta["metric"]
+        figures = [metric_by(run.results, metric, "model.arch", f"{metric} by architecture"),
+                   training_curves(run.history, metric)]
+        return {"table": None if table.empty else {
+                    "columns": [str(c) for c in table.columns],
+                    "rows": [[_cell(v) for v in values] for values in table.itertuples(index=False)]},
+                "figures": [json.loads(fig.to_json()) for fig in figures]}
+
+    return {"state": row.state, "progress": progress(row) or "", "error": row.error,
+            **(from_store(row, "fragment", results) or {"table": None, "figures": []})}
 

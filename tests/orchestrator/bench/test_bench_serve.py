@@ -24,4 +24,5 @@ def test_bench_serve_on_cpu(tmp_path):
     assert result["wall_unloaded_s"] > 0 and result["wall_loaded_s"] > 0 and result["wall_ratio"] > 0
     memory = result["server_rss_mb"]
     assert 0 < memory["before"] <= memory["max"] and memory["after"] <= memory["max"]
+    assert result["cpu_s"]["server"] > 0 and result["cpu_s"]["clients"] > 0
     assert "API latency ms: p50" in markdown(result)
