@@ -9,6 +9,7 @@ import hmac
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +106,7 @@ class ServiceDB:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._touched: dict[str, float] = {}
+        self._local = threading.local()
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -113,12 +115,13 @@ class ServiceDB:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        """One transaction, on this thread's connection (the server's threads answer every call: connecting anew each
+        time was most of a call's cost)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=30)
+        with db:
+            yield db
 
     # ---------------------------------------------------------------------------------------- users
     def add_user(self, name: str, admin: bool = False) -> str:
