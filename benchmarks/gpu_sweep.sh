@@ -11,6 +11,7 @@
 #   multiclass          the multiclass variant (100 epochs, 16 trials)
 #   real                the study on the real IDD-lite subset (.data/idd_lite_train_subset, val: 20% of it)
 #   enet-check          the shipped ENet study, shortened, on the real subset; then evaluate on val (issue 24)
+#   pool                cold, then on a pool started for the study: warm twice, two users at once (issue 26)
 #   train               orchestrate bench-train (the seeds' pipeline, one trial, each lever, a sweep)
 #   imports             where a worker's and the driver's imports go
 #   gpu-tests           pytest -m gpu
@@ -92,6 +93,13 @@ for part in ${@:-binary multiclass}; do
       --set search.metric=val/miou --set trainer.max_epochs=100 --set search.num_samples=16 ;;
     real) bench real "${REAL_S:-300}" --root "$REAL" --set data.val_fraction=0.2 --seeds-sample "${SEEDS:-2}" ;;
     enet-check) enet_check ;;
+    pool)  # issue 26: cold, then a pool started for the study, warm twice, two users at once (bench-sweep --pool)
+      if [ -n "${DRY_RUN:-}" ]; then validate "$STUDY"; echo "pool: ok"; continue; fi
+      rm -rf /tmp/bs-pool
+      timeout "${POOL_S:-590}" python3 -m orchestrator.cli bench-sweep "$STUDY" --pool --seeds-sample 0 \
+        --out /tmp/bs-pool > "$OUT/pool.log" 2>&1
+      echo "pool rc=$?"; cat /tmp/bs-pool/bench_pool.md; cp /tmp/bs-pool/bench_pool.md /tmp/bs-pool/bench_pool.json "$OUT/"
+      tail -3 /tmp/bs-pool/pool.log ;;
     train)
       if [ -n "${DRY_RUN:-}" ]; then python3 -m orchestrator.cli bench-train --help > /dev/null && echo "train: ok"
       else timeout "${TRAIN_S:-300}" python3 -m orchestrator.cli bench-train --out /tmp/bench-train \

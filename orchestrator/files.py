@@ -10,11 +10,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_text_whole(path: Path, text: str) -> None:
-    """``path`` holds ``text``: written beside it, then renamed over it. A failed write leaves nothing beside it."""
+def write_text_whole(path: Path, text: str, mode: int | None = None) -> None:
+    """``path`` holds ``text``: written beside it, then renamed over it. A failed write leaves nothing beside it.
+    ``mode``: the file's permissions from its creation on (0o600: its owner's alone, never readable by others)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
+        if mode is None:
+            tmp.write_text(text)
+        else:
+            tmp.unlink(missing_ok=True)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
+                f.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

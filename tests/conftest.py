@@ -66,6 +66,7 @@ def ray_session():
     """One local Ray for the whole test session (2 CPUs, as on CI)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    # address "local": its own Ray, whatever other Ray runs on the machine (`ray start` would be joined otherwise)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     yield ray
     ray.shutdown()

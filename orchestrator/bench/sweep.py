@@ -12,6 +12,7 @@ seconds and validation metrics beside the sweep's for the same trials.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import statistics
@@ -25,6 +26,8 @@ from typing import Any
 from orchestrator.data.synthetic import generate_synthetic
 from orchestrator.errors import SegsweepError
 from orchestrator.gpu import GpuSampler
+from orchestrator.pool.resident import STATE_ENV, USER_ENV, start_holder, stop_holder
+from orchestrator.spec.load import load_spec
 from orchestrator.store import Store, TrialRow
 
 
@@ -42,31 +45,101 @@ class SweepBench:
 def run_bench_sweep(b: SweepBench, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     root = b.root or generate_synthetic(out / "data", *b.shape)
-    run_dir = out / f"run-{time.strftime('%H%M%S')}"
-    sets = [*b.sets, f"data.root={root}"]
+    result = timed_run(b, root, out, "run")
+    save(result, out)
+    if b.seeds_sample:
+        store = Store.of_run(result["run_dir"])
+        result["seeds"] = seeds_sample(store.trials(history=True), store.meta(), b, out, result["wall_s"])
+        save(result, out)
+    return result
+
+
+def run_command(b: SweepBench, root: Path, run_dir: Path, address: str | None = None) -> list[str]:
     command = [sys.executable, "-m", "orchestrator.cli", "run", str(b.spec), "--out", str(run_dir)]
-    for item in sets:
+    for item in [*b.sets, f"data.root={root}"]:
         command += ["--set", item]
-    env = {**os.environ, "IDD_LITE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    return command + (["--address", address] if address else [])
+
+
+def timed_run(b: SweepBench, root: Path, out: Path, name: str, address: str | None = None,
+              user: str | None = None, pool_state: Path | None = None) -> dict[str, Any]:
+    """One ``orchestrate run`` of the study (on the pool at ``address``, whose state file holds its token, where
+    given), timed from its start to its report, with the GPU sampled; its figures from the store. Its log:
+    ``out/orchestrate_<name>.log``."""
+    run_dir = out / f"{name}-{time.strftime('%H%M%S')}"
+    env = {**os.environ, "IDD_LITE_ROOT": str(root), "PYTHONUNBUFFERED": "1", **({USER_ENV: user} if user else {}),
+           **({STATE_ENV: str(pool_state)} if pool_state else {})}
     with GpuSampler(interval_s=0.2) as sampler:
         started = time.time()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=b.timeout_s, env=env)
+        done = subprocess.run(run_command(b, root, run_dir, address), capture_output=True, text=True,
+                              timeout=b.timeout_s, env=env)
         wall = time.time() - started
-    (out / "orchestrate_run.log").write_text(done.stderr)
+    (out / f"orchestrate_{name}.log").write_text(done.stderr)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SegsweepError(f"orchestrate run {b.spec} failed (exit {done.returncode}): {last}")
     store = Store.of_run(run_dir)
     trials = store.trials(history=True)
-    result: dict[str, Any] = {"spec": str(b.spec), "sets": sets, "root": str(root), "synthetic": b.root is None,
-                              "wall_s": round(wall, 2), "run_dir": str(run_dir),
-                              **sweep_figures(store.meta(), trials, started, wall, sampler),
-                              "workers": worker_timelines(run_dir, started)}
-    save(result, out)
-    if b.seeds_sample:
-        result["seeds"] = seeds_sample(trials, store.meta(), b, out, wall)
-        save(result, out)
+    return {"spec": str(b.spec), "sets": [*b.sets, f"data.root={root}"], "root": str(root), "synthetic": b.root is None,
+            "wall_s": round(wall, 2), "run_dir": str(run_dir), "first_step_s": first_step(trials, started),
+            **sweep_figures(store.meta(), trials, started, wall, sampler), "workers": worker_timelines(run_dir, started)}
+
+
+def first_step(trials: list[TrialRow], started: float) -> float | None:
+    """Seconds from ``orchestrate run`` to the end of the study's first training step (a trial's start in its
+    worker plus its start-up)."""
+    steps = [t.history[0]["perf/started_at"] + t.history[0].get("perf/startup_s", 0.0) - started for t in trials
+             if t.history and "perf/started_at" in t.history[0]]
+    return round(min(steps), 2) if steps else None
+
+
+def run_pool_bench(b: SweepBench, out: Path) -> dict[str, Any]:
+    """Cold, warm and two users, in one run: the study on its own Ray; ``orchestrate pool start``; the study on the
+    pool twice (the first run of an architecture warms its kernels there); two users submitting it at once to the
+    pool; ``pool stop``. The figures of each, and the two users' walls against the warm one."""
+    out.mkdir(parents=True, exist_ok=True)
+    root = b.root or generate_synthetic(out / "data", *b.shape)
+    result: dict[str, Any] = {"cold": timed_run(b, root, out, "cold")}
+    state = out / "pool.json"
+    started = time.time()
+    info = start_holder(state, pool_resources(b, root), log=out / "pool.log")
+    result["pool_start_s"] = round(time.time() - started, 2)
+    try:
+        result["warm_first"] = timed_run(b, root, out, "warm1", info["address"], pool_state=state)
+        result["warm"] = timed_run(b, root, out, "warm2", info["address"], pool_state=state)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(lambda user: timed_run(b, root, out, f"two-{user}", info["address"], user, state),
+                                 ("alice", "bob")))
+        result["two_users"] = both
+        result["two_users_x_warm"] = round(max(r["wall_s"] for r in both) / result["warm"]["wall_s"], 2)
+    finally:
+        stop_holder(state)
+    (out / "bench_pool.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench_pool.md").write_text(pool_markdown(result))
     return result
+
+
+def pool_resources(b: SweepBench, root: Path) -> dict[str, Any]:
+    """The pool shaped by the study's own resources (after its --set), as its cold run packs its trials."""
+    os.environ.setdefault("IDD_LITE_ROOT", str(root))  # the shipped study's data.root reads it
+    return load_spec(b.spec, [*b.sets, f"data.root={root}"]).spec.resources.model_dump(mode="json")
+
+
+def pool_markdown(r: dict[str, Any]) -> str:
+    def row(label: str, x: dict[str, Any]) -> str:
+        busy = f"{x['gpu_busy_fit'][0]:.0%}" if x.get("gpu_busy_fit") else "not sampled"
+        return (f"| {label} | {x['wall_s']:.1f} s | {x['first_step_s'] if x['first_step_s'] is not None else '–'} s | "
+                f"{x['train_images_per_s_fit']:,.0f} | {busy} | {next(iter(x['best'].values())) or float('nan'):.4f} |")
+    lines = [f"`orchestrate bench-sweep {r['cold']['spec']} --pool` ({' '.join(r['cold']['sets'])})", "",
+             "| run | wall, run to report | first step after `orchestrate run` | train images/s (fit) | GPU busy (fit)"
+             " | best |", "|---|---:|---:|---:|---:|---:|",
+             row("cold: its own Ray and workers", r["cold"]),
+             row("on the pool, first (its kernels compile)", r["warm_first"]),
+             row("on the pool, warm", r["warm"])]
+    lines += [row(f"two users at once: {x['run_dir'].split('/')[-1].split('-')[1]}", x) for x in r["two_users"]]
+    lines += ["", f"`orchestrate pool start`: {r['pool_start_s']:.1f} s. Two users at once: the later finished "
+                  f"**{r['two_users_x_warm']}x** the warm run's wall."]
+    return "\n".join(lines) + "\n"
 
 
 def sweep_figures(meta: dict, trials: list[TrialRow], started: float, wall: float,
@@ -106,7 +179,8 @@ def worker_timelines(run_dir: Path, started: float) -> list[dict[str, Any]]:
         events = json.loads(path.read_text())
         first = {e["event"]: round(e["at"] - started, 2) for e in reversed(events)}
         trials = [e for e in events if e["event"] == "trial"]
-        out.append({"process": first.get("process"), "ready": first.get("ready"), "attached": first.get("attached"),
+        out.append({"pid": int(path.stem.split("-")[1]), "process": first.get("process"), "ready": first.get("ready"),
+                    "attached": first.get("attached"),
                     "warm_up": [{"arch": e["arch"], "s": e["seconds"]} for e in events if e["event"] == "warm-up"],
                     "first_trial_started": round(min(e["started"] for e in trials) - started, 2) if trials else None,
                     "trials": len(trials)})

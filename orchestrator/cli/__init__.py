@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from orchestrator.cli import data, deploy, service, sweeps
+from orchestrator.cli import data, deploy, pool, service, sweeps
 from orchestrator.errors import KNOWN_ERRORS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,6 +22,7 @@ for command in (sweeps.validate, sweeps.run, sweeps.resume, sweeps.extend, sweep
                 service.bench_serve):
     app.command(command.__name__.strip("_").replace("_", "-"))(command)
 app.add_typer(data.app, name="data")
+app.add_typer(pool.app, name="pool")
 app.add_typer(service.token_app, name="token")
 app.add_typer(service.target_app, name="target")
 

@@ -156,10 +156,13 @@ def bench_sweep(
     seeds_sample: Annotated[int, typer.Option(min=0, help="trials timed again with the seeds' plain loop")] = 3,
     seeds_workers: Annotated[int, typer.Option(min=0, help="the seeds' DataLoader workers")] = 8,
     out: Annotated[Path, typer.Option(help="where data, the run and bench_sweep.{json,md} go")] = Path("bench-sweep"),
+    pool: Annotated[bool, typer.Option("--pool", help="cold, warm and two users in one run: the study on its own "
+                                       "Ray, then twice on a pool started for it, then twice at once")] = False,
 ) -> None:
     """A whole study as a user runs it (orchestrate run -> report), its phases and GPU use, against the seeds'
-    plain loop on a sample of the same trials."""
-    from orchestrator.bench.sweep import SweepBench, markdown, run_bench_sweep  # lazy: imports Ray
+    plain loop on a sample of the same trials; with ``--pool``, cold against a warm pool and two users at once."""
+    # lazy: imports Ray
+    from orchestrator.bench.sweep import SweepBench, markdown, pool_markdown, run_bench_sweep, run_pool_bench
 
     try:
         dims = tuple(int(v) for v in shape.lower().split("x"))
@@ -167,5 +170,8 @@ def bench_sweep(
         dims = ()
     if len(dims) != 4 or min(dims) <= 0:
         raise SegsweepError(f"--shape {shape}: expected TRAINxVALxHxW, e.g. 281x204x227x320")
-    result = run_bench_sweep(SweepBench(spec, tuple(set_ or ()), root, dims, seeds_sample, seeds_workers), out)
-    typer.echo(markdown(result))
+    bench = SweepBench(spec, tuple(set_ or ()), root, dims, seeds_sample, seeds_workers)
+    if pool:
+        typer.echo(pool_markdown(run_pool_bench(bench, out)))
+        return
+    typer.echo(markdown(run_bench_sweep(bench, out)))

@@ -52,6 +52,7 @@ def run(
                    f"({s.data.resize})")
         typer.echo("search space:" + ("".join(f"\n  {line}" for line in describe_space(sweep)) or " (none: fixed)"))
         return
+    joining(address)
     from orchestrator.study import run_sweep  # lazy: imports Ray
 
     _finish(run_sweep(sweep, out=out, address=address, max_trials=max_trials))
@@ -69,6 +70,7 @@ def resume(
     if on_server(run_dir, server):
         requeue(str(run_dir), "resume", server, token)
         return
+    joining(address)
     from orchestrator.study import resume_sweep  # lazy: imports Ray
 
     _finish(resume_sweep(run_dir, address=address))
@@ -116,9 +118,19 @@ def extend(
     if on_server(run_dir, server):
         requeue(str(run_dir), "extend", server, token, trials=trials)
         return
+    joining(address)
     from orchestrator.study import extend_sweep  # lazy: imports Ray
 
     _finish(extend_sweep(run_dir, trials, address=address))
+
+
+def joining(address: str | None) -> None:
+    """Before Ray is imported: the token of the pool's own Ray where ``address`` is that pool's
+    (``orchestrate pool start``)."""
+    if address:
+        from orchestrator.pool.resident import join_token  # lazy: light, but only a joining run needs it
+
+        join_token(address)
 
 
 def _finish(result) -> None:

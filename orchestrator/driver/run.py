@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
 import sys
 import time
@@ -25,7 +26,8 @@ from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
 from orchestrator.errors import SegsweepError
 from orchestrator.mps import MpsStart
 from orchestrator.pool.admission import use_mps
-from orchestrator.pool.launch import Pool, decisions, scheduled_epochs, start_pool
+from orchestrator.pool.launch import Pool, decisions, find_pool, scheduled_epochs, start_pool, warm_configs
+from orchestrator.pool.resident import USER_ENV, pool_key
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
@@ -91,7 +93,9 @@ def trial_context(sweep: Sweep, run_dir: Path, prepared) -> TrialContext:
     spec = sweep.spec
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
                         data=prepared, groups=sweep.groups,
-                        latency_proxy=spec.search.latency_proxy.model_dump() if spec.search.latency_proxy else None)
+                        latency_proxy=spec.search.latency_proxy.model_dump() if spec.search.latency_proxy else None,
+                        decisions=decisions(sweep), warm=warm_configs(sweep) if spec.resources.preload_workers else (),
+                        user=os.environ.get(USER_ENV, "local"))
 
 
 def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None = None,
@@ -192,9 +196,10 @@ def _existing(run_dir: str | Path) -> tuple[Path, RunDir, Sweep, Store]:
 
 
 def start_cluster(sweep: Sweep, address: str | None, marks: list[float] | None = None) -> Pool:
-    """Ray joined (or started here) and the pool's workers started; where the sweep starts its own Ray for GPU
-    trials, its CUDA MPS daemon too (``resources.mps``), begun before Ray so that its check overlaps Ray's start.
-    ``marks``: gets the time Ray was up."""
+    """Ray joined (or started here) and the pool: the one already running on a joined Ray (``orchestrate pool
+    start``, ``orchestrate serve``: warm workers of this installation's versions), else workers of the sweep's own;
+    where the sweep starts its own Ray for GPU trials, its CUDA MPS daemon too (``resources.mps``), begun before Ray
+    so that its check overlaps Ray's start. ``marks``: gets the time Ray was up."""
     res = sweep.spec.resources
     own_ray = address is None and not ray.is_initialized()
     mps = MpsStart(res.mps) if use_mps(res.mps, own_ray, res.gpus_per_trial != 0) else None
@@ -202,6 +207,12 @@ def start_cluster(sweep: Sweep, address: str | None, marks: list[float] | None =
         init_ray(address, sweep.spec)
         if marks is not None:
             marks.append(time.perf_counter())
+        running = None if own_ray else find_pool(pool_key())
+        if running is not None:
+            print(f"[segsweep] training on the pool already running on this Ray: {len(running.workers)} warm "
+                  f"worker(s), {sum(running.limits)} trial(s) at once (its packing, not this spec's resources)",
+                  file=sys.stderr, flush=True)
+            return running
         return start_pool(sweep, mps.join() if mps is not None else None)
     except BaseException:
         if mps is not None:

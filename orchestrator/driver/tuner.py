@@ -45,10 +45,10 @@ def init_ray(address: str | None, spec: SweepSpec) -> None:
         check_resources(spec, ray.cluster_resources())
         return
     # Ray's own warnings of note become our one-line errors; the rest (token set-up) is noise on a sweep's console
+    # without --address a Ray of the sweep's own ("local"): Ray would otherwise join any cluster that `ray start` left
+    # running on the machine
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "ERROR",
-                              "log_to_driver": True}
-    if address:
-        kwargs["address"] = address
+                              "log_to_driver": True, "address": address or "local"}
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -86,7 +86,7 @@ def cluster_gpus() -> float:
 def searcher(sweep: Sweep, run_dir: Path, concurrency: int, seed_offset: int = 0) -> Searcher:
     """Optuna (its study in the run's optuna.db, continued by ``extend``) or Tune's random/grid generator."""
     spec, search = sweep.spec, sweep.spec.search
-    if search.algorithm != "optuna":
+    if search.algorithm != "optuna" or not sweep.domains:  # nothing searched: Optuna has nothing to sample
         # Tune applies max_concurrent_trials to Searchers only; the basic generator takes its own limit
         return BasicVariantGenerator(random_state=search.seed + seed_offset, max_concurrent=concurrency)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

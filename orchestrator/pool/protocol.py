@@ -12,6 +12,7 @@ from typing import Any
 
 STUB = {"finished": True}  # what a finished trial's released checkpoint (state.pt) says, as JSON
 CHECKPOINT_NAME = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders of a trial
+POOL_NAME, NAMESPACE = "segsweep-pool", "segsweep"  # how a pool that outlives sweeps is found in Ray
 REPLAYED = "segsweep/replayed"  # marks the one report of a trial that had finished before a resume (no epoch in it)
 
 
@@ -32,12 +33,12 @@ class PoolContext:
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    """A worker's shape, whichever sweeps it trains for (a sweep's own settings come with its ``TrialContext``)."""
+
     slots: int  # threads: the most trials this worker trains at once
     limit: int  # trials admitted at once at the start (slots, or fewer by the stated memory figures)
     threads: int  # torch's CPU threads (the trial's CPU share)
     memory_aware: bool
-    decision_epochs: tuple[int, ...]  # where Tune's scheduler may stop a trial: wait there for its word
-    warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per slot
 
 
 def decision_epochs(max_epochs: int, grace_period: int | None, reduction_factor: float) -> tuple[int, ...]:

@@ -78,7 +78,7 @@ def start_on_a_worker(trial_id: str, config: dict[str, Any], state: Path | None,
             raise TrialError(f"WorkerDied: every trial worker has stopped or could not start ({cause})")
         worker = ctx.workers[index]
         try:
-            ray.get(worker.start.remote(trial_id, config, str(state) if state else None))
+            ray.get(worker.start.remote(trial_id, config, str(state) if state else None, ctx.run_dir))
             return index, worker
         except RayActorError as e:
             cause = last_line(e)

@@ -41,19 +41,22 @@ from orchestrator.rundir import RunDir
 from orchestrator.trial.build import build_module, build_trial
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
 from orchestrator.trial.config import TrialConfig, TrialContext
-from orchestrator.trial.data import normalise, to_model_input
+from orchestrator.trial.data import normalise, release_resident, to_model_input
 from orchestrator.trial.revalidate import revalidate
 from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
+LEASE_CHECK_S = 10.0  # how often a pool that outlives sweeps looks for sweeps whose driver has gone
 BUILD_LOCK = threading.Lock()  # seeding and model initialisation use the process's global random state
 
 
 class Job:
-    """One trial in this worker: its events for the proxy and the proxy's word back."""
+    """One trial in this worker: its sweep (``run_dir``), its events for the proxy and the proxy's word back."""
 
-    def __init__(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
-        self.trial_id, self.config, self.state_path = trial_id, config, state_path
+    def __init__(self, trial_id: str, config: dict[str, Any], state_path: str | None, run_dir: str = "") -> None:
+        self.trial_id, self.config, self.state_path, self.run_dir = trial_id, config, state_path, run_dir
+        self.user = "local"  # the sweep's user, known once its context is (fair shares between users)
+        self.decisions: tuple[int, ...] = ()  # the sweep's scheduler's decision epochs
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.cond = threading.Condition()
         self.confirmed = 0  # the last epoch Tune let go on
@@ -75,10 +78,10 @@ class Job:
             self.stopped = True
             self.cond.notify_all()
 
-    def wait(self, epoch: int, decisions: tuple[int, ...]) -> bool:
+    def wait(self, epoch: int) -> bool:
         """After sending ``epoch``: at a decision epoch (``decisions`` counts the full network's epochs) wait for
         Tune's word on it; elsewhere run at most one epoch ahead of it. Returns whether the trial goes on."""
-        target = epoch if epoch - self.stage1_epochs in decisions else epoch - 1
+        target = epoch if epoch - self.stage1_epochs in self.decisions else epoch - 1
         with self.cond:
             self.cond.wait_for(lambda: self.stopped or self.confirmed >= target, timeout=DECISION_TIMEOUT_S)
             if self.confirmed < target:
@@ -88,9 +91,15 @@ class Job:
 
 class TrialWorker:
     """One worker process of the pool, inside its Ray actor (``pool.actor.WorkerActor``, started with
-    ``max_concurrency``: the actor's methods run in threads of their own, and this worker's slots in theirs)."""
+    ``max_concurrency``: the actor's methods run in threads of their own, and this worker's slots in theirs).
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    It trains for every sweep attached to it (``attach``: a sweep's run directory, data, metric, scheduler), so a pool
+    that outlives a sweep serves the next one warm (imports done, cuDNN's kernels compiled); ``detach`` gives a
+    finished sweep's GPU memory back. Its slots are shared fairly between the users of the sweeps it holds."""
+
+    def __init__(self, settings: WorkerSettings, dispatcher: Any = None) -> None:
+        """``dispatcher``: the pool's, when the pool outlives sweeps: a restarted worker process gets from it the
+        sweeps attached so far."""
         self.timeline: list[dict[str, Any]] = [{"event": "process", "at": psutil.Process().create_time()}]
         self.timeline_lock = threading.Lock()
         quiet_libraries()
@@ -99,38 +108,90 @@ class TrialWorker:
         self.cuda = torch.cuda.is_available()
         if self.cuda:
             torch.backends.cudnn.benchmark = False  # shared by the trials; captures need the warm-up's plans
-        self.context: TrialContext | None = None
-        self.data_error: str | None = None
-        self.attached = threading.Event()
-        self.warmed = threading.Event()
+        self.contexts: dict[str, TrialContext] = {}  # by run directory
+        self.data_errors: dict[str, str] = {}  # a sweep whose data this node could not receive
+        self.warmed = threading.Event()  # a warm-up has run (or nothing needed one)
+        self.warmed_keys: set[str] = set()  # what cuDNN has planned and compiled here (``warm_key``)
         self.jobs: dict[str, Job] = {}
         self.pending: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
         self.admission = WorkerAdmission(settings.limit, settings.memory_aware and self.cuda)
+        self.running_by_user: collections.Counter[str] = collections.Counter()
         for index in range(settings.slots):
             threading.Thread(target=self._slot, args=(index,), name=f"segsweep-slot-{index}", daemon=True).start()
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None  # None: made outside Ray
         self._mark("ready", node=node, host=socket.gethostname())
+        self.dispatcher = dispatcher
+        if dispatcher is not None:
+            for context, shipped in ray.get(dispatcher.attached.remote()):
+                self.attach(context, shipped, warm=False)
+            threading.Thread(target=self.watch, name="segsweep-leases", daemon=True).start()
 
     # ---------------------------------------------------------------------------------------- the proxies' calls
     def ready(self) -> dict[str, Any]:
-        return {"cuda": self.cuda, "device": torch.cuda.get_device_name(0) if self.cuda else "cpu",
-                "slots": self.settings.slots, "limit": self.admission.limit}
+        with self.cond:
+            return {"cuda": self.cuda, "device": torch.cuda.get_device_name(0) if self.cuda else "cpu",
+                    "slots": self.settings.slots, "limit": self.admission.limit, "pid": os.getpid(),
+                    "running": self.admission.running, "pending": len(self.pending), "sweeps": sorted(self.contexts),
+                    "warmed": sorted(self.warmed_keys),
+                    "gpu_reserved_gb": torch.cuda.memory_reserved() / 2**30 if self.cuda else 0.0}
 
-    def attach(self, context: TrialContext, shipped: ShippedData | None = None) -> None:
-        """The sweep's context (run directory, data, metric): the slots start warming up, then take trials. On another
+    def attach(self, context: TrialContext, shipped: ShippedData | None = None, warm: bool = True) -> None:
+        """A sweep's context (run directory, data, metric, scheduler): its trials may start; then, while no trial
+        waits, one training step of each of its architectures this process has not planned yet (``warm``). On another
         node than the driver's, the data comes from Ray's object store into this node's folder (``pool.ship``)."""
         try:
             data, how = receive(context.data, shipped)
-            self.context = dataclasses.replace(context, data=data)
-        except Exception as e:  # noqa: BLE001 - every trial of this worker fails with it, as one line
-            self.context, self.data_error = context, f"this node could not receive the sweep's data ({failure(e)})"
-            how = {"source": "failed", "error": self.data_error}
-        self._mark("attached", data=how)
-        self.attached.set()
+            context = dataclasses.replace(context, data=data)
+        except Exception as e:  # noqa: BLE001 - every trial of this sweep here fails with it, as one line
+            self.data_errors[context.run_dir] = f"this node could not receive the sweep's data ({failure(e)})"
+            how = {"source": "failed", "error": self.data_errors[context.run_dir]}
+        with self.cond:
+            self.contexts[context.run_dir] = context
+            self.cond.notify_all()
+        self._mark("attached", run=context.run_dir, data=how)
+        if warm:
+            stream = torch.cuda.Stream() if self.cuda else None
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                self._warm_up(context)
 
-    def start(self, trial_id: str, config: dict[str, Any], state_path: str | None) -> None:
-        job = Job(trial_id, config, state_path)
+    def detach(self, run_dir: str) -> None:
+        """A sweep has ended (or its driver stopped): its trials still here are dropped, its context goes and with it
+        its data on the GPU; once no trial runs, the allocator's cache goes back to the GPU too (the next sweep, or
+        another process, may need it)."""
+        with self.cond:
+            context = self.contexts.pop(run_dir, None)
+            self.data_errors.pop(run_dir, None)
+            for trial_id in [t for t, job in self.jobs.items() if job.run_dir == run_dir]:
+                self.jobs.pop(trial_id).stop()
+            idle = self.admission.running == 0
+            self.cond.notify_all()
+        if context is not None:
+            release_resident([context.data.train.path, context.data.val.path])
+        if self.cuda and idle:
+            gc.collect()
+            with STEP_LOCK.shared():  # not while another trial captures its step
+                torch.cuda.empty_cache()
+        self._mark("detached", run=run_dir)
+
+    def watch(self, every_s: float = LEASE_CHECK_S) -> None:
+        """On a pool that outlives sweeps: a sweep whose driver has gone (its lease actor with it, ``kill -9``
+        included) is detached, here and in the pool's dispatcher, so its trials stop holding slots."""
+        while True:
+            time.sleep(every_s)
+            with self.cond:
+                leases = {run: c.lease for run, c in self.contexts.items() if c.lease is not None}
+            for run_dir, lease in leases.items():
+                try:
+                    ray.get(lease.alive.remote(), timeout=every_s)
+                except ray.exceptions.RayActorError:
+                    self.detach(run_dir)
+                    self.dispatcher.detach.remote(run_dir)
+                except ray.exceptions.GetTimeoutError:
+                    pass  # a busy node: asked again next time
+
+    def start(self, trial_id: str, config: dict[str, Any], state_path: str | None, run_dir: str = "") -> None:
+        job = Job(trial_id, config, state_path, run_dir)
         with self.cond:
             self.jobs[trial_id] = job
             self.pending.append(job)
@@ -153,17 +214,19 @@ class TrialWorker:
             with self.cond:
                 self.cond.notify_all()
 
-    def revalidate(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    def revalidate(self, trial_id: str, config: dict[str, Any], run_dir: str = "") -> dict[str, Any]:
         """The study's self-check of a finished trial: its saved best weights scored on the validation split as it
         validated (``trial.revalidate``), here where the data and the compiled kernels are. ``{"metrics": ...,
         "seconds": ...}``, or ``{"error": "one line"}``."""
-        self.attached.wait()
-        weights = RunDir(self.context.run_dir).trial(trial_id).best_weights
+        context = self._context(run_dir)
+        if context is None:
+            return {"error": f"the pool's worker holds no sweep {run_dir}"}
+        weights = RunDir(context.run_dir).trial(trial_id).best_weights
         if not weights.is_file():
             return {"error": f"{weights.name} missing"}
         started = time.perf_counter()
         try:
-            metrics = revalidate(config, self.context.data, weights, self.cuda, build_lock=BUILD_LOCK)
+            metrics = revalidate(config, context.data, weights, self.cuda, build_lock=BUILD_LOCK)
         except Exception as e:  # noqa: BLE001 - weights that do not load are a failed check, with the reason
             return {"error": failure(e)}
         return {"metrics": metrics, "seconds": time.perf_counter() - started}
@@ -173,12 +236,18 @@ class TrialWorker:
             return {"running": self.admission.running, "pending": len(self.pending), "limit": self.admission.limit}
 
     # ---------------------------------------------------------------------------------------- the slots
+    def _context(self, run_dir: str, timeout: float = 120.0) -> TrialContext | None:
+        """The sweep's context; its ``attach`` and a trial's ``start`` come from different callers in no set order,
+        so a trial may wait a little for it. ``run_dir`` empty: the only sweep (a worker made in a test)."""
+        with self.cond:
+            self.cond.wait_for(lambda: (run_dir in self.contexts) or (not run_dir and self.contexts), timeout=timeout)
+            if not run_dir and len(self.contexts) == 1:
+                return next(iter(self.contexts.values()))
+            return self.contexts.get(run_dir)
+
     def _slot(self, index: int) -> None:
         stream = torch.cuda.Stream() if self.cuda else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            self.attached.wait()
-            if index == 0:
-                self._warm_up()
             while True:
                 job = self._take()
                 try:
@@ -186,20 +255,24 @@ class TrialWorker:
                 finally:
                     with self.cond:
                         self.admission.running -= 1
+                        self.running_by_user[job.user] -= 1
                         self.cond.notify_all()
 
-    def _warm_up(self) -> None:
-        """One training step of each of the study's architectures, in the first slot, until the first trial comes:
-        cuDNN compiles its run-time kernels once per process (a fresh process's first step: 15-17 s on an H200), here
-        while the driver still starts Tune; the other slots take trials at once (GPU only)."""
+    def _warm_up(self, context: TrialContext) -> None:
+        """One training step of each of a sweep's architectures this process has not stepped yet, while no trial
+        waits: cuDNN compiles its run-time kernels once per process (a fresh process's first step: 15-17 s on an
+        H200), here before the trials come (GPU only)."""
         try:
-            for config in self.settings.warm if self.cuda else ():
+            for config in context.warm if self.cuda else ():
+                cfg = TrialConfig.from_flat(config)
+                key = warm_key(cfg)
                 if self.pending:
                     break  # trials have come: they plan what is left themselves
+                if key in self.warmed_keys:
+                    continue
                 started = time.time()
-                cfg = TrialConfig.from_flat(config)
                 with BUILD_LOCK:
-                    module = build_module(cfg, self.context.data, use_gpu=self.cuda)
+                    module = build_module(cfg, context.data, use_gpu=self.cuda)
                 device = torch.device("cuda" if self.cuda else "cpu")
                 module = module.to(device)
                 optimizer = module.build_optimizer()
@@ -207,11 +280,12 @@ class TrialWorker:
                 # a generator of its own: CUDA's default one may be held by a trial's capture in another slot
                 draw = torch.Generator(device=device).manual_seed(0)
                 images = torch.randint(0, 255, (n, h, w, 3), dtype=torch.uint8, device=device, generator=draw)
-                labels = torch.randint(0, max(2, len(self.context.data.classes)), (n, h, w), device=device,
+                labels = torch.randint(0, max(2, len(context.data.classes)), (n, h, w), device=device,
                                        generator=draw)
                 module.step(normalise(to_model_input(images), module.levers.channels_last), labels, optimizer)
                 module.step = None  # the step holds the module: no cycle left for the collector
                 del module, optimizer
+                self.warmed_keys.add(key)
                 self._mark("warm-up", arch=cfg.model.arch, seconds=round(time.time() - started, 2))
         except Exception as e:  # noqa: BLE001 - a warm-up is no trial: the trial itself fails with the reason
             logging.getLogger("segsweep.pool").warning("warm-up skipped: %s", failure(e))
@@ -219,14 +293,19 @@ class TrialWorker:
             self.warmed.set()
 
     def _take(self) -> Job:
-        """The next trial to start, when admission lets it (``WorkerAdmission.may_start``)."""
+        """The next trial to start, when admission lets it (``WorkerAdmission.may_start``): of the users whose trials
+        wait here, the one with the fewest running (so a slot that frees goes to whoever has least), its oldest."""
         with self.cond:
             while True:
-                while self.pending and self.pending[0].stopped:
-                    self.pending.popleft()
+                self.pending = collections.deque(job for job in self.pending if not job.stopped)
                 if self.pending and self.admission.may_start(gpu_room):
-                    job = self.pending.popleft()
+                    for job in self.pending:
+                        context = self.contexts.get(job.run_dir)
+                        job.user = context.user if context is not None else job.user
+                    job = min(self.pending, key=lambda j: (self.running_by_user[j.user], j.submitted))
+                    self.pending.remove(job)
                     self.admission.running += 1
+                    self.running_by_user[job.user] += 1
                     job.started = time.time()
                     return job
                 self.cond.wait(timeout=0.5)
@@ -234,10 +313,12 @@ class TrialWorker:
     def _run(self, job: Job) -> None:
         if job.stopped:
             return
-        if self.data_error:
-            job.events.put({"kind": "failed", "error": self.data_error})
+        ctx = self._context(job.run_dir)
+        if ctx is None or ctx.run_dir in self.data_errors:
+            job.events.put({"kind": "failed", "error": self.data_errors.get(job.run_dir) or
+                            f"WorkerDied: the pool's worker got no context for {job.run_dir}"})
             return
-        ctx = self.context
+        job.decisions = ctx.decisions
         trial_dir = RunDir(ctx.run_dir).trial(job.trial_id)
         trial_dir.path.mkdir(parents=True, exist_ok=True)
         try:
@@ -274,14 +355,15 @@ class TrialWorker:
             job.events.put({"kind": "failed", "error": failure(e)})
 
     def _mark(self, event: str, **details: Any) -> None:
-        """The worker's timeline (start, warm-up, trials), kept beside the run for the benchmarks:
+        """The worker's timeline (start, warm-up, sweeps, trials), kept beside each sweep it holds for the benchmarks:
         ``RUN_DIR/pool/worker-<pid>.json``."""
         with self.timeline_lock:
             self.timeline.append({"event": event, "at": time.time(), **details})
-            if self.context is not None:
-                path = RunDir(self.context.run_dir).path / "pool" / f"worker-{os.getpid()}.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(self.timeline))
+            for run_dir in {*self.contexts, *([details["run"]] if "run" in details else [])}:
+                path = RunDir(run_dir).path / "pool" / f"worker-{os.getpid()}.json"
+                if path.parent.parent.is_dir():  # a run directory that is still there
+                    path.parent.mkdir(exist_ok=True)
+                    path.write_text(json.dumps(self.timeline))
 
     def _out_of_memory(self, job: Job) -> None:
         gc.collect()
@@ -313,9 +395,15 @@ class TrialWorker:
             return True  # the last: nothing to wait for
         started = time.perf_counter()
         try:
-            return job.wait(epoch, self.settings.decision_epochs)
+            return job.wait(epoch)
         finally:
             job.waited_s = time.perf_counter() - started
+
+
+def warm_key(cfg: TrialConfig) -> str:
+    """What a warm-up step plans and compiles cuDNN's kernels for: the model, its input's shape and precision."""
+    return json.dumps([cfg.model.arch, cfg.model.encoder, cfg.model.batchnorm, list(cfg.data.size),
+                       cfg.trainer.batch_size, cfg.trainer.precision, cfg.trainer.channels_last])
 
 
 def gpu_room() -> float:

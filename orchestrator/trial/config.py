@@ -43,7 +43,8 @@ class TrialConfig:
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What the driver knows that every trial needs; passed with ``tune.with_parameters``."""
+    """What the driver knows that every trial of its sweep needs; attached to each worker of the pool, which may
+    hold several sweeps' at once (keyed by ``run_dir``)."""
 
     run_dir: str
     sweep: str
@@ -52,3 +53,7 @@ class TrialContext:
     data: PreparedData
     latency_proxy: dict[str, Any] | None = None
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    decisions: tuple[int, ...] = ()  # the full network's epochs where the sweep's scheduler may stop a trial
+    warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per worker
+    user: str = "local"  # whose sweep: a worker shares its slots fairly between users
+    lease: Any = None  # on a pool that outlives sweeps: a Ray actor of the sweep's driver, gone when the driver is

@@ -150,6 +150,13 @@ def resident_split(folder: str, split: ArrayPairs, device: torch.device) -> tupl
         return _RESIDENT[key]
 
 
+def release_resident(folders: list[str]) -> None:
+    """A finished sweep's splits leave the device (``resident_split``)."""
+    with _RESIDENT_LOCK:
+        for key in [k for k in _RESIDENT if k[0] in {str(f) for f in folders}]:
+            del _RESIDENT[key]
+
+
 class CachedData(L.LightningDataModule):
     """Batches of uint8 from the cache; conversion, augmentation and normalisation happen on the device after
     transfer (augmentation in training only)."""

@@ -64,3 +64,32 @@ def test_bench_sweep_on_cpu(tmp_path):
     assert saved["seeds"]["estimated_study_s"] == seeds["estimated_study_s"]
     md = (tmp_path / "b" / "bench_sweep.md").read_text()
     assert "| wall, `orchestrate run` to report |" in md and "Seeds' plain loop" in md
+
+
+@pytest.mark.slow
+def test_bench_sweep_pool_on_cpu(tmp_path):
+    """``--pool``: cold, a pool started for the study, warm twice, two users at once; every run's figures from its
+    own store, the warm runs on the pool's worker processes, and the pool gone at the end."""
+    from orchestrator.bench.sweep import run_pool_bench
+    from orchestrator.pool.resident import read_state
+
+    spec = {"name": "bp", "data": {"dataset": "idd_lite", "root": "${IDD_LITE_ROOT}", "task": "binary",
+                                   "size": [64, 96], "resize": "pad"},
+            "model": {"arch": "unet", "encoder": "resnet18"}, "loss": {"name": "dice"},
+            "optimizer": {"name": "adam", "lr": {"choice": [0.003, 0.001]}},
+            "trainer": {"max_epochs": 1, "batch_size": 4, "log_images": 0, "best_worst": 0},
+            "search": {"algorithm": "grid", "metric": "val/iou/road", "mode": "max", "scheduler": {"name": "none"}},
+            "resources": {"cpus_per_trial": 1}, "tracking": {"wandb": {"mode": "disabled"}}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_pool_bench(SweepBench(path, shape=(8, 4, 57, 80), seeds_sample=0), tmp_path / "b")
+    runs = [result["cold"], result["warm_first"], result["warm"], *result["two_users"]]
+    assert all(r["trials"] == 2 and r["statuses"] == {"completed": 2} for r in runs)
+    assert all(r["first_step_s"] is not None and 0 < r["first_step_s"] < r["wall_s"] for r in runs)
+    pool_pids = {w["pid"] for w in result["warm"]["workers"]}
+    assert {w["pid"] for w in result["warm_first"]["workers"]} == pool_pids  # the same processes, warm
+    assert not pool_pids & {w["pid"] for w in result["cold"]["workers"]}
+    assert result["two_users_x_warm"] > 0 and result["pool_start_s"] > 0
+    assert read_state(tmp_path / "b" / "pool.json") is None  # stopped
+    md = (tmp_path / "b" / "bench_pool.md").read_text()
+    assert "| on the pool, warm |" in md and "Two users at once" in md

@@ -21,8 +21,10 @@ def worker(synthetic_root, tmp_path):
     spec["trainer"] = {"max_epochs": 3, "batch_size": 4, "log_images": 0, "best_worst": 0, "checkpoint_every_s": 0}
     sweep = build_sweep(spec)
     data = prepare_data(sweep.spec.data, tmp_path / "cache")
-    w = TrialWorker(WorkerSettings(slots=1, limit=1, threads=1, memory_aware=True, decision_epochs=(1,)))
-    w.attach(TrialContext(run_dir=str(tmp_path / "run"), sweep="tiny", metric="val/miou", mode="max", data=data))
+    w = TrialWorker(WorkerSettings(slots=1, limit=1, threads=1, memory_aware=True))
+    (tmp_path / "run").mkdir()
+    w.attach(TrialContext(run_dir=str(tmp_path / "run"), sweep="tiny", metric="val/miou", mode="max", data=data,
+                          decisions=(1,)))
     return w, sweep.fixed_config(), tmp_path / "run"
 
 
@@ -100,3 +102,29 @@ def test_a_restarted_trial_does_not_report_its_epochs_twice(worker):
     assert job.events.empty()  # retrained epochs 1 and 2 stay quiet
     assert w._send(job, {"epoch": 3.0}, None) is True  # not a decision epoch: runs on
     assert job.events.get_nowait()["metrics"]["epoch"] == 3.0
+
+
+def test_several_sweeps_share_the_slots_fairly_and_a_detached_sweep_goes(worker, tmp_path):
+    """Two users' sweeps on one worker: a slot that frees goes to the user with the fewest trials running; a sweep
+    detached drops its trials still waiting, and its context goes."""
+    w, config, run_dir = worker
+    other = tmp_path / "other"
+    other.mkdir()
+    alice = w.contexts[str(run_dir)]
+    import dataclasses
+
+    w.contexts[str(run_dir)] = dataclasses.replace(alice, user="alice")
+    w.attach(dataclasses.replace(alice, run_dir=str(other), user="bob", decisions=()), warm=False)
+    with w.cond:  # held throughout (re-entrant): the worker's own slot thread takes nothing meanwhile
+        # as if two slots: one alice trial runs, alice and bob each wait with one (alice's the older)
+        w.admission.limit, w.admission.running, w.running_by_user["alice"] = 2, 1, 1
+        for trial_id, run in (("a2", run_dir), ("b1", other)):
+            w.start(trial_id, config, None, str(run))
+        job = w._take()
+        assert job.trial_id == "b1" and job.user == "bob"  # bob had none running
+        w.admission.running, w.running_by_user["alice"], w.running_by_user["bob"] = 2, 0, 0  # slots taken: none starts
+        w.detach(str(run_dir))
+        assert str(run_dir) not in w.contexts and w.jobs["b1"].run_dir == str(other) and "a2" not in w.jobs
+        w.stop("b1")
+        w.admission.running = 0
+    assert w._context(str(run_dir), timeout=0.1) is None
