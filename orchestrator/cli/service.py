@@ -52,10 +52,10 @@ def serve(
 
     data = data.absolute()
     gpu_list = None if address else machine_gpus(gpus)
-    if address:  # as orchestrate run --address: a pool's Ray (orchestrate pool start) takes its token, which the
-        from orchestrator.pool.resident import join_token  # runners inherit; lazy: only a joining server needs it
+    if address:  # a pool's Ray (orchestrate pool start) takes its token, as orchestrate run --address does
+        from orchestrator.pool.resident import join_token  # lazy: only a joining server needs it
 
-        join_token(address)
+        join_token(address)  # into this environment, which the runners inherit
     policy = SubmitPolicy(data_roots(data_root or [], data))
     os.environ[TARGETS_ENV] = str(data / "targets.json")  # the registry the server checks and its runners measure with
     scheduler = Scheduler(ServiceDB(data / "service.db"), data, gpu_list, max_running, address)
