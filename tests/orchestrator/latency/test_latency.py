@@ -5,11 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ from orchestrator.latency.agent import summarize
 from orchestrator.latency.bench import measure_onnx, measure_torch
 from orchestrator.latency.remote import measure_remote, parse_facts
 from orchestrator.latency.trtexec import parse_trtexec
+from tests.orchestrator.conftest import free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trtexec"
 KEYS = {"backend", "target", "shape", "fp16", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer",
@@ -127,45 +124,6 @@ def test_jetson_device_facts():
     assert parse_facts("\n---\n---\n---\n---\n---\nx86_64") == {"arch": "x86_64"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real OpenSSH server on loopback with key authentication only (Debian's openssh-server; .ci/run installs it)."""
-    daemon = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not Path(daemon).is_file():
-        pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
-    port = _free_port()
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\nAuthorizedKeysFile {home / 'authorized_keys'}\n"
-        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n"
-        f"StrictModes no\nPermitRootLogin prohibit-password\nPidFile {home / 'sshd.pid'}\n"
-        f"Subsystem sftp internal-sftp\nAcceptEnv none\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen([daemon, "-D", "-e", "-f", str(home / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            assert server.poll() is None, server.stderr.read()
-            time.sleep(0.1)
-    options = [f"IdentityFile={home / 'client_key'}", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
-               "LogLevel=ERROR"]
-    yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}", options
-    server.terminate()
-    server.wait(10)
-
-
 def test_remote_target_over_real_ssh(sshd, enet_onnx):
     url, options = sshd
     _, path = enet_onnx
@@ -185,7 +143,7 @@ def test_remote_target_over_real_ssh(sshd, enet_onnx):
 def test_remote_errors_are_one_line(sshd, enet_onnx, tmp_path):
     url, options = sshd
     _, path = enet_onnx
-    closed = f"ssh://{getpass.getuser()}@127.0.0.1:{_free_port()}"
+    closed = f"ssh://{getpass.getuser()}@127.0.0.1:{free_port()}"
     with pytest.raises(SegsweepError, match=r"127.0.0.1:\d+: cannot connect"):
         measure_remote(closed, "ort-cpu", path, [1, 3, 64, 96], 0, 1, ssh_options=options)
     with pytest.raises(SegsweepError, match=r"ort-cpu failed: .*/no/python: .*No such file or directory$"):
@@ -194,3 +152,61 @@ def test_remote_errors_are_one_line(sshd, enet_onnx, tmp_path):
         measure_remote(url, "trtexec", path, [1, 3, 64, 96], 0, 1, ssh_options=options)
     with pytest.raises(SegsweepError, match="expected ssh://"):
         measure_remote("http://x", "ort-cpu", path, [1, 3, 64, 96], 0, 1)
+
+
+# every way people reach for to make ssh run a command here (or read a config that may), as -o takes them
+COMMAND_OPTIONS = ["ProxyCommand=touch {f}", "proxycommand touch {f}", " ProxyCommand = touch {f}",
+                   "LocalCommand=touch {f}", "PermitLocalCommand=yes", "KnownHostsCommand=/bin/sh -c 'touch {f}'",
+                   "Match=exec \"touch {f}\"", "Include={f}.conf", "ProxyJump=x@127.0.0.1:9", "SendEnv=*",
+                   "PKCS11Provider=/tmp/x.so"]
+
+
+def test_ssh_options_that_run_commands_are_refused_for_cli_users_too(sshd, enet_onnx, tmp_path):
+    """ssh's -o options come from a known-safe set, for ``orchestrate bench``, a sweep's ssh_options and registered
+    targets alike: each refusal is one line naming the option, and no command runs (no file appears)."""
+    url, options = sshd
+    _, path = enet_onnx
+    marker = tmp_path / "ran"
+    (tmp_path / "ran.conf").write_text(f"ProxyCommand touch {marker}\n")  # what an Include would read
+    runner = CliRunner()
+    for bad in COMMAND_OPTIONS:
+        option = bad.format(f=marker)
+        key = option.strip().split("=")[0].split()[0]
+        with pytest.raises(SegsweepError, match=rf"^ssh option {key}: refused \(") as refused:
+            runner.invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--target", url,
+                                *[a for o in [*options, option] for a in ("--ssh-option", o)]], catch_exceptions=False)
+        assert "\n" not in str(refused.value)
+        with pytest.raises(SegsweepError, match=rf"ssh option {key}: refused"):
+            measure_remote(url, "ort-cpu", path, [1, 3, 64, 96], 0, 1, ssh_options=[*options, option])
+    for url_bad in ["ssh://-oProxyCommand=touch%20x@127.0.0.1", "ssh://-oProxyCommand=touch", "ssh://a;b@127.0.0.1",
+                    "ssh://127.0.0.1/path", "ssh://u:pw@127.0.0.1"]:
+        with pytest.raises(SegsweepError, match="ssh://"):
+            measure_remote(url_bad, "ort-cpu", path, [1, 3, 64, 96], 0, 1, ssh_options=options)
+    assert not marker.exists()
+
+
+def test_a_registered_target_is_measured_by_name_over_real_ssh(sshd, enet_onnx, tmp_path, monkeypatch):
+    """``orchestrate target add`` keeps the address, options and interpreter; ``bench --target NAME`` and a sweep's
+    ``export.targets: [NAME]`` use them, and results name the target, not its address."""
+    url, options = sshd
+    _, path = enet_onnx
+    monkeypatch.setenv("SEGSWEEP_TARGETS", str(tmp_path / "targets.json"))
+    runner = CliRunner()
+    add = ["target", "add", "loop", url, "--remote-python", sys.executable, "--data", str(tmp_path),
+           *[a for o in options for a in ("--ssh-option", o)]]
+    assert runner.invoke(app, add, catch_exceptions=False).exit_code == 0
+    with pytest.raises(SegsweepError, match="target loop exists"):
+        runner.invoke(app, add, catch_exceptions=False)
+    with pytest.raises(SegsweepError, match="ssh option ProxyCommand: refused"):
+        runner.invoke(app, ["target", "add", "evil", url, "--ssh-option", f"ProxyCommand=touch {tmp_path / 'x'}",
+                            "--data", str(tmp_path)], catch_exceptions=False)
+    listed = runner.invoke(app, ["target", "list", "--data", str(tmp_path)]).stdout
+    assert listed.startswith(f"loop  {url}  -o IdentityFile=") and "evil" not in listed
+    result = runner.invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--warmup", "1",
+                                 "--iters", "4", "--target", "loop", "--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["target"] == "loop"
+    with pytest.raises(SegsweepError, match=r"unknown target 'lop' \(did you mean 'loop'\? registered: loop"):
+        measure_remote("lop", "ort-cpu", path, [1, 3, 64, 96], 0, 1)
+    assert runner.invoke(app, ["target", "remove", "loop", "--data", str(tmp_path)]).exit_code == 0
+    assert not (tmp_path / "x").exists()
