@@ -18,15 +18,16 @@
 # DRY_RUN=1: on any machine, check every part's study and --set keys with `orchestrate validate` and run nothing
 # (tests/test_benchmarks.py does, on CPU). Time limits: BINARY_S, MULTICLASS_S, REAL_S, ENET_S, TRAIN_S, TESTS_S.
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
-# /tmp/segsweep-parts; this one carries the last (.wheels/part3) and, for `real` and `enet-check`, .data. Summaries
-# land in $OUT (runs stay in /tmp: too many files).
+# /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts of
+# <= 64 MiB with the tree) and, for `real` and `enet-check`, .data. Summaries land in $OUT (runs stay in /tmp).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-sweep-out}
 mkdir -p "$OUT"
 if [ -z "${DRY_RUN:-}" ]; then
-  if [ -d .wheels/part3 ]; then
-    bash .wheels/part3/install.sh > /dev/null || exit 1
+  last=$(ls -d .wheels/part3 .wheels2/partB 2>/dev/null | head -1)  # the last part carried (three parts, or two)
+  if [ -n "$last" ]; then
+    bash "$last/install.sh" > /dev/null || exit 1
     # the wheels go in with --no-compile (one call's time): compile them as pip's own install does, so that the
     # first study of a call does not pay the bytecode compilation of Ray, W&B and smp in every process
     python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1
@@ -99,6 +100,7 @@ for part in ${@:-binary multiclass}; do
       timeout "${POOL_S:-590}" python3 -m orchestrator.cli bench-sweep "$STUDY" --pool --seeds-sample 0 \
         --out /tmp/bs-pool > "$OUT/pool.log" 2>&1
       echo "pool rc=$?"; cat /tmp/bs-pool/bench_pool.md; cp /tmp/bs-pool/bench_pool.md /tmp/bs-pool/bench_pool.json "$OUT/"
+      for f in /tmp/bs-pool/orchestrate_*.log; do tail -2 "$f"; done
       tail -3 /tmp/bs-pool/pool.log ;;
     train)
       if [ -n "${DRY_RUN:-}" ]; then python3 -m orchestrator.cli bench-train --help > /dev/null && echo "train: ok"

@@ -1,6 +1,6 @@
 """GPUs as NVML sees them: utilisation and SM clock sampling (``GpuSampler``), a process's GPU memory, the GPU's
-identity, and NVML's index of a CUDA device. No CUDA context is made here; without NVML (``nvidia-ml-py``) it falls
-back to ``nvidia-smi``, and without either it records nothing and says so.
+identity, the machine's GPU count, and NVML's index of a CUDA device. No CUDA context is made here; without NVML
+(``nvidia-ml-py``) it falls back to ``nvidia-smi``, and without either it records nothing and says so.
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ def nvml_index(cuda_index: int = 0) -> int:
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
     entry = visible[cuda_index] if cuda_index < len(visible) else ""
     return int(entry) if entry.isdigit() else cuda_index
+
+
+def gpu_count() -> int:
+    """The machine's GPUs (NVML's count, else ``nvidia-smi -L``'s), whatever CUDA_VISIBLE_DEVICES says; 0 without a
+    driver."""
+    pynvml = nvml()
+    if pynvml is not None:
+        return pynvml.nvmlDeviceGetCount()
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
 def gpu_identity() -> str | None:

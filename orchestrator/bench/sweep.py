@@ -99,23 +99,28 @@ def run_pool_bench(b: SweepBench, out: Path) -> dict[str, Any]:
     pool; ``pool stop``. The figures of each, and the two users' walls against the warm one."""
     out.mkdir(parents=True, exist_ok=True)
     root = b.root or generate_synthetic(out / "data", *b.shape)
-    result: dict[str, Any] = {"cold": timed_run(b, root, out, "cold")}
+    result: dict[str, Any] = {}
+
+    def keep(key: str, value: Any) -> None:  # each figure saved as it comes: a run cut short keeps the earlier ones
+        result[key] = value
+        (out / "bench_pool.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / "bench_pool.md").write_text(pool_markdown(result))
+
+    keep("cold", timed_run(b, root, out, "cold"))
     state = out / "pool.json"
     started = time.time()
     info = start_holder(state, pool_resources(b, root), log=out / "pool.log")
-    result["pool_start_s"] = round(time.time() - started, 2)
+    keep("pool_start_s", round(time.time() - started, 2))
     try:
-        result["warm_first"] = timed_run(b, root, out, "warm1", info["address"], pool_state=state)
-        result["warm"] = timed_run(b, root, out, "warm2", info["address"], pool_state=state)
+        keep("warm_first", timed_run(b, root, out, "warm1", info["address"], pool_state=state))
+        keep("warm", timed_run(b, root, out, "warm2", info["address"], pool_state=state))
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             both = list(pool.map(lambda user: timed_run(b, root, out, f"two-{user}", info["address"], user, state),
                                  ("alice", "bob")))
         result["two_users"] = both
-        result["two_users_x_warm"] = round(max(r["wall_s"] for r in both) / result["warm"]["wall_s"], 2)
+        keep("two_users_x_warm", round(max(r["wall_s"] for r in both) / result["warm"]["wall_s"], 2))
     finally:
         stop_holder(state)
-    (out / "bench_pool.json").write_text(json.dumps(result, indent=1, default=str))
-    (out / "bench_pool.md").write_text(pool_markdown(result))
     return result
 
 
@@ -132,13 +137,16 @@ def pool_markdown(r: dict[str, Any]) -> str:
                 f"{x['train_images_per_s_fit']:,.0f} | {busy} | {next(iter(x['best'].values())) or float('nan'):.4f} |")
     lines = [f"`orchestrate bench-sweep {r['cold']['spec']} --pool` ({' '.join(r['cold']['sets'])})", "",
              "| run | wall, run to report | first step after `orchestrate run` | train images/s (fit) | GPU busy (fit)"
-             " | best |", "|---|---:|---:|---:|---:|---:|",
-             row("cold: its own Ray and workers", r["cold"]),
-             row("on the pool, first (its kernels compile)", r["warm_first"]),
-             row("on the pool, warm", r["warm"])]
-    lines += [row(f"two users at once: {x['run_dir'].split('/')[-1].split('-')[1]}", x) for x in r["two_users"]]
-    lines += ["", f"`orchestrate pool start`: {r['pool_start_s']:.1f} s. Two users at once: the later finished "
-                  f"**{r['two_users_x_warm']}x** the warm run's wall."]
+             " | best |", "|---|---:|---:|---:|---:|---:|"]
+    for key, label in (("cold", "cold: its own Ray and workers"), ("warm_first", "on the pool, first (its kernels "
+                       "compile)"), ("warm", "on the pool, warm")):
+        if key in r:
+            lines.append(row(label, r[key]))
+    lines += [row(f"two users at once: {x['run_dir'].split('/')[-1].split('-')[1]}", x) for x in r.get("two_users", [])]
+    if "pool_start_s" in r:
+        lines += ["", f"`orchestrate pool start`: {r['pool_start_s']:.1f} s."]
+    if "two_users_x_warm" in r:
+        lines += [f"Two users at once: the later finished **{r['two_users_x_warm']}x** the warm run's wall."]
     return "\n".join(lines) + "\n"
 
 

@@ -18,11 +18,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="segsweep: sweep orchestration for semantic-segmentation experiments.")
 for command in (sweeps.validate, sweeps.run, sweeps.resume, sweeps.extend, sweeps.status, sweeps.evaluate,
                 deploy.model_info, deploy.export, deploy.bench, deploy.bench_train, deploy.bench_sweep, sweeps.report,
-                sweeps.list_, service.serve, service.submit, service.queue, service.cancel, service.logs):
+                sweeps.list_, service.serve, service.submit, service.queue, service.cancel, service.logs,
+                service.bench_serve):
     app.command(command.__name__.strip("_").replace("_", "-"))(command)
 app.add_typer(data.app, name="data")
 app.add_typer(pool.app, name="pool")
 app.add_typer(service.token_app, name="token")
+app.add_typer(service.target_app, name="target")
 
 
 def fail(message: str, code: int = 1) -> None:

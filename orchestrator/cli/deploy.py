@@ -68,9 +68,12 @@ def bench(
     fp16: Annotated[bool, typer.Option("--fp16")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (onnxruntime intra-op, or torch on a CPU); "
                                                    "default: the runtime's own")] = None,
-    target: Annotated[Optional[str], typer.Option(help="ssh://user@host[:port] to measure on a remote device")] = None,
+    target: Annotated[Optional[str], typer.Option(help="ssh://user@host[:port], or a registered target's name "
+                                                 "(orchestrate target list), to measure on a remote device")] = None,
     remote_python: Annotated[str, typer.Option(help="interpreter on the target")] = "python3",
-    ssh_option: Annotated[Optional[list[str]], typer.Option(help="passed to ssh as -o KEY=VALUE (repeatable)")] = None,
+    ssh_option: Annotated[Optional[list[str]], typer.Option(
+        help="passed to ssh as -o KEY=VALUE (repeatable; options that run commands, like ProxyCommand, are refused)")
+    ] = None,
     format: TextFormatOption = TextFormat.text,
 ) -> None:
     """Latency of a model: warm-up, timed iterations, mean / p50 / p90 / p99, throughput, versions, device."""

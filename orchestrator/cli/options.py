@@ -10,6 +10,9 @@ import typer
 from orchestrator.errors import SegsweepError
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override a dotted key: --set optimizer.lr=3e-4")]
+ServerOption = Annotated[Optional[str], typer.Option("--server", help="the service's URL (default $SEGSWEEP_SERVER "
+                                                     "or http://127.0.0.1:8765)")]
+TokenOption = Annotated[Optional[str], typer.Option("--token", help="your token (default $SEGSWEEP_TOKEN)")]
 
 
 class TextFormat(str, Enum):

@@ -1,4 +1,5 @@
-"""Commands over sweeps and their run directories: validate, run, resume, status, report, list."""
+"""Commands over sweeps and their run directories: validate, run, resume, extend (of a run directory, or of a
+service's sweep), status, report, list."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli.options import ReportFormat, ReportFormatOption, SetOption
+from orchestrator.cli.options import ReportFormat, ReportFormatOption, ServerOption, SetOption, TokenOption
+from orchestrator.cli.service import on_server, requeue
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
 from orchestrator.store import Store, every_trial_failed, progress_line
@@ -57,10 +59,17 @@ def run(
 
 
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="run directory of an interrupted sweep")],
+    run_dir: Annotated[Path, typer.Argument(help="run directory of an interrupted sweep, or a sweep id of the service "
+                                            "(with --server or $SEGSWEEP_SERVER)")],
     address: Annotated[Optional[str], typer.Option(help="join a running Ray cluster")] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Finish an interrupted sweep: finished trials are kept, none is run twice."""
+    """Finish an interrupted sweep: finished trials are kept, none is run twice. On the service: a failed or
+    cancelled sweep goes back to the queue to resume."""
+    if on_server(run_dir, server):
+        requeue(str(run_dir), "resume", server, token)
+        return
     joining(address)
     from orchestrator.study import resume_sweep  # lazy: imports Ray
 
@@ -97,12 +106,18 @@ def evaluate(
 
 
 def extend(
-    run_dir: Annotated[Path, typer.Argument(help="run directory of a finished or interrupted sweep")],
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a finished or interrupted sweep, or a sweep id of "
+                                            "the service (with --server or $SEGSWEEP_SERVER)")],
     trials: Annotated[int, typer.Option("--trials", min=1, help="more trials to run")] = 8,
     address: Annotated[Optional[str], typer.Option(help="join a running Ray cluster")] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Continue a study with N more trials: the same Optuna study (or more random points), store and report; an
-    interrupted run finishes its own trials first."""
+    interrupted run finishes its own trials first. On the service: an ended sweep goes back to the queue for them."""
+    if on_server(run_dir, server):
+        requeue(str(run_dir), "extend", server, token, trials=trials)
+        return
     joining(address)
     from orchestrator.study import extend_sweep  # lazy: imports Ray
 

@@ -18,6 +18,7 @@ from orchestrator.errors import SegsweepError
 from orchestrator.latency.bench import LatencyResult, check_backend, measure_onnx, measure_torch
 from orchestrator.latency.engines import LocalDevice, measure_trtexec
 from orchestrator.latency.remote import measure_remote
+from orchestrator.latency.targets import resolve_target
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ def measure(backend: str, shape: list[int], protocol: Protocol = Protocol(), *, 
             onnx_path: Path | None = None, target: str = "local", remote_python: str = "python3",
             ssh_options: tuple[str, ...] = ()) -> LatencyResult:
     """Time ``model`` (torch backends, this machine only) or ``onnx_path`` (onnxruntime backends and trtexec, here or
-    on ``target``, ``ssh://user@host[:port]``) at input ``shape`` (NxCxHxW)."""
+    on ``target``: ``ssh://user@host[:port]`` or a registered target's name) at input ``shape`` (NxCxHxW)."""
     check_backend(backend)
+    if target != "local":
+        resolve_target(target, ssh_options, remote_python)  # a bad target or ssh option: refused before any export
     if backend.startswith("torch"):
         if model is None:
             raise SegsweepError(f"{backend} needs the PyTorch model: give a run directory or --arch, not an ONNX file")

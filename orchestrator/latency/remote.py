@@ -1,8 +1,9 @@
 """Remote targets (a Jetson) over SSH with the system OpenSSH client, so ``~/.ssh/config`` aliases and keys work.
 
 The model and the self-contained agent are copied into a temporary folder on the target, timed there (onnxruntime
-through the agent, or trtexec), and the folder is removed. Every remote command is built with ``shlex.join``:
-no argument reaches the remote shell unquoted.
+through the agent, or trtexec), and the folder is removed. ssh and scp run with an argument list (no local shell),
+their ``-o`` options checked against a known-safe set (``targets.ssh_option_args``), the destination after ``--``;
+every remote command is built with ``shlex.join``: no argument reaches the remote shell unquoted.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import re
 import shlex
 import subprocess
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from orchestrator.errors import SegsweepError
 from orchestrator.latency.bench import ORT_PROVIDERS, LatencyResult, result_from_agent, result_from_trtexec
+from orchestrator.latency.targets import SshTarget, resolve_target, ssh_option_args
 from orchestrator.latency.trtexec import trtexec_command
 
 AGENT = Path(__file__).with_name("agent.py")
@@ -29,37 +29,10 @@ FACTS_SCRIPT = ("cat /proc/device-tree/model 2>/dev/null; echo; echo ---; cat /e
                 "echo ---; uname -m")
 
 
-@dataclass(frozen=True)
-class SshTarget:
-    url: str
-    host: str
-    user: str | None = None
-    port: int | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> SshTarget:
-        parsed = urlparse(url)
-        if parsed.scheme != "ssh" or not parsed.hostname:
-            raise SegsweepError(f"--target {url}: expected ssh://[user@]host[:port] (an ~/.ssh/config alias works)")
-        return cls(url=url, host=parsed.hostname, user=parsed.username, port=parsed.port)
-
-    @property
-    def destination(self) -> str:
-        return f"{self.user}@{self.host}" if self.user else self.host
-
-
-def _options(options: list[str]) -> list[str]:
-    out = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    for option in options:
-        if "=" not in option:
-            raise SegsweepError(f"--ssh-option {option}: expected KEY=VALUE, e.g. IdentityFile=~/.ssh/jetson")
-        out += ["-o", option]
-    return out
-
-
 def _ssh(target: SshTarget, options: list[str], command: list[str] | str, timeout: float = 600) -> str:
     remote = command if isinstance(command, str) else shlex.join(command)
-    argv = ["ssh", *_options(options), *(["-p", str(target.port)] if target.port else []), target.destination, remote]
+    argv = ["ssh", *ssh_option_args(options), *(["-p", str(target.port)] if target.port else []), "--",
+            target.destination, remote]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -80,7 +53,7 @@ class RemoteCommandError(SegsweepError):
 
 
 def _copy(target: SshTarget, options: list[str], files: list[Path], folder: str) -> None:
-    argv = ["scp", "-q", *_options(options), *(["-P", str(target.port)] if target.port else []),
+    argv = ["scp", "-q", *ssh_option_args(options), *(["-P", str(target.port)] if target.port else []), "--",
             *map(str, files), f"{target.destination}:{folder}/"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -108,12 +81,13 @@ def parse_facts(text: str) -> dict[str, str]:
 def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int,
                    fp16: bool = False, remote_python: str = "python3", ssh_options: list[str] | None = None,
                    threads: int | None = None) -> LatencyResult:
-    """Copy ``onnx_path`` to the target, time it there with ``backend`` (ort-* through the agent, or trtexec)."""
+    """Copy ``onnx_path`` to the target (``ssh://...`` or a registered name: then its own address, options and
+    interpreter), time it there with ``backend`` (ort-* through the agent, or trtexec)."""
     if backend not in (*ORT_PROVIDERS, "trtexec"):
         raise SegsweepError(f"{backend}: remote targets run onnxruntime backends or trtexec, not PyTorch")
+    target, options, remote_python = resolve_target(url, tuple(ssh_options or ()), remote_python)
     if not Path(onnx_path).is_file():
         raise SegsweepError(f"{onnx_path}: no such ONNX file")
-    target, options = SshTarget.parse(url), ssh_options or []
     folder = f"/tmp/segsweep-bench-{uuid.uuid4().hex[:10]}"
     _ssh(target, options, ["mkdir", "-p", folder], timeout=60)
     try:

@@ -1,7 +1,9 @@
 """The HTTP side of ``orchestrate serve`` (FastAPI): JSON endpoints under ``/api/``, live progress as server-sent
-events, and the web pages (``pages``). Every call needs a user: a bearer token, or the signed cookie the login page
-sets. A user sees and acts on their own sweeps, an admin on all; someone else's sweep is a 404 like a missing one.
-Every refusal is one line: ``{"error": "..."}``.
+events, and the web pages (``pages``). Every call needs a user: a bearer token, or (to read) the signed cookie the
+login page sets. A user sees and acts on their own sweeps, an admin on all; someone else's sweep is a 404 like a
+missing one. A submitted spec passes the service's policy (``policy``) before it is validated. Every refusal is one
+line: ``{"error": "..."}``, or a page with the line for a browser. Every request passes ``edge`` (the body limit,
+counted; the security headers).
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from itsdangerous import URLSafeTimedSerializer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import KNOWN_ERRORS
-from orchestrator.service.access import current_user, one_line, owned_sweep, progress, run_store
+from orchestrator.service.access import Throttle, current_user, from_store, one_line, owned_sweep, progress
 from orchestrator.service.db import ACTIVE, ServiceDB, SweepRow, User
-from orchestrator.service.pages import page_routes
+from orchestrator.service.edge import BodyLimit, SecurityHeaders
+from orchestrator.service.pages import error_page, page_routes, wants_html
+from orchestrator.service.policy import UNSET_ON_SERVER, SubmitPolicy
 from orchestrator.service.queue import Scheduler
 from orchestrator.spec.load import load_spec_text
+from orchestrator.store import Store
 from reports.build import report_json
 
 MAX_BODY = 256 * 1024  # a spec is a few KB; anything near this is a mistake
@@ -33,9 +39,11 @@ MAX_BODY = 256 * 1024  # a spec is a few KB; anything near this is a mistake
 
 class Submit(BaseModel):
     spec: str = Field(description="the sweep file's text")
-    sets: list[str] = Field(default_factory=list, description="--set key=value overrides")
+    sets: list[str] = Field(default_factory=list, description="--set key=value overrides (applied before ${VAR})")
+    env: dict[str, str] = Field(default_factory=dict, description="values of the spec's ${VAR}s, from the client's "
+                                "environment: the server never reads its own")
     priority: int = 0
-    filename: str = "spec.yaml"  # names the file in one-line errors, as the CLI's do
+    filename: str = Field("spec.yaml", max_length=200)  # names the file in one-line errors, as the CLI's do
 
 
 class Extend(BaseModel):
@@ -51,31 +59,32 @@ def secret_key(data: Path) -> str:
     return path.read_text().strip()
 
 
-def create_app(data: Path, scheduler: Scheduler) -> FastAPI:
+def create_app(data: Path, scheduler: Scheduler, policy: SubmitPolicy = SubmitPolicy()) -> FastAPI:
     db: ServiceDB = scheduler.db
     signer = URLSafeTimedSerializer(secret_key(data), salt="segsweep-login")
-    app = FastAPI(title="segsweep", docs_url=None, redoc_url=None)
+    app = FastAPI(title="segsweep", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.db, app.state.scheduler, app.state.signer, app.state.data = db, scheduler, signer, data
+    app.state.throttle = Throttle()
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so the body limit's refusals carry the headers too
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            return one_line(413, f"request body over {MAX_BODY // 1024} KB: a sweep file is a few KB")
-        return await call_next(request)
+    def refusal(request: Request, status: int, message: str) -> Response:
+        return error_page(status, message) if wants_html(request) else one_line(status, message)
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException is one too; so is an unknown path
-    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
         detail = str(e.detail) if e.status_code != 404 or e.detail != "Not Found" else \
             f"no such page or endpoint: {request.url.path}"
-        return one_line(e.status_code, detail)
+        return refusal(request, e.status_code, detail)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_body(request: Request, e: RequestValidationError) -> JSONResponse:
+    async def bad_body(request: Request, e: RequestValidationError) -> Response:
         first = e.errors()[0]
         if first.get("type") == "json_invalid":
-            return one_line(422, f"request body: not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})")
+            return refusal(request, 422, f"request body: not valid JSON "
+                                         f"({first.get('ctx', {}).get('error', 'decode error')})")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request body"
-        return one_line(422, f"{where}: {first.get('msg', 'invalid')}")
+        return refusal(request, 422, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.get("/api/sweeps")
     def list_sweeps(user: User = Depends(current_user)) -> list[dict[str, Any]]:
@@ -84,7 +93,8 @@ def create_app(data: Path, scheduler: Scheduler) -> FastAPI:
     @app.post("/api/sweeps", status_code=201)
     def submit(body: Submit, user: User = Depends(current_user)) -> dict[str, Any]:
         try:
-            sweep = load_spec_text(body.spec, body.sets, body.filename)
+            sweep = load_spec_text(body.spec, body.sets, body.filename, environ=body.env, hint=UNSET_ON_SERVER,
+                                   screen=policy.screen)
         except KNOWN_ERRORS as e:
             raise HTTPException(422, str(e)) from None
         sweep_id = secrets.token_hex(6)
@@ -98,18 +108,18 @@ def create_app(data: Path, scheduler: Scheduler) -> FastAPI:
 
     @app.get("/api/sweeps/{sweep_id}/trials")
     def trials(row: SweepRow = Depends(owned_sweep)) -> list[dict[str, Any]]:
-        store = run_store(row)
-        if store is None:
-            return []
-        metric = store.meta().get("metric", "val/miou")
-        return [{"id": t.id, "status": t.status, "epochs": t.epochs, metric: t.best.get(metric), "error": t.error,
-                 "config": t.config} for t in store.trials()]
+        def rows(store: Store) -> list[dict[str, Any]]:
+            metric = store.meta().get("metric", "val/miou")
+            return [{"id": t.id, "status": t.status, "epochs": t.epochs, metric: t.best.get(metric), "error": t.error,
+                     "config": t.config} for t in store.trials()]
+        return from_store(row, "trials", rows) or []
 
     @app.get("/api/sweeps/{sweep_id}/report")
     def report(row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
-        if run_store(row) is None:
+        found = from_store(row, "report", lambda _: report_json(row.run_dir))
+        if found is None:
             raise HTTPException(404, f"sweep {row.id} has no results yet ({row.state})")
-        return report_json(row.run_dir)
+        return found
 
     @app.get("/api/sweeps/{sweep_id}/logs")
     def logs(offset: int = 0, row: SweepRow = Depends(owned_sweep)) -> dict[str, Any]:
@@ -123,15 +133,18 @@ def create_app(data: Path, scheduler: Scheduler) -> FastAPI:
 
     @app.get("/api/sweeps/{sweep_id}/events")
     async def events(request: Request, row: SweepRow = Depends(owned_sweep)) -> StreamingResponse:
+        def snapshot() -> dict[str, Any]:
+            current = db.sweep(row.id)
+            return {"state": current.state, "progress": progress(current), "error": current.error}
+
         async def stream():
             last = None
             while not await request.is_disconnected():
-                current = db.sweep(row.id)
-                state = {"state": current.state, "progress": progress(current), "error": current.error}
+                state = await run_in_threadpool(snapshot)  # SQLite: off the event loop, which serves every client
                 if state != last:
                     yield f"data: {json.dumps(state)}\n\n"
                     last = state
-                if current.state not in ACTIVE:
+                if state["state"] not in ACTIVE:
                     return
                 await asyncio.sleep(1.0)
         return StreamingResponse(stream(), media_type="text/event-stream")

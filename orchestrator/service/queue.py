@@ -3,7 +3,9 @@ runner process; what became of each runner; and, after the server itself was kil
 
 A sweep takes one GPU of ``--gpus`` (several run at once when there are GPUs for them); without ``--gpus`` at most
 ``max_running`` run at once (a Ray cluster's, with ``--address``). Next is the queued sweep of the user with the
-fewest running, then the highest priority, then the oldest.
+fewest running, then the highest priority, then the oldest. Without ``--address`` a runner starts a Ray of its own
+(never one it finds running on the machine), listening on the loopback address only, its dashboard off (the
+driver's ``init_ray``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ class Scheduler:
         log.parent.mkdir(parents=True, exist_ok=True)
         status_file(self.data, row.id).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if not self.address:
+            # a Ray of the sweep's own (not whatever `ray start` cluster runs on this machine, which ray.init would
+            # join), on 127.0.0.1 (Ray's single-machine switch): its GCS, raylet, object manager and workers listen
+            # on loopback, not on every interface
+            env |= {"RAY_ADDRESS": "local", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         command = [sys.executable, "-m", "orchestrator.service.runner", str(self.data), row.id]

@@ -41,7 +41,9 @@ def run(data: Path, sweep_id: str, address: str | None) -> int:
         result = resume_sweep(run_dir, address)  # asked for, or a run whose runner was killed with the server
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # a runner killed before any trial ran: start again
-        result = run_sweep(load_spec_text(row.spec, source=f"sweep {sweep_id}"), out=run_dir, address=address)
+        # the spec as the server stored it, resolved: nothing is expanded from the runner's environment
+        result = run_sweep(load_spec_text(row.spec, source=f"sweep {sweep_id}", environ={}), out=run_dir,
+                           address=address)
     if result.interrupted:
         return 130
     failed = every_trial_failed(Store.of_run(result.run_dir))

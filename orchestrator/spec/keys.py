@@ -1,10 +1,11 @@
-"""Flat dotted keys and search domains: nested YAML <-> ``model.arch``-style keys, ``${ENV}`` expansion, ``--set``
-overrides, and the domains (``{choice: [...]}``, ``{uniform: [lo, hi]}`` ...) a leaf may be instead of a value."""
+"""Flat dotted keys and search domains: nested YAML <-> ``model.arch``-style keys, ``--set`` overrides, ``${ENV}``
+expansion, and the domains (``{choice: [...]}``, ``{uniform: [lo, hi]}`` ...) a leaf may be instead of a value."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def put(flat: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``flat`` with ``key`` set (``--set``): a mapping replaces the whole subtree under ``key``, a value one leaf (in
+    its place)."""
+    subtree = isinstance(value, dict) and bool(value) and not is_domain(value)
+    out = {k: v for k, v in flat.items() if not k.startswith(key + ".") and not (subtree and k == key)}
+    out.update(flatten({key: value}) if subtree else {key: value})
+    return out
+
+
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for dotted, value in flat.items():
@@ -99,30 +109,46 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+UNSET_HINT = "export it or write ${%s:-default}"
 
 
-def expand_env(value: Any, where: str = "") -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; an unset VAR without default is an error."""
+def expand_env(value: Any, where: str = "", environ: Mapping[str, str] | None = None,
+               hint: str = UNSET_HINT) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string from ``environ`` (default: this process's
+    environment); an unset VAR without default is an error, ``hint`` (with the name for ``%s``) says what to do."""
+    environ = os.environ if environ is None else environ
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), environ, hint) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, where) for v in value]
+        return [expand_env(v, where, environ, hint) for v in value]
     if not isinstance(value, str):
         return value
 
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
+        if name in environ:
+            return environ[name]
         if default is not None:
             return default
-        raise SpecError(f"{where}: environment variable {name} is not set (export it or write ${{{name}:-default}})")
+        raise SpecError(f"{where}: environment variable {name} is not set ({hint.replace('%s', name)})")
 
-    expanded = _ENV.sub(sub, value)
-    if expanded != value and _ENV.fullmatch(value):
+    expanded = ENV_REFERENCE.sub(sub, value)
+    if expanded != value and ENV_REFERENCE.fullmatch(value):
         return yaml.safe_load(expanded) if expanded else expanded  # "${EPOCHS:-3}" stays a number
     return expanded
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string in a value, through lists and mappings."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from strings(item)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,4 +1,8 @@
-"""Loading a sweep: YAML -> ``${ENV}`` expansion -> ``--set`` overrides -> flat dotted keys -> validated ``Sweep``.
+"""Loading a sweep: YAML -> flat dotted keys -> ``--set`` overrides -> ``${ENV}`` expansion -> validated ``Sweep``.
+
+``--set`` applies first, so an override replaces a ``${VAR}`` whose variable need not be set. Variables come from
+this process's environment, or from the mapping the caller passes: the service passes the submitting client's
+values and never reads its own environment (``orchestrator.service.policy``).
 
 Validation runs the schema once per value a domain can take, so a misspelt name inside a ``choice`` is caught before
 anything starts, with the file and key path named. Names are checked here against the registries (``NAME_CHECKS``).
@@ -7,6 +11,7 @@ anything starts, with the file and key path named. Names are checked here agains
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,9 @@ from orchestrator.data.adapters import DATASETS, Bdd100kDrivable
 from orchestrator.data.prepare import adapter_for
 from orchestrator.errors import KNOWN_ERRORS, SpecError, closest, unknown_name_message
 from orchestrator.latency.bench import BACKENDS
+from orchestrator.latency.targets import check_target, ssh_option
 from orchestrator.spec.keys import (
+    UNSET_HINT,
     Domain,
     expand_env,
     flatten,
@@ -28,6 +35,7 @@ from orchestrator.spec.keys import (
     is_domain,
     parse_domain,
     parse_override,
+    put,
     unflatten,
 )
 from orchestrator.spec.schema import SEARCHABLE_SECTIONS, TRIAL_SECTIONS, DataSpec, SweepSpec
@@ -51,7 +59,11 @@ NAME_CHECKS = {
     "optimizer": _name_in("optimizer", OPTIMIZERS),
     "schedule": _name_in("schedule", SCHEDULES),
     "backend": _name_in("latency backend", BACKENDS),
+    "target": check_target,
+    "ssh_option": ssh_option,
 }
+# the caller's check of the flat keys after --set and ${VAR}, before validation (the service's policy): raises SpecError
+Screen = Callable[[dict[str, Any], str], None]
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return load_spec_text(text, overrides, source)
 
 
-def load_spec_text(text: str, overrides: list[str] | tuple[str, ...] = (), source: str = "<spec>") -> Sweep:
-    """``load_spec`` for a sweep file's text (what the service receives); ``source`` names it in errors."""
+def load_spec_text(text: str, overrides: list[str] | tuple[str, ...] = (), source: str = "<spec>", *,
+                   environ: Mapping[str, str] | None = None, hint: str = UNSET_HINT,
+                   screen: Screen | None = None) -> Sweep:
+    """``load_spec`` for a sweep file's text (what the service receives); ``source`` names it in errors; the rest as
+    ``build_sweep``."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -110,20 +125,25 @@ def load_spec_text(text: str, overrides: list[str] | tuple[str, ...] = (), sourc
         raise SpecError(f"{source}:{line}: YAML syntax error: {problem}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a sweep file is a YAML mapping (name:, data:, model:, ...)")
-    return build_sweep(raw, overrides, source)
+    return build_sweep(raw, overrides, source, environ=environ, hint=hint, screen=screen)
 
 
-def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<spec>") -> Sweep:
-    try:
-        flat = flatten(expand_env(raw))
-    except SpecError as e:
-        raise SpecError(f"{source}: {e}") from None
+def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<spec>", *,
+                environ: Mapping[str, str] | None = None, hint: str = UNSET_HINT,
+                screen: Screen | None = None) -> Sweep:
+    """Overrides, then ``${VAR}`` from ``environ`` (default: this process's; ``hint`` says what to do about an unset
+    one), then ``screen`` (if given) and validation."""
+    flat = flatten(raw)
     for text in overrides:
-        key, value = parse_override(text)
-        # an override replaces a whole subtree (``--set model={arch: fpn}``) or one leaf
-        flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
-        flat.update(flatten({key: value}) if isinstance(value, dict) and not is_domain(value) else {key: value})
+        flat = put(flat, *parse_override(text))  # a whole subtree (``--set model={arch: fpn}``) or one leaf
     where = source + (" (with --set)" if overrides else "")
+    for key, value in list(flat.items()):
+        try:
+            expanded = expand_env(value, key, environ, hint)
+        except SpecError as e:
+            raise SpecError(f"{where}: {e}") from None
+        if expanded != value:
+            flat = put(flat, key, expanded)
 
     domains: dict[str, Domain] = {}
     for key, value in flat.items():
@@ -137,6 +157,8 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
             domains[key] = parse_domain(key, value)
         except ValueError as e:
             raise SpecError(f"{where}: {key}: {e}") from None
+    if screen is not None:
+        screen(flat, where)
 
     def with_value(values: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
         if not domains[key].grouped:

@@ -7,6 +7,7 @@ registry. A trial re-validating its sampled sections passes none: its names were
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,24 @@ def checked(info: ValidationInfo, kind: str, value: Any) -> Any:
 def named(kind: str) -> AfterValidator:
     """A field holding a registry name of ``kind`` (``Annotated[str, named("loss")]``), checked by ``checked``."""
     return AfterValidator(lambda value, info: checked(info, kind, value))
+
+
+def each_named(kind: str) -> AfterValidator:
+    """``named`` for every item of a tuple field."""
+    return AfterValidator(lambda values, info: tuple(checked(info, kind, v) for v in values))
+
+
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _split_name(value: str) -> str:
+    """A split names one folder of the dataset (``leftImg8bit/<split>``): never a path that leaves it."""
+    if not _FOLDER_NAME.match(value):
+        raise ValueError(f"{value!r}: a split is a folder name (letters, digits, _ . -), e.g. val or test")
+    return value
+
+
+SplitName = Annotated[str, AfterValidator(_split_name)]
 
 
 class SyntheticSpec(Strict):
@@ -73,7 +92,7 @@ class DataSpec(Strict):
     task: Literal["multiclass", "binary"] = "multiclass"
     size: tuple[int, int] = Field(description="training size [height, width], each divisible by 32")
     resize: Literal["pad", "resize"] = "pad"
-    val_split: str = "val"
+    val_split: SplitName = "val"
     val_fraction: float | None = Field(None, gt=0, lt=1)
     limit_images: int | None = Field(None, ge=2)
     encoding: Annotated[str, named("encoding")] = Field("current", description="bdd100k_drivable label order: "
@@ -112,6 +131,9 @@ class DataSpec(Strict):
         return v
 
 
+WEIGHT_NAMES = ("imagenet", "ssl", "swsl", "advprop", "noisy-student")  # smp's; anything else is a weights file
+
+
 class ModelSpec(Strict):
     arch: Annotated[str, named("arch")]
     encoder: Annotated[str | None, named("encoder")] = "mobilenet_v2"
@@ -130,7 +152,7 @@ class ModelSpec(Strict):
     @field_validator("encoder_weights")
     @classmethod
     def _weights(cls, v: str | None) -> str | None:
-        if v is None or v in ("imagenet", "ssl", "swsl", "advprop", "noisy-student") or v.startswith("tu:"):
+        if v is None or v in WEIGHT_NAMES or v.startswith("tu:"):
             return v
         if not Path(v).is_file():
             raise ValueError(f"'{v}' is neither a weights name (imagenet, ...) nor an existing weights file")
@@ -217,11 +239,13 @@ class LatencyProxySpec(Strict):
     ``latency/p50_ms`` etc. in every result: what a multi-objective search reads."""
 
     backend: Annotated[str, named("backend")] = "torch"
-    target: str | None = Field(None, description="ssh://user@host for onnxruntime/trtexec backends; None: the trial's machine")
+    target: Annotated[str | None, named("target")] = Field(
+        None, description="for onnxruntime/trtexec backends: a registered target's name or ssh://user@host; None: the "
+                          "trial's machine")
     warmup: int = Field(3, ge=0)
     iters: int = Field(20, ge=1)
     fp16: bool = False
-    ssh_options: tuple[str, ...] = ()
+    ssh_options: Annotated[tuple[str, ...], each_named("ssh_option")] = ()
     remote_python: str = "python3"
 
 
@@ -241,7 +265,7 @@ class SearchSpec(Strict):
 class EvaluateSpec(Strict):
     """After training: the top-k trials, each at its best-validation weights, on a labelled held-out split."""
 
-    split: str = Field("test", description="a labelled split of the dataset (CamVid test, Cityscapes val, ...)")
+    split: SplitName = Field("test", description="a labelled split of the dataset (CamVid test, Cityscapes val, ...)")
     top_k: int = Field(3, ge=1)
     tta: Literal["none", "hflip"] = Field("none", description="hflip: logits averaged with the flipped image's")
 
@@ -256,8 +280,9 @@ class CheckSpec(Strict):
 class ExportSpec(Strict):
     """After training: export chosen trials to ONNX and measure them on each backend and target."""
 
-    backends: tuple[str, ...] = ("ort-cpu",)
-    targets: tuple[str, ...] = ("local",)
+    backends: Annotated[tuple[str, ...], each_named("backend")] = ("ort-cpu",)
+    targets: Annotated[tuple[str, ...], each_named("target")] = Field(
+        ("local",), description="local, a registered target's name, or ssh://[user@]host[:port]")
     size: tuple[int, int] | None = Field(None, description="input HxW (default: data.size)")
     trials: Literal["all", "top_k"] = "top_k"
     top_k: int = Field(3, ge=1)
@@ -266,23 +291,8 @@ class ExportSpec(Strict):
     fp16: bool = False
     threads: int | None = Field(None, ge=1, description="CPU threads (onnxruntime intra-op, torch on a CPU)")
     opset: int = Field(17, ge=11)
-    ssh_options: tuple[str, ...] = ()
+    ssh_options: Annotated[tuple[str, ...], each_named("ssh_option")] = ()
     remote_python: str = "python3"
-
-    @field_validator("backends")
-    @classmethod
-    def _backends(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        for name in v:
-            checked(info, "backend", name)
-        return v
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for target in v:
-            if target != "local" and not target.startswith("ssh://"):
-                raise ValueError(f"'{target}' is neither 'local' nor ssh://user@host[:port]")
-        return v
 
 
 class ResourcesSpec(Strict):

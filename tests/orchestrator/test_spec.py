@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.errors import SpecError
 from orchestrator.spec.keys import Domain, expand_env, flatten, parse_domain, unflatten
-from orchestrator.spec.load import build_sweep, load_spec
+from orchestrator.spec.load import build_sweep, load_spec, load_spec_text
 from tests.conftest import ROOT, tiny_spec
 
 
@@ -58,9 +58,20 @@ def test_valid_spec_with_domains(write_spec, tmp_path):
         (lambda s: s["optimizer"].update(lr={"choice": [0.1], "uniform": [0, 1]}), "exactly one of choice"),
         (lambda s: s["data"].pop("root"), "data.root: required key is missing"),
         (lambda s: s["data"].update(dataset="idd_lite", root="/no/such/dir"), "data.root: /no/such/dir does not exist"),
+        (lambda s: s["data"].update(val_split="../../etc"), "data.val_split: '../../etc': a split is a folder name"),
+        (lambda s: s.update(evaluate={"split": "a/b"}), "evaluate.split: 'a/b': a split is a folder name"),
+        (lambda s: s.update(export={"targets": ["ssh://x@127.0.0.1:9"], "ssh_options": ["ProxyCommand=touch /tmp/x"]}),
+         "export.ssh_options: ssh option ProxyCommand: refused (it runs a command on this machine)"),
+        (lambda s: s["search"].update(latency_proxy={"backend": "ort-cpu", "ssh_options": ["LocalCommand=id"]}),
+         "search.latency_proxy.ssh_options: ssh option LocalCommand: refused"),
+        (lambda s: s.update(export={"targets": ["jetsn1"]}),
+         "export.targets: unknown target 'jetsn1' (registered: none"),
+        (lambda s: s.update(export={"targets": ["ssh://-oProxyCommand=x"]}),
+         "export.targets: ssh://-oProxyCommand=x: a user or host name is letters"),
     ],
 )
-def test_bad_specs_name_key_and_choices(write_spec, tmp_path, mutate, expected):
+def test_bad_specs_name_key_and_choices(write_spec, tmp_path, monkeypatch, mutate, expected):
+    monkeypatch.setenv("SEGSWEEP_TARGETS", str(tmp_path / "targets.json"))  # no registered target
     spec = tiny_spec(tmp_path)
     mutate(spec)
     message = error_of(write_spec, spec)
@@ -86,6 +97,25 @@ def test_env_expansion(monkeypatch):
         "a": "/data/idd/lite", "b": 5, "c": ["/data/idd"]}
     with pytest.raises(SpecError, match="environment variable UNSET_X is not set"):
         expand_env({"a": "${UNSET_X}"}, "data.root")
+
+
+def test_set_applies_before_env_expansion(write_spec, tmp_path, monkeypatch):
+    """README's service example: --set replaces a ``${VAR}`` whose variable is not set, on the CLI too; a variable is
+    read from the mapping given (the service passes the client's), never from this process's then."""
+    monkeypatch.delenv("ROOT_UNSET_X", raising=False)
+    monkeypatch.setenv("SECRET_X", "s3cret")
+    spec = tiny_spec(tmp_path)
+    spec["data"]["root"] = "${ROOT_UNSET_X}"
+    path = write_spec(spec)
+    assert "environment variable ROOT_UNSET_X is not set" in error_of(write_spec, spec)
+    assert load_spec(path, [f"data.root={tmp_path / 'd'}"]).spec.data.root == str(tmp_path / "d")
+    spec["name"] = "x-${SECRET_X}"
+    text = write_spec(spec).read_text()
+    assert load_spec_text(text, [f"data.root={tmp_path}"]).spec.name == "x-s3cret"  # the CLI: its own environment
+    with pytest.raises(SpecError, match="environment variable SECRET_X is not set") as refused:
+        load_spec_text(text, [f"data.root={tmp_path}"], environ={})
+    assert "s3cret" not in str(refused.value)
+    assert load_spec_text(text, [f"data.root={tmp_path}"], environ={"SECRET_X": "given"}).spec.name == "x-given"
 
 
 def test_set_overrides_leaf_subtree_and_domain(write_spec, tmp_path):

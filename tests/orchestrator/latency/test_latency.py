@@ -22,7 +22,7 @@ from orchestrator.latency.bench import measure_onnx, measure_torch
 from orchestrator.latency.measure import measure
 from orchestrator.latency.remote import measure_remote, parse_facts
 from orchestrator.latency.trtexec import parse_trtexec
-from tests.standins import free_port
+from tests.orchestrator.conftest import free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trtexec"
 KEYS = {"backend", "target", "shape", "fp16", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer",
@@ -125,8 +125,8 @@ def test_jetson_device_facts():
     assert parse_facts("\n---\n---\n---\n---\n---\nx86_64") == {"arch": "x86_64"}
 
 
-def test_remote_target_over_real_ssh(ssh_targets, enet_onnx):
-    url, options = ssh_targets.url(), ssh_targets.options
+def test_remote_target_over_real_ssh(sshd, enet_onnx):
+    url, options = sshd
     _, path = enet_onnx
     args = ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--warmup", "1", "--iters", "8",
             "--target", url, "--remote-python", sys.executable, "--threads", "1", "--format", "json"]
@@ -141,8 +141,8 @@ def test_remote_target_over_real_ssh(ssh_targets, enet_onnx):
     assert "onnxruntime" in data["versions"]
 
 
-def test_remote_errors_are_one_line(ssh_targets, enet_onnx, tmp_path):
-    url, options = ssh_targets.url(), ssh_targets.options
+def test_remote_errors_are_one_line(sshd, enet_onnx, tmp_path):
+    url, options = sshd
     _, path = enet_onnx
     closed = f"ssh://{getpass.getuser()}@127.0.0.1:{free_port()}"
     with pytest.raises(SegsweepError, match=r"127.0.0.1:\d+: cannot connect"):
@@ -153,3 +153,61 @@ def test_remote_errors_are_one_line(ssh_targets, enet_onnx, tmp_path):
         measure_remote(url, "trtexec", path, [1, 3, 64, 96], 0, 1, ssh_options=options)
     with pytest.raises(SegsweepError, match="expected ssh://"):
         measure_remote("http://x", "ort-cpu", path, [1, 3, 64, 96], 0, 1)
+
+
+# every way people reach for to make ssh run a command here (or read a config that may), as -o takes them
+COMMAND_OPTIONS = ["ProxyCommand=touch {f}", "proxycommand touch {f}", " ProxyCommand = touch {f}",
+                   "LocalCommand=touch {f}", "PermitLocalCommand=yes", "KnownHostsCommand=/bin/sh -c 'touch {f}'",
+                   "Match=exec \"touch {f}\"", "Include={f}.conf", "ProxyJump=x@127.0.0.1:9", "SendEnv=*",
+                   "PKCS11Provider=/tmp/x.so"]
+
+
+def test_ssh_options_that_run_commands_are_refused_for_cli_users_too(sshd, enet_onnx, tmp_path):
+    """ssh's -o options come from a known-safe set, for ``orchestrate bench``, a sweep's ssh_options and registered
+    targets alike: each refusal is one line naming the option, and no command runs (no file appears)."""
+    url, options = sshd
+    _, path = enet_onnx
+    marker = tmp_path / "ran"
+    (tmp_path / "ran.conf").write_text(f"ProxyCommand touch {marker}\n")  # what an Include would read
+    runner = CliRunner()
+    for bad in COMMAND_OPTIONS:
+        option = bad.format(f=marker)
+        key = option.strip().split("=")[0].split()[0]
+        with pytest.raises(SegsweepError, match=rf"^ssh option {key}: refused \(") as refused:
+            runner.invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--target", url,
+                                *[a for o in [*options, option] for a in ("--ssh-option", o)]], catch_exceptions=False)
+        assert "\n" not in str(refused.value)
+        with pytest.raises(SegsweepError, match=rf"ssh option {key}: refused"):
+            measure_remote(url, "ort-cpu", path, [1, 3, 64, 96], 0, 1, ssh_options=[*options, option])
+    for url_bad in ["ssh://-oProxyCommand=touch%20x@127.0.0.1", "ssh://-oProxyCommand=touch", "ssh://a;b@127.0.0.1",
+                    "ssh://127.0.0.1/path", "ssh://u:pw@127.0.0.1"]:
+        with pytest.raises(SegsweepError, match="ssh://"):
+            measure_remote(url_bad, "ort-cpu", path, [1, 3, 64, 96], 0, 1, ssh_options=options)
+    assert not marker.exists()
+
+
+def test_a_registered_target_is_measured_by_name_over_real_ssh(sshd, enet_onnx, tmp_path, monkeypatch):
+    """``orchestrate target add`` keeps the address, options and interpreter; ``bench --target NAME`` and a sweep's
+    ``export.targets: [NAME]`` use them, and results name the target, not its address."""
+    url, options = sshd
+    _, path = enet_onnx
+    monkeypatch.setenv("SEGSWEEP_TARGETS", str(tmp_path / "targets.json"))
+    runner = CliRunner()
+    add = ["target", "add", "loop", url, "--remote-python", sys.executable, "--data", str(tmp_path),
+           *[a for o in options for a in ("--ssh-option", o)]]
+    assert runner.invoke(app, add, catch_exceptions=False).exit_code == 0
+    with pytest.raises(SegsweepError, match="target loop exists"):
+        runner.invoke(app, add, catch_exceptions=False)
+    with pytest.raises(SegsweepError, match="ssh option ProxyCommand: refused"):
+        runner.invoke(app, ["target", "add", "evil", url, "--ssh-option", f"ProxyCommand=touch {tmp_path / 'x'}",
+                            "--data", str(tmp_path)], catch_exceptions=False)
+    listed = runner.invoke(app, ["target", "list", "--data", str(tmp_path)]).stdout
+    assert listed.startswith(f"loop  {url}  -o IdentityFile=") and "evil" not in listed
+    result = runner.invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--shape", "1x3x64x96", "--warmup", "1",
+                                 "--iters", "4", "--target", "loop", "--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["target"] == "loop"
+    with pytest.raises(SegsweepError, match=r"unknown target 'lop' \(did you mean 'loop'\? registered: loop"):
+        measure_remote("lop", "ort-cpu", path, [1, 3, 64, 96], 0, 1)
+    assert runner.invoke(app, ["target", "remove", "loop", "--data", str(tmp_path)]).exit_code == 0
+    assert not (tmp_path / "x").exists()

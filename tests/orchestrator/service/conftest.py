@@ -1,10 +1,10 @@
-"""A real ``orchestrate serve`` on loopback, in a process of its own, with users made by ``orchestrate token add``."""
+"""A real ``orchestrate serve`` on loopback, in a process of its own, with users made by ``orchestrate token add`` and
+a data root (``--data-root``) that the tests' datasets live under."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +16,10 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.orchestrator.conftest import free_port
 
 ORCHESTRATE = [sys.executable, "-m", "orchestrator.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ORCHESTRATE", "free_port", "start_server", "tiny_sweep", "token", "wait_for"]
 
 
 def token(data: Path, name: str, admin: bool = False) -> str:
@@ -39,6 +35,7 @@ class Server:
     data: Path
     proc: subprocess.Popen
     log: Path
+    datasets: Path  # its data root
 
     def client(self, tok: str | None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {tok}"} if tok else {}, timeout=30)
@@ -49,14 +46,17 @@ class Server:
             self.proc.wait(10)
 
 
-def start_server(data: Path, port: int, max_running: int = 2) -> Server:
+def start_server(data: Path, port: int, datasets: Path, max_running: int = 2,
+                 env: dict[str, str] | None = None) -> Server:
     log = data / f"serve-{time.time():.0f}.log"
     data.mkdir(parents=True, exist_ok=True)
+    datasets.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen([*ORCHESTRATE, "serve", "--data", str(data), "--port", str(port), "--max-running",
-                                 str(max_running)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True, env={**os.environ, "WANDB_MODE": "offline"})
-    server = Server(f"http://127.0.0.1:{port}", data, proc, log)
+                                 str(max_running), "--data-root", str(datasets)], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, start_new_session=True,
+                                env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
+    server = Server(f"http://127.0.0.1:{port}", data, proc, log, datasets)
     deadline = time.time() + 90
     while time.time() < deadline:
         assert proc.poll() is None, log.read_text()
@@ -95,6 +95,6 @@ def service(tmp_path_factory):
     """One server for the module: alice, bob and an admin; alice's and bob's sweeps submitted at the same time."""
     data = tmp_path_factory.mktemp("service")
     tokens = {"alice": token(data, "alice"), "bob": token(data, "bob"), "root": token(data, "root", admin=True)}
-    server = start_server(data, free_port())
+    server = start_server(data, free_port(), tmp_path_factory.mktemp("datasets"))
     yield server, tokens
     server.stop()

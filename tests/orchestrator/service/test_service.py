@@ -20,13 +20,13 @@ from tests.orchestrator.service.conftest import ORCHESTRATE, free_port, start_se
 pytestmark = pytest.mark.slow
 
 
-def test_two_users_submit_at_once_both_finish_and_each_sees_only_their_own(service, tmp_path):
+def test_two_users_submit_at_once_both_finish_and_each_sees_only_their_own(service):
     server, tokens = service
     ids: dict[str, str] = {}
 
     def submit(user: str) -> None:
         with server.client(tokens[user]) as c:
-            response = c.post("/api/sweeps", json={"spec": tiny_sweep(tmp_path / f"data-{user}"), "priority": 1})
+            response = c.post("/api/sweeps", json={"spec": tiny_sweep(server.datasets / f"data-{user}"), "priority": 1})
             assert response.status_code == 201, response.text
             ids[user] = response.json()["id"]
 
@@ -58,12 +58,12 @@ def test_two_users_submit_at_once_both_finish_and_each_sees_only_their_own(servi
     assert "[segsweep] 2/2 done (2 completed" in logs.stdout
 
 
-def test_refusals_are_one_line_and_write_nothing(service, tmp_path):
+def test_refusals_are_one_line_and_write_nothing(service):
     server, tokens = service
     alice = server.client(tokens["alice"])
     before = {r["id"] for r in server.client(tokens["root"]).get("/api/sweeps").json()}
     runs = sorted((server.data / "runs").iterdir()) if (server.data / "runs").is_dir() else []
-    bad = tiny_sweep(tmp_path / "d").replace("name: dice", "name: dise")
+    bad = tiny_sweep(server.datasets / "d").replace("name: dice", "name: dise")
     cases = [
         (server.client(None).get("/api/sweeps"), 401, "no valid token"),
         (server.client("not-a-token").get("/api/sweeps"), 401, "no valid token"),
@@ -86,12 +86,12 @@ def test_refusals_are_one_line_and_write_nothing(service, tmp_path):
     assert (sorted((server.data / "runs").iterdir()) if (server.data / "runs").is_dir() else []) == runs
 
 
-def test_a_sweep_whose_every_trial_failed_is_failed_with_the_reason(service, tmp_path):
+def test_a_sweep_whose_every_trial_failed_is_failed_with_the_reason(service):
     """PAN cannot run at 32x64 (its pyramid pools to nothing): both trials fail, so the sweep is 'failed' with the
     one-line reason, and its trials and report are still there to read."""
     server, tokens = service
     alice = server.client(tokens["alice"])
-    spec = tiny_sweep(tmp_path / "d").replace("arch: unet", "arch: pan")
+    spec = tiny_sweep(server.datasets / "d").replace("arch: unet", "arch: pan")
     response = alice.post("/api/sweeps", json={"spec": spec})
     assert response.status_code == 201, response.text
     row = wait_for(alice, response.json()["id"], ("finished", "failed"))
@@ -102,7 +102,7 @@ def test_a_sweep_whose_every_trial_failed_is_failed_with_the_reason(service, tmp
     assert alice.get(f"/api/sweeps/{row['id']}/report").status_code == 200
 
 
-def test_a_finished_sweeps_live_page_shows_its_table_and_a_chart(service, tmp_path):
+def test_a_finished_sweeps_live_page_shows_its_table_and_a_chart(service):
     """Headless Chromium (Debian's, driven by Playwright): sign in with the token, open the live page, find the
     model-wise table and a drawn chart."""
     playwright = pytest.importorskip("playwright.sync_api")
@@ -132,15 +132,39 @@ def test_a_finished_sweeps_live_page_shows_its_table_and_a_chart(service, tmp_pa
         browser.close()
 
 
+def test_the_cli_resumes_and_extends_a_sweep_of_the_server(service):
+    """``orchestrate resume ID`` and ``extend ID --trials N`` with SEGSWEEP_SERVER set: the API's resume and extend;
+    a refusal is the server's one line."""
+    server, tokens = service
+    alice = server.client(tokens["alice"])
+    sweep = next(r["id"] for r in alice.get("/api/sweeps").json() if r["state"] == "finished")
+    env = {**os.environ, "SEGSWEEP_SERVER": server.url, "SEGSWEEP_TOKEN": tokens["alice"]}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*ORCHESTRATE, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+    refused = cli("resume", sweep)
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        f"error: {server.url}: 409: sweep {sweep} is finished: only a failed or cancelled sweep resumes")
+    extended = cli("extend", sweep, "--trials", "1")
+    assert extended.returncode == 0 and extended.stdout.split() == [sweep, "queued", "(extend:1)"], extended.stderr
+    cli("cancel", sweep)
+    if wait_for(alice, sweep, ("cancelled", "finished"))["state"] == "cancelled":  # else the extension ran first
+        resumed = cli("resume", sweep)
+        assert resumed.returncode == 0 and resumed.stdout.split() == [sweep, "queued", "(resume)"], resumed.stderr
+        cli("cancel", sweep)
+        wait_for(alice, sweep, ("cancelled", "finished"))
+
+
 def test_kill_9_mid_sweep_then_restart_resumes_it_and_keeps_the_queue(tmp_path):
-    data = tmp_path / "svc"
+    data, datasets = tmp_path / "svc", tmp_path / "datasets"
     alice = token(data, "alice")
     port = free_port()
-    server = start_server(data, port, max_running=1)
+    server = start_server(data, port, datasets, max_running=1)
     client = server.client(alice)
-    first = client.post("/api/sweeps", json={"spec": tiny_sweep(tmp_path / "d1", epochs=3,
+    first = client.post("/api/sweeps", json={"spec": tiny_sweep(datasets / "d1", epochs=3,
                                                                  lrs=(0.003, 0.001, 0.0003))}).json()["id"]
-    second = client.post("/api/sweeps", json={"spec": tiny_sweep(tmp_path / "d2", lrs=(0.003,))}).json()["id"]
+    second = client.post("/api/sweeps", json={"spec": tiny_sweep(datasets / "d2", lrs=(0.003,))}).json()["id"]
     store_path = data / "runs" / first / "results.db"
     deadline = time.time() + 300
     while time.time() < deadline:  # one trial done, the next one under way
@@ -158,7 +182,7 @@ def test_kill_9_mid_sweep_then_restart_resumes_it_and_keeps_the_queue(tmp_path):
     server.stop()  # kill -9 the server ...
     os.killpg(pid, signal.SIGKILL)  # ... and the sweep's runner with its Ray: the machine went down
     done_before = {t.id: t.best for t in Store(store_path).trials() if t.status == "completed"}
-    server = start_server(data, port, max_running=1)
+    server = start_server(data, port, datasets, max_running=1)
     try:
         client = server.client(alice)
         assert wait_for(client, first, ("finished", "failed"), 400)["state"] == "finished"
