@@ -20,6 +20,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from orchestrator.budgets import INFEASIBLE
 from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
 from orchestrator.driver.callbacks import SPENT, release_checkpoint
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
@@ -31,7 +32,6 @@ from orchestrator.pool.resident import USER_ENV, pool_key
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
-from orchestrator.budgets import INFEASIBLE
 from orchestrator.store import SETTLED, TERMINAL, Store
 from orchestrator.trial.config import TrialContext
 

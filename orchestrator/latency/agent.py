@@ -293,7 +293,7 @@ def check_parity(spec: dict, engine: str) -> dict:
         import numpy as np  # lazy: a device without numpy and onnxruntime builds and times engines, unchecked
         import onnxruntime as ort  # lazy: as numpy, above
     except ImportError as e:
-        return {"skipped": f"no {e.name} on this device (install onnxruntime there for the check)"}
+        return {"skipped": f"no {e.name} on this device: install numpy and onnxruntime there for the check"}
     folder = os.path.dirname(engine)
     shape = [int(v) for v in spec["shape"].split("x")]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,6 @@ from orchestrator.errors import SegsweepError, UnknownNameError
 from orchestrator.gpu import GpuSampler
 from orchestrator.latency.agent import PowerSampler, device_name, measure_onnxruntime, summarize, timed_loop
 from orchestrator.latency.energy import energy_figures
-from orchestrator.latency.trtexec import parse_trtexec, trtexec_command
 
 BACKENDS = {
     "torch": "PyTorch eager (GPU if there is one); transfers included and excluded",
@@ -183,22 +180,6 @@ def result_from_agent(backend: str, target: str, shape: list[int], fp16: bool, r
         extra |= {"energy_note": f"{target}: {why}: latency recorded, no power or energy"} if why else {}
     return LatencyResult(backend=backend, target=target, shape=shape, fp16=fp16, **{k: raw[k] for k in keys},
                          energy=energy, extra=extra)
-
-
-def result_from_trtexec(target: str, shape: list[int], fp16: bool, text: str, device: str,
-                        versions: dict[str, str]) -> LatencyResult:
-    parsed = parse_trtexec(text)
-    host = parsed["host_latency"]
-    p50 = host.get("median", host.get("mean"))
-    stats = {"mean_ms": host.get("mean", p50), "p50_ms": p50, "p90_ms": host.get("p90", host.get("p99", p50)),
-             "p99_ms": host.get("p99", p50)}
-    gpu = parsed.get("gpu_compute")
-    compute = ({"mean_ms": gpu.get("mean"), "p50_ms": gpu.get("median"), "p90_ms": gpu.get("p90"),
-                "p99_ms": gpu.get("p99")} if gpu else None)
-    throughput = parsed.get("throughput_qps", 1000 / stats["mean_ms"]) * shape[0]
-    return LatencyResult(backend="trtexec", target=target, shape=shape, fp16=fp16, **stats, throughput_fps=throughput,
-                         transfer="host (trtexec Latency: H2D + compute + D2H)", device=device, versions=versions,
-                         compute=compute, extra={"trtexec": parsed})
 
 
 def format_result(result: LatencyResult) -> str:

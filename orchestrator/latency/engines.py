@@ -50,8 +50,9 @@ class Device(Protocol):
 
     where: str  # "local" or the target's address, as the results name it
 
-    def agent(self, *args: str) -> dict[str, Any]:
-        """The agent's JSON answer to ``args`` on the device; its ``{"error": ...}`` raised as one line."""
+    def agent(self, *args: str, label: str | None = None) -> dict[str, Any]:
+        """The agent's JSON answer to ``args`` on the device; its ``{"error": ...}`` raised as one line (``label``:
+        what failed, in that line)."""
 
     def put(self, path: Path) -> str:
         """``path`` on the device (copied there once, where the device is another machine)."""
@@ -74,9 +75,9 @@ class LocalDevice:
     def __exit__(self, *exc: object) -> None:
         self._tmp.cleanup()
 
-    def agent(self, *args: str) -> dict[str, Any]:
+    def agent(self, *args: str, label: str | None = None) -> dict[str, Any]:
         done = subprocess.run([sys.executable, str(AGENT), *args], capture_output=True, text=True)
-        return agent_answer(self.where, args[0], done.stdout, done.stderr)
+        return agent_answer(self.where, label or args[0], done.stdout, done.stderr, failed=label is not None)
 
     def put(self, path: Path) -> str:
         return str(Path(path).absolute())
@@ -85,8 +86,9 @@ class LocalDevice:
         return str(Path(self._tmp.name) / name)
 
 
-def agent_answer(where: str, command: str, stdout: str, stderr: str) -> dict[str, Any]:
-    """The agent's last stdout line as JSON; its own error (or a crash's last line) raised as one line."""
+def agent_answer(where: str, what: str, stdout: str, stderr: str, failed: bool = False) -> dict[str, Any]:
+    """The agent's last stdout line as JSON; its own error (or a crash's last line) raised as one line, ``what``
+    failed (``failed``: said so even where the agent explained itself)."""
     lines = stdout.strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else None
@@ -94,9 +96,9 @@ def agent_answer(where: str, command: str, stdout: str, stderr: str) -> dict[str
         answer = None
     if not isinstance(answer, dict):
         last = (stderr.strip() or stdout.strip() or "no output").splitlines()[-1]
-        raise SegsweepError(f"{where}: the agent's {command} failed: {last}")
+        raise SegsweepError(f"{where}: {what if failed else f'the agent ({what})'} failed: {last}")
     if "error" in answer:
-        raise SegsweepError(f"{where}: {answer['error']}")
+        raise SegsweepError(f"{where}: {f'{what} failed: ' if failed else ''}{answer['error']}")
     return answer
 
 
@@ -142,8 +144,9 @@ def measure_trtexec(device: Device, onnx_path: Path, shape: list[int], iters: in
     info = device.agent("probe")
     trtexec, version = info.get("trtexec"), info.get("tensorrt")
     if not trtexec:
-        raise SegsweepError(f"{device.where}: trtexec: not found (not on PATH nor in /usr/src/tensorrt/bin); install "
-                            f"TensorRT there or use --backend ort-cpu")
+        raise SegsweepError(f"{device.where}: trtexec: not found {'here' if device.where == 'local' else 'on the target'}"
+                            f" (not on PATH nor in /usr/src/tensorrt/bin); install TensorRT there or use --backend "
+                            f"ort-cpu")
     if not version:
         raise SegsweepError(f"{device.where}: {trtexec} --help printed no TensorRT version banner")
     name = input_name(onnx_path, shape)

@@ -133,8 +133,3 @@ def parity_command(trtexec: str, input_name: str) -> list[str]:
     return [trtexec, "--loadEngine={engine}", f"--loadInputs={input_name}:{{input}}", "--exportOutput={output}",
             "--iterations=1", "--warmUp=0", "--duration=0"]
 
-
-def trtexec_command(trtexec: str, onnx: str, warmup_ms: int, iters: int, fp16: bool) -> list[str]:
-    command = [trtexec, f"--onnx={onnx}", f"--warmUp={warmup_ms}", f"--iterations={iters}", "--duration=0",
-               "--percentile=99"]  # one value: older trtexec (TensorRT 7) takes no list
-    return command + (["--fp16"] if fp16 else [])

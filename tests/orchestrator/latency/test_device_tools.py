@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.latency.agent import tensorrt_version
 from orchestrator.latency.energy import energy_figures
-from orchestrator.latency.tegra import parse_jetson_clocks, parse_nvpmodel, parse_tegrastats, power_series
+from orchestrator.latency.tegra import parse_jetson_clocks, parse_nvpmodel, parse_tegrastats
 from orchestrator.latency.trtexec import (
     build_command,
     parity_command,
