@@ -35,6 +35,7 @@ import torch
 from models.depthwise import cudnn_depthwise
 from orchestrator.budgets import INFEASIBLE, judge
 from orchestrator.failures import failure
+from orchestrator.files import write_text_whole
 from orchestrator.latency.measure import Protocol, measure
 from orchestrator.pool.admission import WorkerAdmission
 from orchestrator.pool.protocol import WorkerSettings
@@ -348,8 +349,8 @@ class TrialWorker:
             # was within its budgets when it started, and keeps its verdict
             verdict = judge(ctx.constraints, constants) if ctx.constraints and state is None else None
             if verdict is not None and not verdict.feasible:
-                job.events.put({"kind": "infeasible", "metrics": {ctx.metric: math.nan, **constants, INFEASIBLE: 1.0}})
                 self._mark("infeasible", trial=job.trial_id, broken=verdict.line)
+                job.events.put({"kind": "infeasible", "metrics": {ctx.metric: math.nan, **constants, INFEASIBLE: 1.0}})
                 return
             with BUILD_LOCK:
                 run = complete_trial(model, ctx.data, state, callbacks=[SaveVisuals(cfg, ctx.data, trial_dir), report])
@@ -373,7 +374,7 @@ class TrialWorker:
                 path = RunDir(run_dir).path / "pool" / f"worker-{os.getpid()}.json"
                 if path.parent.parent.is_dir():  # a run directory that is still there
                     path.parent.mkdir(exist_ok=True)
-                    path.write_text(json.dumps(self.timeline))
+                    write_text_whole(path, json.dumps(self.timeline))  # read while it is written (bench-sweep)
 
     def _out_of_memory(self, job: Job) -> None:
         gc.collect()
