@@ -150,7 +150,8 @@ def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> No
     metric = store.meta()["metric"]
     for t in store.trials():
         best = f"{t.best[metric]:.4f}" if metric in t.best else "–"
-        typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {t.error}" if t.error else ""))
+        why = t.error or t.infeasible  # a failure's line, or the budgets an infeasible trial broke
+        typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {why}" if why else ""))
 
 
 def report(

@@ -22,7 +22,7 @@ from orchestrator.budgets import INFEASIBLE, judge
 from orchestrator.failures import error_line
 from orchestrator.files import write_text_whole
 from orchestrator.pool.launch import active_pool
-from orchestrator.pool.protocol import STUB, is_stub, superseded_by
+from orchestrator.pool.protocol import REPLAYED, STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
 from orchestrator.store import Store, ended_as, is_metric, progress_line
@@ -94,7 +94,7 @@ class StoreCallback(Timed):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}
         status = ended_as(result, self.max_epochs)
-        if status == "infeasible":
+        if status == "infeasible" and REPLAYED not in result:  # a replayed end is in the store already
             self.store.record_infeasible(trial.trial_id, result, judge(self.constraints, result).line)
         self.store.finish_trial(trial.trial_id, status)
 
@@ -277,7 +277,7 @@ class ProgressCallback(Timed):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         row = next((t for t in Store(self.store_path).trials() if t.id == trial.trial_id), None)
-        if row is not None and row.status == "infeasible":
+        if row is not None and row.status == "infeasible" and REPLAYED not in (trial.last_result or {}):
             print(f"[segsweep] trial {trial.trial_id} infeasible, not trained: {row.infeasible}", file=sys.stderr,
                   flush=True)
         self._print()

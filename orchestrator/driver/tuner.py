@@ -194,7 +194,7 @@ class StudySearch(OptunaSearch):
             if metric in best:
                 ot_trial.set_user_attr("best_value", best[metric][0])
                 ot_trial.set_user_attr("best_epoch", best[metric][1])
-            if self.constraints and status != "failed":
+            if self.constraints and status != "failed" and REPLAYED not in (result or {}):
                 self._budgets(ot_trial, result or {})
             self._ot_study.tell(ot_trial, values if state == optuna.trial.TrialState.COMPLETE else None, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -100,3 +100,22 @@ def test_counts_progress_and_a_study_with_nothing_trained(tmp_path):
     store.add_trial("c", {}, "running")
     store.finish_trial("c", "failed", "RuntimeError: boom")
     assert every_trial_failed(store) == "every trial failed (1) and 2 over budget; 1 of them with: RuntimeError: boom"
+
+
+def test_the_store_writer_records_an_infeasible_end_once(tmp_path):
+    """Tune's end of a trial over budget: recorded with the budgets broken; the same end replayed by a resume (its
+    store row's metrics, no model figures) changes nothing."""
+    from types import SimpleNamespace
+
+    from orchestrator.driver.callbacks import StoreCallback
+    from orchestrator.pool.protocol import REPLAYED
+
+    path = tmp_path / "results.db"
+    writer = StoreCallback(str(path), max_epochs=3, constraints=[{"metric": "params_m", "max": 1.0}])
+    trial = SimpleNamespace(trial_id="big", config={"model.arch": "unet"}, last_result={**METRICS, INFEASIBLE: 1.0})
+    writer.on_trial_start(0, [], trial)
+    writer.on_trial_complete(0, [], trial)
+    trial.last_result = {"val/miou": float("nan"), "latency/p50_ms": 12.3456, INFEASIBLE: 1.0, REPLAYED: True}
+    writer.on_trial_complete(0, [], trial)
+    (row,) = Store(path).trials()
+    assert (row.status, row.infeasible, row.params) == ("infeasible", "params_m 2.5 > 1 (max)", 2_500_000)
