@@ -124,7 +124,6 @@ class TrialRow:
     status: str
     config: dict[str, Any]
     error: str | None
-    infeasible: str | None  # the budgets an infeasible trial broke, one line
     epochs: int
     best: dict[str, float]
     last: dict[str, float]
@@ -133,6 +132,7 @@ class TrialRow:
     gmacs: float | None
     train_seconds: float | None
     history: list[dict[str, float]] = field(default_factory=list)
+    infeasible: str | None = None  # the budgets an infeasible trial broke, one line
 
 
 class Store:
