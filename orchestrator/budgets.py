@@ -84,8 +84,8 @@ def judge(constraints: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]) 
         name = c["metric"]
         value = figure(name, metrics)
         if value is None:
-            why = ("the latency proxy measured no energy here (tegrastats on a Jetson target, or NVML on an NVIDIA GPU, "
-                   "gives it)" if name in ENERGY_METRICS else f"the trial reported no {BUDGETS[name].metric}")
+            why = ("the latency proxy measured no energy here (tegrastats on a Jetson target, or NVML on an NVIDIA "
+                   "GPU, gives it)" if name in ENERGY_METRICS else f"the trial reported no {BUDGETS[name].metric}")
             raise BudgetError(f"{name}: no figure to check search.constraints against: {why}")
         figures[name] = value
         violations[name] = max(value - c["max"] if c.get("max") is not None else -math.inf,

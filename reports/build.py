@@ -61,9 +61,7 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "size_mb": _num(t.size_mb), "gmacs": _num(t.gmacs), "train_seconds": _num(t.train_seconds),
             "infeasible": t.infeasible,
             "budgets": budget_figures(meta, t),
-            "latency": [{k: r[k] for k in ("backend", "target", "status", "p50_ms", "power_w", "energy_mj", "error")} | (
-                {k: r["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
-                if r["result"] else {}) for r in latencies.get(t.id, [])],
+            "latency": [latency_entry(r) for r in latencies.get(t.id, [])],
             "evaluations": [{**e, "verified": verified(run, t.id)} for e in evaluations.get(t.id, [])],
             "check": run.checks.get(t.id),
         })
@@ -73,6 +71,15 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "importances": run.importances, "constraints": meta.get("constraints") or [],
             **({"feasible": [t.id for t in feasible], "best_feasible": best.id if best else None}
                if meta.get("constraints") else {})}
+
+
+def latency_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A latency row in ``report --format json``: where, how it went, p50, mean power (W) and energy per image (mJ)
+    where measured, and the result's other figures."""
+    entry = {k: row[k] for k in ("backend", "target", "status", "p50_ms", "power_w", "energy_mj", "error")}
+    if row["result"]:
+        entry |= {k: row["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
+    return entry
 
 
 def budget_figures(meta: dict, trial: TrialRow) -> dict[str, float] | None:
@@ -284,7 +291,8 @@ def report_sections(run: RunData) -> list[Section]:
     if not table.empty and table["rank"].notna().any():
         best = results.set_index("id").loc[table.iloc[0]["trial"]]
         keys = varying_keys(results)
-        title = "## Best feasible trial" if meta.get("constraints") else "## Best trial"  # only those within budget train
+        # with budgets only trials within them train: the best trial is the best feasible one
+        title = "## Best feasible trial" if meta.get("constraints") else "## Best trial"
         sections.append(Section([title, "", f"`{table.iloc[0]['trial']}`: {metric} = "
                                  f"{table.iloc[0][metric]:.4f}; its searched values:", "", "```yaml",
                                  *[f"{k}: {best[f'config/{k}']}" for k in keys], "```", ""]))

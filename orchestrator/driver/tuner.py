@@ -200,7 +200,6 @@ class StudySearch(OptunaSearch):
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # stored before a kill -9; it stands
 
-
     def _budgets(self, ot_trial: optuna.trial.Trial, result: dict) -> None:
         """Optuna's constraints of a trial that trained or was over budget: every budget's figure is in each of its
         results (known before training)."""

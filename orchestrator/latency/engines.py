@@ -144,9 +144,9 @@ def measure_trtexec(device: Device, onnx_path: Path, shape: list[int], iters: in
     info = device.agent("probe")
     trtexec, version = info.get("trtexec"), info.get("tensorrt")
     if not trtexec:
-        raise SegsweepError(f"{device.where}: trtexec: not found {'here' if device.where == 'local' else 'on the target'}"
-                            f" (not on PATH nor in /usr/src/tensorrt/bin); install TensorRT there or use --backend "
-                            f"ort-cpu")
+        where = "here" if device.where == "local" else "on the target"
+        raise SegsweepError(f"{device.where}: trtexec: not found {where} (not on PATH nor in /usr/src/tensorrt/bin); "
+                            f"install TensorRT there or use --backend ort-cpu")
     if not version:
         raise SegsweepError(f"{device.where}: {trtexec} --help printed no TensorRT version banner")
     name = input_name(onnx_path, shape)
@@ -174,7 +174,7 @@ def measure_trtexec(device: Device, onnx_path: Path, shape: list[int], iters: in
         raise SegsweepError(f"{device.where}: trtexec failed (exit {run['returncode']}): {last[0]}")
     result = trtexec_result(device.where, shape, fp16, run, times, device_name or device.where,
                             {"tensorrt": version, **(versions or {})})
-    result.extra["engine"] = record
+    result.extra |= {"engine": record, "device_tools": info}
     note_engine(onnx_path, device.where, record)
     return result
 

@@ -1,7 +1,8 @@
 """The function Tune runs for each trial: a proxy that holds no GPU and imports no torch. It hands the trial to a
 worker of the pool, then reports each epoch the worker sends (metrics, and a checkpoint when the worker took one)
-to Tune; a trial over budget reports its figures once, marked ``budgets.INFEASIBLE``, and ends. When Tune's scheduler stops the trial inside a report (ASHA at a rung), the proxy tells the worker, which
-drops the trial at once: no process is killed, nothing is torn down mid-step."""
+to Tune; a trial over budget reports its figures once, marked ``budgets.INFEASIBLE``, and ends. When Tune's
+scheduler stops the trial inside a report (ASHA at a rung), the proxy tells the worker, which drops the trial at
+once: no process is killed, nothing is torn down mid-step."""
 
 from __future__ import annotations
 
