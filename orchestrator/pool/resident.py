@@ -97,9 +97,10 @@ def alive(pid: int) -> bool:
 
 # ------------------------------------------------------------------------------------------------ the CLI's side
 def start_holder(state: Path, resources: dict[str, Any], cpus: int | None = None, gpus: int | None = None,
-                 log: Path | None = None) -> dict[str, Any]:
+                 log: Path | None = None, visible_gpus: list[int] | None = None) -> dict[str, Any]:
     """Start the holder in a session of its own (it outlives this process) and wait until its workers are ready;
-    its state comes back. A pool already running there is a one-line error."""
+    its state comes back. A pool already running there is a one-line error. ``visible_gpus``: the only GPUs it
+    uses (``CUDA_VISIBLE_DEVICES``)."""
     if read_state(state) is not None:
         raise SegsweepError(f"a pool is running already ({state}); 'orchestrate pool stop' ends it")
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,8 @@ def start_holder(state: Path, resources: dict[str, Any], cpus: int | None = None
     # the pool's own token: only who can read the state file (its owner) can join its Ray and run code on its workers;
     # and its Ray on loopback only
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), **LOOPBACK}
+    if visible_gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, visible_gpus))
     with open(log, "ab") as out:
         holder = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.time() + READY_TIMEOUT_S + 120
