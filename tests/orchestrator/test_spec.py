@@ -156,3 +156,17 @@ def test_every_shipped_sweep_validates(monkeypatch, tmp_path):
         first = path.read_text().splitlines()[0]
         assert first.startswith("# Run: ") and "orchestrate run sweeps/" in first, f"{path}: first line says how to run it"
         load_spec(path)
+
+
+def test_a_grouped_choice_with_keys_beside_it_reloads_from_its_resolved_spec(tmp_path):
+    """``--set model.batchnorm=batch`` beside a choice between models: the spec as run (spec.yaml, which resume and the
+    service's runner read) loads again to the same domains and keys, the options' labels unchanged."""
+    from orchestrator.spec.keys import group_label
+
+    spec = tiny_spec(tmp_path, model={"choice": [{"arch": "unet", "encoder": "resnet18"},
+                                                 {"arch": "enet", "encoder": None}]})
+    sweep = build_sweep(spec, ["model.batchnorm=batch"])
+    again = load_spec_text(sweep.resolved_yaml())
+    assert again.spec.model.batchnorm == "batch" and again.flat["model.batchnorm"] == "batch"
+    assert [group_label(v) for v in again.domains["model"].values] == [
+        group_label(v) for v in sweep.domains["model"].values] == ["arch=unet,encoder=resnet18", "arch=enet,encoder=None"]
