@@ -126,7 +126,6 @@ def run_pool_bench(b: SweepBench, out: Path) -> dict[str, Any]:
 
 def pool_resources(b: SweepBench, root: Path) -> dict[str, Any]:
     """The pool shaped by the study's own resources (after its --set), as its cold run packs its trials."""
-    os.environ.setdefault("IDD_LITE_ROOT", str(root))  # the shipped study's data.root reads it
     return load_spec(b.spec, [*b.sets, f"data.root={root}"]).spec.resources.model_dump(mode="json")
 
 

@@ -17,6 +17,7 @@ import typer
 import yaml
 
 from orchestrator.cli.options import ServerOption, SetOption, TableFormat, TableFormatOption, TokenOption
+from orchestrator.cli.pool import resources
 from orchestrator.errors import SegsweepError
 from orchestrator.latency.targets import TARGETS_ENV, NamedTarget, load_targets, save_targets
 from orchestrator.spec.keys import ENV_REFERENCE, parse_override, strings
@@ -37,11 +38,18 @@ def serve(
     data_root: Annotated[Optional[list[Path]], typer.Option(
         "--data-root", help="a folder whose contents specs may read (data.root, weights files); repeatable. "
                             "Without one, no spec can name data on this server")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="GPUs the queue hands out, one per sweep, e.g. 0,1")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="GPUs of the service, e.g. 0,1: the pool's (or, with --no-pool, "
+                                                "one per sweep)")] = None,
     address: Annotated[Optional[str], typer.Option(help="run every sweep on this Ray cluster instead")] = None,
-    max_running: Annotated[int, typer.Option(min=1, help="sweeps at once without --gpus")] = 1,
+    max_running: Annotated[int, typer.Option(min=1, help="sweeps at once (with --no-pool and --gpus: one per "
+                                             "GPU)")] = 4,
+    pool: Annotated[bool, typer.Option("--pool/--no-pool", help="one pool of warm trial workers for every sweep "
+                                       "(kept in DATA/pool.json, it outlives a killed server); --no-pool: each "
+                                       "sweep starts its own Ray and workers")] = True,
+    set_: SetOption = None,
 ) -> None:
-    """Run segsweep as a service: the queue, the HTTP API and the web pages."""
+    """Run segsweep as a service: the queue, the HTTP API and the web pages. ``--set resources.KEY=VALUE`` shapes the
+    pool as a spec's resources would."""
     # lazy: the server's libraries (FastAPI, uvicorn, the reports) are not the CLI's start
     import uvicorn
 
@@ -52,18 +60,41 @@ def serve(
 
     data = data.absolute()
     gpu_list = None if address else machine_gpus(gpus)
-    if address:  # a pool's Ray (orchestrate pool start) takes its token, as orchestrate run --address does
-        from orchestrator.pool.resident import join_token  # lazy: only a joining server needs it
-
-        join_token(address)  # into this environment, which the runners inherit
     policy = SubmitPolicy(data_roots(data_root or [], data))
     os.environ[TARGETS_ENV] = str(data / "targets.json")  # the registry the server checks and its runners measure with
+    held = None
+    if pool and not address:
+        held = service_pool(data, gpu_list, resources(set_ or []))
+        address, gpu_list = held["address"], None  # every sweep joins the pool; its GPUs are the pool's
+    if address:  # a pool's Ray (the service's, or orchestrate pool start's) takes its token, as run --address does
+        from orchestrator.pool.resident import join_token  # lazy: only a joining server needs it
+
+        join_token(address, data / "pool.json" if held else None)  # into this environment, which runners inherit
     scheduler = Scheduler(ServiceDB(data / "service.db"), data, gpu_list, max_running, address)
     scheduler.start()
     roots = ", ".join(map(str, policy.data_roots)) or "none: no spec can name data here"
-    typer.echo(f"segsweep serving http://{host}:{port} (data {data}; data roots {roots}; "
-               f"{'GPUs ' + gpus if gpu_list else f'{max_running} sweep(s) at once'})", err=True)
+    where = (f"a pool of {len(held['workers'])} warm worker(s)" if held else f"GPUs {gpus}" if gpu_list else
+             f"Ray at {address}" if address else "a Ray of each sweep's own")
+    typer.echo(f"segsweep serving http://{host}:{port} (data {data}; data roots {roots}; {where}; "
+               f"{max_running} sweep(s) at once)", err=True)
     uvicorn.run(create_app(data, scheduler, policy), host=host, port=port, log_level="warning", server_header=False)
+
+
+def service_pool(data: Path, gpus: list[int] | None, shape: dict) -> dict:
+    """The service's pool (``DATA/pool.json``): the one still running from before (a killed server's sweeps go on
+    there) if it runs this installation's versions, else a new one on the service's GPUs. It outlives the server."""
+    from orchestrator.pool.resident import pool_key, read_state, start_holder, stop_holder  # lazy: small, but Ray
+
+    state = data / "pool.json"
+    info = read_state(state)
+    if info is not None and info.get("key") == pool_key():
+        typer.echo(f"[segsweep] the service's pool is running already ({info['address']}): used", err=True)
+        return info
+    if info is not None:
+        typer.echo("[segsweep] the service's pool runs other versions: stopped, a new one starts", err=True)
+        stop_holder(state)
+    typer.echo("[segsweep] starting the service's pool of warm trial workers", err=True)
+    return start_holder(state, shape, visible_gpus=gpus)
 
 
 def machine_gpus(text: str | None) -> list[int] | None:

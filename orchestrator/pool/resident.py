@@ -38,6 +38,9 @@ from orchestrator.spec.schema import ResourcesSpec
 
 USER_ENV = "SEGSWEEP_USER"  # the service's user of a sweep, for the pool's fair shares
 STATE_ENV = "SEGSWEEP_POOL_STATE"  # the pool's state file, if not ~/.segsweep/pool.json
+# Ray's single-machine switch: the node's address is 127.0.0.1, so its GCS, raylet, object manager and workers listen
+# on loopback only (set for the holder and for every process that joins it)
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 READY_TIMEOUT_S = 600.0  # the workers' imports (and CUDA) on a cold machine
 
 
@@ -69,7 +72,7 @@ def join_token(address: str, state: Path | None = None) -> None:
     another cluster."""
     info = read_state(state or default_state())
     if info is not None and info.get("address") == address and info.get("token"):
-        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": info["token"]})
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": info["token"], **LOOPBACK})
 
 
 def read_state(state: Path) -> dict[str, Any] | None:
@@ -94,9 +97,10 @@ def alive(pid: int) -> bool:
 
 # ------------------------------------------------------------------------------------------------ the CLI's side
 def start_holder(state: Path, resources: dict[str, Any], cpus: int | None = None, gpus: int | None = None,
-                 log: Path | None = None) -> dict[str, Any]:
+                 log: Path | None = None, visible_gpus: list[int] | None = None) -> dict[str, Any]:
     """Start the holder in a session of its own (it outlives this process) and wait until its workers are ready;
-    its state comes back. A pool already running there is a one-line error."""
+    its state comes back. A pool already running there is a one-line error. ``visible_gpus``: the only GPUs it
+    uses (``CUDA_VISIBLE_DEVICES``)."""
     if read_state(state) is not None:
         raise SegsweepError(f"a pool is running already ({state}); 'orchestrate pool stop' ends it")
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +110,11 @@ def start_holder(state: Path, resources: dict[str, Any], cpus: int | None = None
                "--resources", json.dumps(resources)]
     command += ["--cpus", str(cpus)] if cpus is not None else []
     command += ["--gpus", str(gpus)] if gpus is not None else []
-    # the pool's own token: only who can read the state file (its owner) can join its Ray and run code on its workers
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # the pool's own token: only who can read the state file (its owner) can join its Ray and run code on its workers;
+    # and its Ray on loopback only
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), **LOOPBACK}
+    if visible_gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, visible_gpus))
     with open(log, "ab") as out:
         holder = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.time() + READY_TIMEOUT_S + 120
@@ -179,8 +186,8 @@ def hold(state: Path, resources: dict[str, Any], cpus: int | None, gpus: int | N
     mps = start_mps(res.mps) if use_mps(res.mps, True, res.gpus_per_trial != 0) else None
     pool = None
     try:
-        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level="ERROR", configure_logging=True, log_to_driver=True)
+        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level="ERROR",
+                 configure_logging=True, log_to_driver=True)
         address = ray.get_runtime_context().gcs_address
         pool = start_resident_pool(res, pool_key(), mps)
         ready = ray.get([w.ready.remote() for w in pool.workers], timeout=READY_TIMEOUT_S)

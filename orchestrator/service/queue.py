@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from orchestrator.pool.resident import STATE_ENV, USER_ENV
 from orchestrator.service.db import ServiceDB, SweepRow
 from orchestrator.service.runner import status_file
 
@@ -110,6 +111,9 @@ class Scheduler:
             env |= {"RAY_ADDRESS": "local", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        env[USER_ENV] = row.user  # a pool shares its slots fairly between users
+        if (self.data / "pool.json").is_file():
+            env[STATE_ENV] = str(self.data / "pool.json")  # the service's pool: its token, for the runner to join
         command = [sys.executable, "-m", "orchestrator.service.runner", str(self.data), row.id]
         command += [self.address] if self.address else []
         with open(log, "ab") as out:

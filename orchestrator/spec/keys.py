@@ -76,15 +76,27 @@ def parse_domain(key: str, value: dict[str, Any]) -> Domain:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> dotted keys. Search domains and lists are leaves."""
+    """Nested dict -> dotted keys. Search domains and lists are leaves. Keys beside a choice between mappings
+    (``model: {choice: [{arch: fcn, ...}, ...], batchnorm: batch}``, as ``--set model.batchnorm=batch`` leaves it and
+    a resolved spec writes it) are keys of their own, set for every option."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value and not is_domain(value):
             flat.update(flatten(value, dotted + "."))
+        elif grouped_with_keys(value):
+            flat[dotted] = {"choice": value["choice"]}
+            flat.update(flatten({k: v for k, v in value.items() if k != "choice"}, dotted + "."))
         else:
             flat[dotted] = value
     return flat
+
+
+def grouped_with_keys(value: Any) -> bool:
+    """A choice between mappings with other keys beside it (no other domain kind among them)."""
+    return (isinstance(value, dict) and len(value) > 1 and isinstance(value.get("choice"), list)
+            and bool(value["choice"]) and all(isinstance(o, dict) for o in value["choice"])
+            and not any(k in DOMAIN_KINDS for k in value if k != "choice"))
 
 
 def put(flat: dict[str, Any], key: str, value: Any) -> dict[str, Any]:

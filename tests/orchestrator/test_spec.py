@@ -178,3 +178,17 @@ def test_budgets_are_checked_before_anything_starts(write_spec, tmp_path):
         assert expected in error_of(write_spec, spec, [f"search.constraints=[{constraint}]"])
     with_proxy = tiny_spec(tmp_path, search={**spec["search"], "latency_proxy": {"backend": "torch"}})
     assert load_spec(write_spec(with_proxy), ["search.constraints=[{metric: energy/mj_per_image, max: 8}]"])
+
+
+def test_a_grouped_choice_with_keys_beside_it_reloads_from_its_resolved_spec(tmp_path):
+    """``--set model.batchnorm=batch`` beside a choice between models: the spec as run (spec.yaml, which resume and the
+    service's runner read) loads again to the same domains and keys, the options' labels unchanged."""
+    from orchestrator.spec.keys import group_label
+
+    spec = tiny_spec(tmp_path, model={"choice": [{"arch": "unet", "encoder": "resnet18"},
+                                                 {"arch": "enet", "encoder": None}]})
+    sweep = build_sweep(spec, ["model.batchnorm=batch"])
+    again = load_spec_text(sweep.resolved_yaml())
+    assert again.spec.model.batchnorm == "batch" and again.flat["model.batchnorm"] == "batch"
+    assert [group_label(v) for v in again.domains["model"].values] == [
+        group_label(v) for v in sweep.domains["model"].values] == ["arch=unet,encoder=resnet18", "arch=enet,encoder=None"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.pool.resident import alive, pool_key, pool_status, read_state, start_holder, stop_holder
+from orchestrator.pool.resident import alive, pool_key, read_state, start_holder, stop_holder
 from orchestrator.store import Store
 from tests.conftest import ROOT, tiny_spec
 
@@ -27,6 +27,14 @@ def orchestrate(*args: str, env: dict | None = None) -> subprocess.CompletedProc
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300, cwd=ROOT, check=False)
+
+
+def pool_status(state: Path) -> dict:
+    """``orchestrate pool status --format json``, in a process of its own (Ray reads the pool's token at its import;
+    this test process may hold a Ray of its own already)."""
+    done = orchestrate("pool", "status", "--state", str(state), "--format", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
 
 
 def worker_pids(run_dir: Path) -> set[int]:

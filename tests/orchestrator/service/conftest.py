@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from orchestrator.pool.resident import stop_holder
 from tests.conftest import ROOT
 from tests.orchestrator.conftest import free_port
 
@@ -40,10 +41,16 @@ class Server:
     def client(self, tok: str | None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {tok}"} if tok else {}, timeout=30)
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """kill -9 the server alone (its runners and its pool go on, by design)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def stop(self) -> None:
+        """The server, and the service's pool, which outlives a server by design."""
+        self.kill()
+        stop_holder(self.data / "pool.json")
 
 
 def start_server(data: Path, port: int, datasets: Path, max_running: int = 2,
@@ -57,7 +64,7 @@ def start_server(data: Path, port: int, datasets: Path, max_running: int = 2,
                                 cwd=ROOT, start_new_session=True,
                                 env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", data, proc, log, datasets)
-    deadline = time.time() + 90
+    deadline = time.time() + 240  # the service's pool starts first: its workers' imports
     while time.time() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
@@ -65,7 +72,7 @@ def start_server(data: Path, port: int, datasets: Path, max_running: int = 2,
             return server
         except httpx.HTTPError:
             time.sleep(0.3)
-    pytest.fail(f"the server did not answer in 90 s: {log.read_text()[-2000:]}")
+    pytest.fail(f"the server did not answer in 240 s: {log.read_text()[-2000:]}")
 
 
 def tiny_sweep(root: Path, epochs: int = 1, lrs: tuple[float, ...] = (0.003, 0.001)) -> str:

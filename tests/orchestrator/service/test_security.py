@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 from orchestrator.gpu import gpu_count
+from orchestrator.pool.resident import read_state
 from tests.conftest import ROOT
 from tests.orchestrator.conftest import free_port
 from tests.orchestrator.service.conftest import ORCHESTRATE, Server, start_server, token, wait_for
@@ -43,7 +44,7 @@ class Secure:
     canary: str  # a value of the server's environment
     marker: Path  # a ProxyCommand's file
     sweep: str  # alice's hostile sweep, finished
-    ray_listens: set[str]  # the addresses its Ray listened on (and gcs_server: it started its own)
+    ray_listens: set[str]  # the addresses its Ray (the service pool's) listened on (and gcs_server: a Ray of its own)
 
 
 def orchestrate(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
@@ -120,6 +121,9 @@ def secure(tmp_path_factory, sshd) -> Secure:
                 pid = db.execute("SELECT pid FROM sweeps WHERE id = ?", (sweep,)).fetchone()[0]
             if pid:
                 addresses |= listening(pid)
+            pool = read_state(data / "pool.json")  # the service's pool: its Ray is the sweeps' Ray
+            if pool:
+                addresses |= listening(pool["pid"])
             time.sleep(0.5)
         assert wait_for(alice, sweep, ("finished", "failed"), 10)["state"] == "finished"
         yield Secure(server, tokens, canary, tmp_path_factory.mktemp("marker") / "ran", sweep, addresses)

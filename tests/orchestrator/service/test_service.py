@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from orchestrator.pool.resident import read_state, stop_holder
 from orchestrator.store import Store
 from tests.conftest import ROOT
 from tests.orchestrator.service.conftest import ORCHESTRATE, free_port, start_server, tiny_sweep, token, wait_for
@@ -38,6 +39,10 @@ def test_two_users_submit_at_once_both_finish_and_each_sees_only_their_own(servi
     alice, bob, root = (server.client(tokens[u]) for u in ("alice", "bob", "root"))
     for user, client in (("alice", alice), ("bob", bob)):
         assert wait_for(client, ids[user], ("finished", "failed"))["state"] == "finished"
+    pool = {w["pid"] for w in read_state(server.data / "pool.json")["workers"]}  # the service's one pool
+    for user in ("alice", "bob"):  # both users' trials trained on its workers, their results apart
+        trained = {int(p.stem.split("-")[1]) for p in (server.data / "runs" / ids[user] / "pool").glob("worker-*")}
+        assert trained and trained <= pool
     assert [r["id"] for r in alice.get("/api/sweeps").json()] == [ids["alice"]]
     assert [r["id"] for r in bob.get("/api/sweeps").json()] == [ids["bob"]]
     assert {r["id"] for r in root.get("/api/sweeps").json()} == set(ids.values())  # the admin sees both
@@ -179,8 +184,9 @@ def test_kill_9_mid_sweep_then_restart_resumes_it_and_keeps_the_queue(tmp_path):
     assert runner["state"] == "running"
     pid = next(int(line.split()[0]) for line in subprocess.run(["pgrep", "-af", "orchestrator.service.runner"],
                capture_output=True, text=True).stdout.splitlines() if first in line)
-    server.stop()  # kill -9 the server ...
-    os.killpg(pid, signal.SIGKILL)  # ... and the sweep's runner with its Ray: the machine went down
+    server.kill()  # kill -9 the server ...
+    os.killpg(pid, signal.SIGKILL)  # ... and the sweep's runner ...
+    stop_holder(data / "pool.json")  # ... and the service's pool: the machine went down
     done_before = {t.id: t.best for t in Store(store_path).trials() if t.status == "completed"}
     server = start_server(data, port, datasets, max_running=1)
     try:
