@@ -175,6 +175,7 @@ class Registry(str, Enum):
     schedules = "schedules"
     datasets = "datasets"
     optimizers = "optimizers"
+    budgets = "budgets"
 
 
 def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> None:
@@ -184,6 +185,7 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
     from models.losses import list_losses
     from models.optim import list_schedules
     from models.registry import list_encoders, list_models
+    from orchestrator.budgets import BUDGETS
     from orchestrator.data.adapters import list_datasets
 
     entries = {
@@ -193,6 +195,7 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
         Registry.schedules: list_schedules,
         Registry.datasets: list_datasets,
         Registry.optimizers: lambda: dict(OPTIMIZERS),
+        Registry.budgets: lambda: {name: budget.about for name, budget in BUDGETS.items()},
     }[what]()
     width = max(map(len, entries))
     for name, description in entries.items():
