@@ -105,3 +105,30 @@ def test_energy_per_image_from_the_samples_in_the_timed_window():
         None, "no tegrastats on this device")
     assert energy_figures({"source": "tegrastats", "lines": lines}, (2.2, 2.4), 1.0)[1] == (
         "no tegrastats power sample inside the timed 0.20 s")
+
+
+def test_nvml_power_and_its_energy_counter_through_the_agents_sampler(monkeypatch):
+    """Beside an NVIDIA GPU (none here): the agent's sampler reads NVML's power (``nvmlDeviceGetPowerUsage``, mW) and
+    energy counter (``nvmlDeviceGetTotalEnergyConsumption``, mJ since the driver loaded) as nvidia-ml-py documents
+    them; a stand-in module answers as a GPU drawing a steady 250 W would."""
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from orchestrator.latency.agent import PowerSampler, timed_loop
+
+    start = time.time()
+    nvml = SimpleNamespace(NVMLError=RuntimeError, nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: i,
+                           nvmlDeviceGetPowerUsage=lambda handle: 250_000,
+                           nvmlDeviceGetTotalEnergyConsumption=lambda handle: (time.time() - start) * 250_000)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no tegrastats: NVML is the GPU backend's source
+    with PowerSampler("gpu") as sampler:
+        timed_loop(lambda: time.sleep(0.005), 1, 20, min_warmup_s=0.1, min_timed_s=0.5, marks=sampler.marks)
+    report = sampler.report()
+    figures, why = energy_figures(report, (report["marks"]["start"], report["marks"]["end"]), images_per_s=200.0)
+    assert report["source"] == "nvml" and why is None and figures["samples"] >= 5
+    assert figures["power_w"] == pytest.approx(250, rel=0.02) and figures["mj_per_image"] == pytest.approx(1250, rel=0.02)
+    with PowerSampler("board") as cpu:  # a CPU backend off a Jetson: no power, and it says why
+        pass
+    assert cpu.report()["source"] is None and cpu.report()["why"] == "no tegrastats on this device"
