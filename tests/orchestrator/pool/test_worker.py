@@ -128,3 +128,15 @@ def test_several_sweeps_share_the_slots_fairly_and_a_detached_sweep_goes(worker,
         w.stop("b1")
         w.admission.running = 0
     assert w._context(str(run_dir), timeout=0.1) is None
+
+
+def test_a_trial_that_decodes_its_files_saves_its_panels(worker):
+    """``data.cache: false`` (the trial decodes the files itself): the end-of-trial panels come from the driver's
+    decoded cache (they read the trial's datasets' arrays, which file-decoding datasets do not have)."""
+    w, config, run_dir = worker
+    config = {**config, "data.cache": False, "data.workers": 0, "trainer.max_epochs": 1, "trainer.log_images": 1,
+              "trainer.best_worst": 1}
+    w.start("files", config, None)
+    assert events(w, "files")[-1] == {"kind": "done"}
+    assert len(list((run_dir / "trials" / "files" / "best_worst").glob("*.png"))) == 2
+    assert (run_dir / "trials" / "files" / "examples.npz").is_file()
