@@ -113,7 +113,7 @@ def check_encoder(name: str | None) -> str | None:
     if name.startswith("tu-"):
         import timm  # lazy: timm imports torch; smp's own names need neither
 
-        if timm.list_models(name[3:]):
+        if timm.is_model(name[3:]):  # one model by its exact name (list_models would read it as a pattern: tu-*)
             return name
         raise UnknownNameError("timm encoder", name, [f"tu-{m}" for m in timm.list_models()])
     raise UnknownNameError("encoder", name, SMP_ENCODERS)

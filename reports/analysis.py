@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 
 from orchestrator.store import TrialRow
-from reports.tables import to_markdown
+from reports.tables import code, md, to_markdown
 
 FINISHED = ("completed", "early_stopped")
 
@@ -85,7 +85,7 @@ def factor_table(trials: list[TrialRow], key: str, metric: str, mode: str, rungs
                      f"median at epoch {budget}": statistics.median(at_budget) if at_budget else math.nan,
                      "most epochs": max(t.epochs for t in group)})
         if rungs and max(t.epochs for t in group) <= rungs[0] < max_epochs:
-            notes.append(f"`{key}` = {value}: never trained past epoch {rungs[0]} (every trial stopped at the first "
+            notes.append(f"`{key}` = {md(value)}: never trained past epoch {rungs[0]} (every trial stopped at the first "
                          f"rung), so its best is a {rungs[0]}-epoch figure")
     return pd.DataFrame(rows), notes
 
@@ -140,8 +140,8 @@ def analysis_markdown(meta: dict[str, Any], trials: list[TrialRow], domains: dic
     rungs, max_epochs = meta.get("rungs", []), meta.get("max_epochs", 0)
     budget = budget_epoch([t for t in trials if t.status in FINISHED and metric in t.best], rungs, max_epochs)
     lines = ["## Study analysis", "",
-             f"Per searched value: its finished trials, their best `{metric}`, its median, and the median **at equal "
-             f"budget**: `{metric}` at epoch {budget}, the largest rung every finished trial reached, so that trials "
+             f"Per searched value: its finished trials, their best {code(metric)}, its median, and the median **at equal "
+             f"budget**: {code(metric)} at epoch {budget}, the largest rung every finished trial reached, so that trials "
              "ASHA stopped early and trials that ran to the end are compared at the same epoch.", ""]
     for key, domain in domains.items():
         table, notes = factor_table(trials, key, metric, mode, rungs, max_epochs, domain)
@@ -149,7 +149,7 @@ def analysis_markdown(meta: dict[str, Any], trials: list[TrialRow], domains: dic
             continue
         lines += [f"**{key}**", "", to_markdown(table).rstrip("\n"), *[f"- {n}" for n in notes], ""]
     if importances:
-        lines += [f"Importance for `{metric}` (Optuna's fANOVA over the finished trials; sums to 1): "
+        lines += [f"Importance for {code(metric)} (Optuna's fANOVA over the finished trials; sums to 1): "
                   + ", ".join(f"`{k}` {v:.2f}" for k, v in importances.items()), ""]
     return lines
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from reports.figures import (
     trial_labels,
 )
 from reports.summary import latency_columns, pareto_front
-from reports.tables import comparison_table, to_markdown, varying_keys
+from reports.tables import code, comparison_table, md, to_markdown, varying_keys
 
 
 def _num(value: Any) -> float | None:
@@ -115,12 +116,12 @@ def check_lines(run: RunData) -> list[str]:
     failed = {trial: c for trial, c in run.checks.items() if not c["ok"]}
     tolerance = max(c["tolerance"] for c in run.checks.values())
     lines = [f"Self-check (`check` column): {len(run.checks)} trial(s) re-scored on the validation split from their "
-             f"saved best weights; {len(run.checks) - len(failed)} reproduce their recorded `{metric}` within "
+             f"saved best weights; {len(run.checks) - len(failed)} reproduce their recorded {code(metric)} within "
              f"{tolerance:.3g}.", ""]
     for trial, c in failed.items():
         found = (f"{c['recorded']:.4f} recorded, {c['measured']:.4f} from its saved weights"
-                 if c["measured"] is not None and c["recorded"] is not None else f"could not re-score ({c['error']})")
-        lines += [f"- **WARNING** `{trial}` does not reproduce its `{metric}`: {found}. Its figures, held-out ones "
+                 if c["measured"] is not None and c["recorded"] is not None else f"could not re-score ({md(c['error'])})")
+        lines += [f"- **WARNING** `{trial}` does not reproduce its {code(metric)}: {found}. Its figures, held-out ones "
                   "included, are unverified.", ""]
     return lines
 
@@ -180,15 +181,15 @@ def budget_lines(run: RunData) -> list[str]:
     infeasible = [t for t in run.trials if t.status == "infeasible"]
     best = best_of(feasible, metric, mode)
     lines = ["## Budgets", "",
-             f"Budgets (`search.constraints`): {', '.join(f'`{stated(c)}`' for c in constraints)}. Each figure is "
+             f"Budgets (`search.constraints`): {', '.join(code(stated(c)) for c in constraints)}. Each figure is "
              "known before a trial trains (the model's size and compute, the latency proxy's latency and energy), so "
              "a trial over a budget is `infeasible`: recorded with its figures, never trained.", "",
              f"Feasible set: {len(feasible)} trial(s) trained within every budget"
              + (f" ({', '.join(f'`{t.id}`' for t in feasible)})" if feasible else "")
              + f"; {len(infeasible)} infeasible.", ""]
     if best is not None:
-        lines += [f"Best feasible trial: `{best.id}`, {metric} = {best.best[metric]:.4f}.", ""]
-    lines += [f"- `{t.id}` infeasible: {t.infeasible}" for t in infeasible]
+        lines += [f"Best feasible trial: `{best.id}`, {md(metric)} = {best.best[metric]:.4f}.", ""]
+    lines += [f"- `{t.id}` infeasible: {md(t.infeasible)}" for t in infeasible]
     return lines + ([""] if infeasible else [])
 
 
@@ -231,7 +232,7 @@ def report_sections(run: RunData) -> list[Section]:
     lines = [
         f"# {meta['sweep']}: model-wise comparison",
         "",
-        f"Metric: `{metric}` ({mode}), best value over each trial's epochs"
+        f"Metric: {code(metric)} ({mode}), best value over each trial's epochs"
         + (" of the full network (a staged model's first-stage epochs score the encoder alone: they are the "
            f"`{STAGE1}` series, never its figure)" if staged else "") + ". "
         f"Trials: {sum(counts.values())} ({counts['completed']} completed, {counts['early_stopped']} early-stopped, "
@@ -252,7 +253,7 @@ def report_sections(run: RunData) -> list[Section]:
     lines += check_lines(run)
     if run.evaluations:
         splits = sorted({e["split"] for e in run.evaluations})
-        lines += [f"Held-out figures ({', '.join(splits)}): the trials selected on `{metric}`, each at its best "
+        lines += [f"Held-out figures ({', '.join(splits)}): the trials selected on {code(metric)}, each at its best "
                   "validation weights, on a split no trial saw (`orchestrate evaluate`). Publish these, not the "
                   "validation ones the search selected on.", ""]
     searched = list(run.domains) or varying_keys(results)
@@ -283,19 +284,22 @@ def report_sections(run: RunData) -> list[Section]:
     failed_latency = [r for r in run.latencies if r["status"] == "failed"]
     if failed_latency:
         sections.append(Section(["## Failed latency measurements", ""] + [
-            f"- `{r['trial_id']}` {r['backend']} on {r['target']}: {r['error']}" for r in failed_latency] + [""]))
+            f"- `{r['trial_id']}` {md(r['backend'])} on {md(r['target'])}: {md(r['error'])}" for r in failed_latency]
+            + [""]))
     failed = results[results["status"] == "failed"] if not results.empty else results
     if not failed.empty:
-        sections.append(Section(["## Failed trials", ""] + [f"- `{r.id}`: {r.error}" for r in failed.itertuples()]
+        sections.append(Section(["## Failed trials", ""] + [f"- `{r.id}`: {md(r.error)}" for r in failed.itertuples()]
                                 + [""]))
     if not table.empty and table["rank"].notna().any():
         best = results.set_index("id").loc[table.iloc[0]["trial"]]
         keys = varying_keys(results)
+        values = [f"{k}: {best[f'config/{k}']}" for k in keys]
+        fence = "`" * max(3, 1 + max((len(r) for v in values for r in re.findall("`+", v)), default=0))  # none closes it
         # with budgets only trials within them train: the best trial is the best feasible one
         title = "## Best feasible trial" if meta.get("constraints") else "## Best trial"
-        sections.append(Section([title, "", f"`{table.iloc[0]['trial']}`: {metric} = "
-                                 f"{table.iloc[0][metric]:.4f}; its searched values:", "", "```yaml",
-                                 *[f"{k}: {best[f'config/{k}']}" for k in keys], "```", ""]))
+        sections.append(Section([title, "", f"`{table.iloc[0]['trial']}`: {md(metric)} = "
+                                 f"{table.iloc[0][metric]:.4f}; its searched values:", "", f"{fence}yaml",
+                                 *values, fence, ""]))
     return sections
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -50,13 +51,29 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str, classes: lis
     return out
 
 
+_MARKUP = str.maketrans({c: "\\" + c for c in "\\`[]<>|"})
+
+
+def md(value: object) -> str:
+    """Text a user controls (a class name, a config value, an error line) as markdown that shows it, nothing more:
+    no link, image, HTML or code span can come of it, and a table's ``|`` stays in its cell."""
+    return str(value).translate(_MARKUP)
+
+
+def code(value: object) -> str:
+    """``value`` as an inline code span, whatever backticks it holds (the fence is longer than any run of them)."""
+    text = str(value)
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    return f"{'`' * (longest + 1)} {text} {'`' * (longest + 1)}" if longest else f"`{text}`"
+
+
 def _cell(value: object) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
         # metrics in [0, 1] to 4 decimals; small values (learning rates) in 3 significant digits; others as rounded
         return f"{value:.3g}" if 0 < abs(value) < 1e-2 else f"{value:.4f}" if abs(value) <= 1 else f"{value:g}"
-    return str(value).replace("|", "\\|")
+    return md(value)
 
 
 def varying_keys(results: pd.DataFrame) -> list[str]:
@@ -69,7 +86,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     """GitHub markdown; metrics to 4 decimals, learning rates to 3 significant digits."""
     if table.empty:
         return "_no trials_\n"
-    header = "| " + " | ".join(table.columns) + " |"
+    header = "| " + " | ".join(md(c) for c in table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"

@@ -20,7 +20,7 @@ from orchestrator.cli.options import ServerOption, SetOption, TableFormat, Table
 from orchestrator.cli.pool import resources
 from orchestrator.errors import SegsweepError
 from orchestrator.latency.targets import TARGETS_ENV, NamedTarget, load_targets, save_targets
-from orchestrator.spec.keys import ENV_REFERENCE, parse_override, strings
+from orchestrator.spec.keys import ENV_REFERENCE, load_yaml, parse_override, strings
 
 DataOption = Annotated[Path, typer.Option("--data", help="the service's folder: its database, runs and logs "
                                           "(default $SEGSWEEP_DATA or ./segsweep-data)")]
@@ -43,6 +43,9 @@ def serve(
     address: Annotated[Optional[str], typer.Option(help="run every sweep on this Ray cluster instead")] = None,
     max_running: Annotated[int, typer.Option(min=1, help="sweeps at once (with --no-pool and --gpus: one per "
                                              "GPU)")] = 4,
+    max_connections: Annotated[int, typer.Option(min=8, help="connections served at once; more get 503")] = 256,
+    max_sweep_hours: Annotated[float, typer.Option(min=0, help="a sweep running longer is stopped as a cancel "
+                                                   "would (resumable); 0: no limit")] = 24.0,
     pool: Annotated[bool, typer.Option("--pool/--no-pool", help="one pool of warm trial workers for every sweep "
                                        "(kept in DATA/pool.json, it outlives a killed server); --no-pool: each "
                                        "sweep starts its own Ray and workers")] = True,
@@ -60,6 +63,10 @@ def serve(
 
     data = data.absolute()
     gpu_list = None if address else machine_gpus(gpus)
+    # the service's folder is its owner's alone: every user's runs, logs, the queue, the pool's token
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    os.umask(0o077)
     policy = SubmitPolicy(data_roots(data_root or [], data))
     os.environ[TARGETS_ENV] = str(data / "targets.json")  # the registry the server checks and its runners measure with
     held = None
@@ -70,14 +77,19 @@ def serve(
         from orchestrator.pool.resident import join_token  # lazy: only a joining server needs it
 
         join_token(address, data / "pool.json" if held else None)  # into this environment, which runners inherit
-    scheduler = Scheduler(ServiceDB(data / "service.db"), data, gpu_list, max_running, address)
+    scheduler = Scheduler(ServiceDB(data / "service.db"), data, gpu_list, max_running, address,
+                          max_sweep_hours or None)
     scheduler.start()
     roots = ", ".join(map(str, policy.data_roots)) or "none: no spec can name data here"
     where = (f"a pool of {len(held['workers'])} warm worker(s)" if held else f"GPUs {gpus}" if gpu_list else
              f"Ray at {address}" if address else "a Ray of each sweep's own")
     typer.echo(f"segsweep serving http://{host}:{port} (data {data}; data roots {roots}; {where}; "
                f"{max_running} sweep(s) at once)", err=True)
-    uvicorn.run(create_app(data, scheduler, policy), host=host, port=port, log_level="warning", server_header=False)
+    # at most max_connections at once (then 503s): half-open connections cannot use up the server's file descriptors;
+    # no X-Forwarded-For trusted (a client would choose its own address for the login throttle); put a proxy with
+    # timeouts in front of a server shared beyond loopback
+    uvicorn.run(create_app(data, scheduler, policy), host=host, port=port, log_level="warning", server_header=False,
+                limit_concurrency=max_connections, proxy_headers=False, timeout_keep_alive=5)
 
 
 def service_pool(data: Path, gpus: list[int] | None, shape: dict) -> dict:
@@ -229,7 +241,7 @@ def client_env(text: str, sets: list[str]) -> dict[str, str]:
     """The values, from this shell, of the variables the spec's values and ``--set`` refer to (``${VAR}``): the
     server expands with these, never with its own environment. Comments are not read."""
     try:
-        values: list[Any] = [yaml.safe_load(text)]
+        values: list[Any] = [load_yaml(text)]
         values += [parse_override(item)[1] for item in sets]
     except (yaml.YAMLError, SegsweepError):
         return {}  # the server names the syntax error

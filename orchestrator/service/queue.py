@@ -41,10 +41,14 @@ def next_sweep(queued: list[SweepRow], running: list[SweepRow]) -> SweepRow | No
 
 class Scheduler:
     def __init__(self, db: ServiceDB, data: Path, gpus: list[int] | None = None, max_running: int = 1,
-                 address: str | None = None) -> None:
+                 address: str | None = None, max_hours: float | None = None) -> None:
+        """``max_hours``: a sweep running longer is stopped as a cancel would (it can be resumed), so that no sweep
+        holds the service's workers for ever (``serve --max-sweep-hours``)."""
         self.db, self.data, self.gpus, self.max_running, self.address = db, data, gpus, max_running, address
+        self.max_hours = max_hours
         self.procs: dict[str, subprocess.Popen] = {}
         self.cancelling: dict[str, float] = {}
+        self.overtime: set[str] = set()
         self.lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -83,6 +87,11 @@ class Scheduler:
                 self._finish(row)
             elif row.id in self.cancelling and time.time() - self.cancelling[row.id] > CANCEL_GRACE_S:
                 self._kill(row, signal.SIGKILL)
+            elif (self.max_hours and row.started_at and row.id not in self.cancelling
+                  and time.time() - row.started_at > self.max_hours * 3600):
+                self.overtime.add(row.id)
+                self.cancelling[row.id] = time.time()
+                self._kill(row, signal.SIGINT)  # as a cancel: Tune saves its state, the run can be resumed
 
     def launch(self) -> None:
         while True:
@@ -131,6 +140,10 @@ class Scheduler:
         if row.id in self.cancelling:
             state, error = "cancelled", None
             self.cancelling.pop(row.id)
+            if row.id in self.overtime:
+                self.overtime.discard(row.id)
+                error = (f"stopped after the server's limit of {self.max_hours:g} h a sweep (serve "
+                         "--max-sweep-hours); resume it to go on")
         self.db.update(row.id, state=state, error=error, pid=None, gpus=[], ended_at=time.time())
 
     # ---------------------------------------------------------------------------------------- requests

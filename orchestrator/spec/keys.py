@@ -147,8 +147,34 @@ def expand_env(value: Any, where: str = "", environ: Mapping[str, str] | None = 
 
     expanded = ENV_REFERENCE.sub(sub, value)
     if expanded != value and ENV_REFERENCE.fullmatch(value):
-        return yaml.safe_load(expanded) if expanded else expanded  # "${EPOCHS:-3}" stays a number
+        return load_yaml(expanded) if expanded else expanded  # "${EPOCHS:-3}" stays a number
     return expanded
+
+
+class SpecLoader(yaml.SafeLoader):
+    """YAML as a sweep file needs it, and nothing more: mappings, lists, strings, numbers, booleans and null. A tag
+    that builds another type (``!!binary`` bytes, which slipped past every check of strings; ``!!set``, ...) and an
+    anchor's alias (a few hundred bytes of aliases expand to gigabytes) are refused; a date stays a string."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "anchors and aliases (*name) are not accepted in a "
+                                                    "sweep file: write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+_PLAIN = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+          "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+SpecLoader.yaml_constructors = {tag: c for tag, c in yaml.SafeLoader.yaml_constructors.items() if tag in _PLAIN}
+SpecLoader.yaml_constructors["tag:yaml.org,2002:timestamp"] = yaml.SafeLoader.construct_yaml_str
+SpecLoader.yaml_constructors[None] = lambda loader, node: (_ for _ in ()).throw(yaml.constructor.ConstructorError(
+    None, None, f"the tag {node.tag} is not accepted in a sweep file: plain values only", node.start_mark))
+
+
+def load_yaml(text: str) -> Any:
+    """A sweep file's text, or a ``--set`` value, read as plain YAML (``SpecLoader``); ``yaml.YAMLError`` if not."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader with fewer types
 
 
 def strings(value: Any) -> Iterator[str]:
@@ -169,7 +195,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError(f"--set {text}: expected key=value, e.g. --set optimizer.lr=0.001")
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
+        return key.strip(), load_yaml(value) if value.strip() else None
     except yaml.YAMLError as e:
         raise SpecError(f"--set {text}: value is not valid YAML ({str(e).splitlines()[0]})") from None
 

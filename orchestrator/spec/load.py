@@ -34,6 +34,7 @@ from orchestrator.spec.keys import (
     flatten,
     group_label,
     is_domain,
+    load_yaml,
     parse_domain,
     parse_override,
     put,
@@ -119,12 +120,13 @@ def load_spec_text(text: str, overrides: list[str] | tuple[str, ...] = (), sourc
     """``load_spec`` for a sweep file's text (what the service receives); ``source`` names it in errors; the rest as
     ``build_sweep``."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{source}:{line}: YAML syntax error: {problem}") from None
+        kind = "YAML" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise SpecError(f"{source}:{line}: {kind}: {problem}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a sweep file is a YAML mapping (name:, data:, model:, ...)")
     return build_sweep(raw, overrides, source, environ=environ, hint=hint, screen=screen)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from models.metrics import metrics_from_confusion
-from orchestrator.data.cache import PreparedData, split_names
+from orchestrator.data.cache import PreparedData, load_split, split_names
 from orchestrator.rundir import TrialDir
 from orchestrator.trial.config import TrialConfig
 from orchestrator.trial.data import CachedData
@@ -25,7 +25,8 @@ def save_visuals(module: SegmentationModule, datamodule: CachedData, cfg: TrialC
     count = max(cfg.trainer.log_images, 1 if cfg.trainer.best_worst else 0)
     if count == 0:
         return
-    images, labels = datamodule.val_set.images, datamodule.val_set.labels
+    # the decode-once cache, which the driver writes whatever data.cache says (the trial may read the files instead)
+    images, labels = load_split(data.val.path)
     n = len(labels) if cfg.trainer.best_worst else min(count, len(labels))
     preds = predict_images(module, datamodule, images, labels, n, cfg.trainer.batch_size)
     k = cfg.trainer.log_images

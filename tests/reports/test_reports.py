@@ -191,16 +191,17 @@ def test_budgets_in_the_report_feasible_set_best_feasible_and_infeasible_off_the
     md = md_path.read_text()
     rows = {line.split(" | ")[2]: line for line in md.splitlines() if line.startswith("| ")}
     assert "| budget |" in rows["trial"] and "| trtexec@ssh://jetson mJ/img |" in rows["trial"]
-    assert "| over: latency/p50_ms 12.5 > 8 (max) |" in rows["slow"] and "| infeasible |" in rows["slow"]
+    assert "| over: latency/p50_ms 12.5 \\> 8 (max) |" in rows["slow"] and "| infeasible |" in rows["slow"]  # md()
     assert "| ok |" in rows["good"] and "| ok |" in rows["fast"] and "| – |" in rows["broke"]
     assert "| * |" in rows["good"] and "| * |" in rows["fast"] and "| 6 | 20 | 3 | 20 |" in rows["good"]
     assert "1 infeasible (over budget, never trained)" in md
     assert "Budgets (`search.constraints`): `latency/p50_ms <= 8`" in md
     assert "Feasible set: 2 trial(s) trained within every budget (`fast`, `good`); 1 infeasible." in md
     assert "Best feasible trial: `good`, val/miou = 0.7000." in md and "## Best feasible trial" in md
-    assert "- `slow` infeasible: latency/p50_ms 12.5 > 8 (max)" in md
+    assert "- `slow` infeasible: latency/p50_ms 12.5 \\> 8 (max)" in md
     html = html_path.read_text()
     assert "Best feasible trial: <code>good</code>" in html and "infeasible (over budget, not trained)" in html
+    assert "<li><code>slow</code> infeasible: latency/p50_ms 12.5 &gt; 8 (max)</li>" in html
     assert "energy per image" in html
     obj = report_json(tmp_path)
     assert obj["feasible"] == ["fast", "good"] and obj["best_feasible"] == "good"

@@ -156,3 +156,15 @@ def test_a_trial_over_budget_reports_its_figures_and_never_trains(worker):
     w.start("small", {**config, "model.arch": "enet", "model.encoder": None}, None)  # 0.35 M parameters
     assert events(w, "small", until="epoch")[-1]["metrics"]["model/params"] < 1e6
     w.stop("small")
+
+
+def test_a_trial_that_decodes_its_files_saves_its_panels(worker):
+    """``data.cache: false`` (the trial decodes the files itself): the end-of-trial panels come from the driver's
+    decoded cache (they read the trial's datasets' arrays, which file-decoding datasets do not have)."""
+    w, config, run_dir = worker
+    config = {**config, "data.cache": False, "data.workers": 0, "trainer.max_epochs": 1, "trainer.log_images": 1,
+              "trainer.best_worst": 1}
+    w.start("files", config, None)
+    assert events(w, "files")[-1] == {"kind": "done"}
+    assert len(list((run_dir / "trials" / "files" / "best_worst").glob("*.png"))) == 2
+    assert (run_dir / "trials" / "files" / "examples.npz").is_file()

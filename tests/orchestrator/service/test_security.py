@@ -32,6 +32,7 @@ from tests.orchestrator.service.conftest import ORCHESTRATE, Server, start_serve
 
 pytestmark = pytest.mark.slow  # one real sweep: the hostile one, whose pages the browser reads
 
+LINK = "[Session expired: sign in again](https://evil.example/login)"  # a class name: markdown, not a link
 SCRIPT = '</script><img src=x onerror="window.__pwned=1;alert(1)">'  # a class name
 FOLDER = "<svg onload=window.__pwned=2;alert(2)>"  # a folder name in data.root
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -69,7 +70,8 @@ def folder_dataset(root: Path) -> Path:
 
 def hostile_spec(root: Path, **sections) -> dict:
     spec = {"name": "hostile", "data": {"dataset": "folder", "root": str(root), "size": [32, 64], "resize": "resize",
-                                        "class_map": [{"name": "bg", "value": 0}, {"name": SCRIPT, "value": 1}]},
+                                        "class_map": [{"name": "bg", "value": 0}, {"name": SCRIPT, "value": 1},
+                                                      {"name": LINK, "value": 2}]},
             "model": {"arch": "unet", "encoder": "resnet18"}, "loss": {"name": "dice"},
             "optimizer": {"name": "adam", "lr": {"choice": [0.003, 0.001]}},
             "trainer": {"max_epochs": 1, "batch_size": 4, "log_images": 0, "best_worst": 1, "checkpoint_every_s": 0},
@@ -193,6 +195,43 @@ def test_no_spec_runs_a_command_or_reads_outside_the_data_roots(secure):
     assert snapshot(s) == before and not s.marker.exists()
 
 
+def test_a_second_attackers_findings_are_refused_cheaply_with_one_line(secure):
+    """An attacker's review after issue 25: YAML that builds bytes (``!!binary``, past every check of strings) or
+    expands aliases (a few hundred bytes to gigabytes), a timm pattern as an encoder (6.6 ms a value), sizes that fill
+    the disk or hold the workers for ever, numbers that broke the server (a 500): each a 422 with one line, at once,
+    nothing queued or written; a markdown link in a class name is text on the report page."""
+    import base64
+
+    s = secure
+    alice = s.server.client(s.tokens["alice"])
+    root = s.server.datasets / FOLDER
+    spec = yaml.safe_dump(hostile_spec(root))
+    etc = base64.b64encode(b"/etc").decode()
+    bomb = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9) if i else ', '.join('x' * 9)}]\n" for i in range(9))
+    before = snapshot(s)
+    for body, message in [
+        ({"spec": spec, "sets": [f"data.root=!!binary {etc}"]}, "the tag tag:yaml.org,2002:binary is not accepted"),
+        ({"spec": spec.replace(f"root: {root}", f"root: !!binary {etc}")}, "is not accepted in a sweep file"),
+        ({"spec": bomb + spec}, "anchors and aliases (*name) are not accepted"),
+        ({"spec": spec, "sets": ["model.encoder={choice: [" + ", ".join(["tu-*"] * 2000) + "]}"]},
+         "unknown timm encoder 'tu-*'"),
+        ({"spec": spec, "sets": ["search.num_samples=1000000000"]}, "search.num_samples: 1e+09 is more than this "
+                                                                    "server takes (at most 1000)"),
+        ({"spec": spec, "sets": ["trainer.max_epochs={int: [1, 1000000000]}"]}, "trainer.max_epochs: 1e+09 is more"),
+        ({"spec": spec, "sets": ["data.size=[32000, 32000]"]}, "data.size: 32000 is more than this server takes"),
+        ({"spec": spec, "priority": 2**70}, "priority: Input should be less than or equal to 1000"),
+    ]:
+        started = time.perf_counter()
+        response = alice.post("/api/sweeps", json=body)
+        error = response.json()["error"]
+        assert response.status_code == 422 and message in error and "\n" not in error, (body.get("sets"), error)
+        assert time.perf_counter() - started < 5
+    assert snapshot(s) == before
+    logs = alice.get(f"/api/sweeps/{s.sweep}/logs", params={"offset": 10**30})
+    assert logs.status_code == 422 and "offset" in logs.json()["error"]
+    assert logs.headers["content-security-policy"].startswith("default-src 'none'")
+
+
 def test_the_servers_environment_reaches_no_response(secure):
     """${VAR} takes the client's values, never the server's: a spec naming the server's variables is refused without
     their values, a value that is itself a reference is refused, and README's own example (--set before ${VAR}) is
@@ -311,6 +350,7 @@ def test_no_script_runs_on_any_page_of_a_hostile_sweep(secure):
             assert page.evaluate("window.__pwned") is None, path
         page.goto(f"{s.server.url}/sweeps/{s.sweep}/report")
         assert SCRIPT in page.inner_text("#report")  # report.md's table, the class name as text
+        assert LINK in page.inner_text("#report") and page.locator('a[href*="evil.example"]').count() == 0
         with page.expect_download() as download:  # the run's own report.html: a download, never a page here
             page.evaluate(f"window.location = '/sweeps/{s.sweep}/report.html'")
         assert download.value.suggested_filename == f"hostile-{s.sweep}-report.html"
