@@ -5,10 +5,11 @@
 | ``out_of_memory`` beside other trials | (none: not a failure) | admission restarts the trial from its start once fewer run beside it (``perf/restarts``) |
 | ``out_of_memory`` alone | ``OutOfMemoryError: the trial does not fit in its GPU even alone; lower ...`` | failed, not retried |
 | ``not_finite`` | ``FloatingPointError: training loss is nan at epoch 3; lower optimizer.lr?`` | failed, not retried |
-| ``cannot_run`` | ``RuntimeError: Output size is too small``, ``ModelError: ...`` | failed, not retried |
+| ``cannot_run`` | ``RuntimeError: Output size is too small``, ``ModelError: ...``, ``BudgetError: ...`` (a budget's figure could not be measured) | failed, not retried |
 | ``worker_died`` | ``WorkerDied: the trial's worker stopped (...)`` | failed; retried from its last checkpoint up to ``search.max_failures`` times |
 | ``other`` | any other exception's line | failed; retried up to ``search.max_failures`` times |
 
+A trial over budget (``search.constraints``) is no failure: it is ``infeasible`` (``orchestrator.budgets``).
 A failed trial is recorded once, by the driver, from its line: the store's ``failed`` row and error, one console line,
 Optuna's FAIL, its W&B run finished as failed, the report's "Failed trials". A kind that is not retried fails the same
 way again (the same configuration, the same data): its retries end at once instead of training again
@@ -27,8 +28,9 @@ _KINDS = (
     ("worker_died", ("WorkerDied",)),
     ("out_of_memory", ("OutOfMemoryError", "torch.OutOfMemoryError")),
     ("not_finite", ("FloatingPointError",)),
-    ("cannot_run", ("ModelError", "RuntimeError: Output size is too small", "RuntimeError: Given input size",
-                    "RuntimeError: Calculated padded input size", "ValueError: Expected more than 1 value")),
+    ("cannot_run", ("ModelError", "BudgetError", "RuntimeError: Output size is too small",
+                    "RuntimeError: Given input size", "RuntimeError: Calculated padded input size",
+                    "ValueError: Expected more than 1 value")),
 )
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")

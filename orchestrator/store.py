@@ -1,10 +1,11 @@
 """The results store: one SQLite file per run, written by the driver only, read by every report.
 
 Tables: ``meta`` (sweep name, metric, mode, ...), ``trials`` (one row per trial: flat config, status, error line,
-epochs done, best and last metrics, size, train time), ``epochs`` (one row per trial and epoch), ``latency`` and
-``evaluations`` (held-out splits) per trial, and ``checks`` (the self-check: a trial's saved best weights re-scored on
-the validation split against its recorded best). An epoch row is keyed by (trial, epoch), so a trial that restarts
-from a checkpoint after a crash overwrites rather than duplicates.
+the budgets it broke, epochs done, best and last metrics, size, train time), ``epochs`` (one row per trial and epoch),
+``latency`` (with power and energy where measured) and ``evaluations`` (held-out splits) per trial, and ``checks``
+(the self-check: a trial's saved best weights re-scored on the validation split against its recorded best). An epoch
+row is keyed by (trial, epoch), so a trial that restarts from a checkpoint after a crash overwrites rather than
+duplicates. A store made before a status or a column existed is brought up to date when it is opened (``_migrate``).
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.budgets import INFEASIBLE
 from orchestrator.errors import SegsweepError
 from orchestrator.rundir import RunDir
 
-STATUSES = ("pending", "running", "completed", "early_stopped", "failed")
-TERMINAL = ("completed", "early_stopped", "failed")
-FINISHED = ("completed", "early_stopped")  # ended as trials: nothing resumes them
+STATUSES = ("pending", "running", "completed", "early_stopped", "infeasible", "failed")
+TERMINAL = ("completed", "early_stopped", "infeasible", "failed")
+FINISHED = ("completed", "early_stopped")  # trained to their end: weights to evaluate
+SETTLED = (*FINISHED, "infeasible")  # ended for good (an infeasible trial is never trained): nothing resumes them
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+TRIALS_TABLE = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'early_stopped', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'early_stopped', 'infeasible', 'failed')),
     config TEXT NOT NULL,
     error TEXT,
+    infeasible TEXT,
     epochs INTEGER NOT NULL DEFAULT 0,
     best TEXT NOT NULL DEFAULT '{}',
     last TEXT NOT NULL DEFAULT '{}',
@@ -44,6 +47,10 @@ CREATE TABLE IF NOT EXISTS trials (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+"""
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + TRIALS_TABLE + """
 CREATE TABLE IF NOT EXISTS latency (
     trial_id TEXT NOT NULL REFERENCES trials(id),
     backend TEXT NOT NULL,
@@ -53,6 +60,8 @@ CREATE TABLE IF NOT EXISTS latency (
     result TEXT,
     error TEXT,
     measured_at REAL NOT NULL,
+    power_w REAL,
+    energy_mj REAL,
     PRIMARY KEY (trial_id, backend, target)
 );
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -85,8 +94,8 @@ CREATE TABLE IF NOT EXISTS epochs (
 
 
 def metric_mode(name: str) -> str:
-    """Direction in which a metric improves: losses and latencies go down, everything else up."""
-    return "min" if "loss" in name or name.startswith("latency") else "max"
+    """Direction in which a metric improves: losses, latencies, power and energy go down, everything else up."""
+    return "min" if "loss" in name or name.startswith(("latency", "energy/", "power/")) else "max"
 
 
 STAGE1 = "stage1/"  # prefix of a staged model's first-stage losses and validation metrics (``stage1/val/miou``)
@@ -94,16 +103,19 @@ FULL_EPOCH = "full_epoch"  # reported with each epoch of the full network: epoch
 
 
 def ended_as(result: dict[str, Any], max_epochs: int) -> str:
-    """How a trial that Tune ended without an error ended, by its last result: ``completed`` when it trained every
-    epoch, else ``early_stopped`` (the scheduler stopped it). The store and Optuna's study both go by this."""
+    """How a trial that Tune ended without an error ended, by its last result: ``infeasible`` when it was over a
+    budget (never trained), ``completed`` when it trained every epoch, else ``early_stopped`` (the scheduler stopped
+    it). The store and Optuna's study both go by this."""
+    if result.get(INFEASIBLE):
+        return "infeasible"
     return "completed" if int(result.get("epoch", 0)) >= max_epochs else "early_stopped"
 
 
 def is_metric(key: str) -> bool:
     """Reported metric keys are namespaced (``val/miou``, ``train/loss``, ``stage1/val/miou`` of a staged model's first
-    stage, ``latency/p50_ms`` from a trial's latency proxy, ``perf/images_per_s`` from the speed levers); Tune's
-    bookkeeping keys are not."""
-    return key.startswith(("val/", "train/", STAGE1, "latency/", "perf/"))
+    stage, ``latency/p50_ms``, ``power/mean_w`` and ``energy/mj_per_image`` from a trial's latency proxy,
+    ``perf/images_per_s`` from the speed levers); Tune's bookkeeping keys are not."""
+    return key.startswith(("val/", "train/", STAGE1, "latency/", "energy/", "power/", "perf/"))
 
 
 @dataclass
@@ -120,6 +132,7 @@ class TrialRow:
     gmacs: float | None
     train_seconds: float | None
     history: list[dict[str, float]] = field(default_factory=list)
+    infeasible: str | None = None  # the budgets an infeasible trial broke, one line
 
 
 class Store:
@@ -135,6 +148,7 @@ class Store:
         self.path = Path(path)
         with self._db() as db:
             db.executescript(SCHEMA)
+        _migrate(self.path)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -156,7 +170,7 @@ class Store:
             db.execute(
                 "INSERT INTO trials (id, status, config, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at "
-                "WHERE trials.status NOT IN ('completed', 'early_stopped')",
+                "WHERE trials.status NOT IN ('completed', 'early_stopped', 'infeasible')",
                 (trial_id, status, json.dumps(config, default=str), now, now),
             )
 
@@ -182,13 +196,26 @@ class Store:
             )
 
     def finish_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
-        """Record how a trial ended. A trial already completed or early-stopped keeps that: after a hard kill, Tune
-        may restore it from an older snapshot as unfinished, and its immediate end then is no new outcome."""
+        """Record how a trial ended. A trial already completed, early-stopped or infeasible keeps that: after a hard
+        kill, Tune may restore it from an older snapshot as unfinished, and its immediate end then is no new
+        outcome."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a final status")
         with self._db() as db:
             db.execute("UPDATE trials SET status = ?, error = ?, updated_at = ? WHERE id = ? "
-                       "AND status NOT IN ('completed', 'early_stopped')", (status, error, time.time(), trial_id))
+                       "AND status NOT IN ('completed', 'early_stopped', 'infeasible')",
+                       (status, error, time.time(), trial_id))
+
+    def record_infeasible(self, trial_id: str, result: dict[str, Any], broken: str) -> None:
+        """A trial over budget, never trained: its figures (model size and compute, the latency proxy's latency and
+        energy) as its metrics, and ``broken``, the budgets it broke in one line."""
+        figures = {k: float(v) for k, v in result.items() if is_metric(k) and _finite(v)}
+        with self._db() as db:
+            db.execute(
+                "UPDATE trials SET status = 'infeasible', infeasible = ?, epochs = 0, best = ?, last = ?, params = ?, "
+                "size_mb = ?, gmacs = ?, updated_at = ? WHERE id = ? AND status NOT IN ('completed', 'early_stopped')",
+                (broken, json.dumps(figures), json.dumps(figures), _int(result.get("model/params")),
+                 result.get("model/size_mb"), result.get("model/gmacs"), time.time(), trial_id))
 
     def drop_unfinished_except(self, keep: set[str]) -> list[str]:
         """Delete unfinished trials not in ``keep`` (with their epochs); returns their ids.
@@ -205,19 +232,23 @@ class Store:
 
     def record_latency(self, trial_id: str, backend: str, target: str, result: dict[str, Any] | None,
                        error: str | None = None) -> None:
-        """One measurement of a trial's exported model (``result``: LatencyResult JSON), or its failure."""
+        """One measurement of a trial's exported model (``result``: LatencyResult JSON, with its mean power in W and
+        energy per image in mJ where the target measured them), or its failure."""
+        energy = (result or {}).get("energy") or {}
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO latency (trial_id, backend, target, status, p50_ms, result, error, "
+                       "measured_at, power_w, energy_mj) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (trial_id, backend, target, "ok" if result else "failed",
                         result["p50_ms"] if result else None, json.dumps(result) if result else None, error,
-                        time.time()))
+                        time.time(), energy.get("power_w"), energy.get("mj_per_image")))
 
     def latencies(self) -> list[dict[str, Any]]:
         with self._db() as db:
-            rows = db.execute("SELECT trial_id, backend, target, status, p50_ms, result, error FROM latency "
-                              "ORDER BY trial_id, backend, target").fetchall()
+            rows = db.execute("SELECT trial_id, backend, target, status, p50_ms, result, error, power_w, energy_mj "
+                              "FROM latency ORDER BY trial_id, backend, target").fetchall()
         return [{"trial_id": r[0], "backend": r[1], "target": r[2], "status": r[3], "p50_ms": r[4],
-                 "result": json.loads(r[5]) if r[5] else None, "error": r[6]} for r in rows]
+                 "result": json.loads(r[5]) if r[5] else None, "error": r[6], "power_w": r[7], "energy_mj": r[8]}
+                for r in rows]
 
     def record_evaluation(self, trial_id: str, split: str, tta: str, images: int, metrics: dict[str, float]) -> None:
         """A trial's best weights evaluated on a labelled split (``metrics``: ``miou``, ``iou/<class>`` ...)."""
@@ -256,16 +287,16 @@ class Store:
     def trials(self, history: bool = False) -> list[TrialRow]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT id, status, config, error, epochs, best, last, params, size_mb, gmacs, train_seconds "
-                "FROM trials ORDER BY created_at, id").fetchall()
+                "SELECT id, status, config, error, infeasible, epochs, best, last, params, size_mb, gmacs, "
+                "train_seconds FROM trials ORDER BY created_at, id").fetchall()
             epochs: dict[str, list[dict[str, float]]] = {}
             if history:
                 for trial_id, epoch, metrics in db.execute("SELECT trial_id, epoch, metrics FROM epochs ORDER BY epoch"):
                     epochs.setdefault(trial_id, []).append({"epoch": epoch, **json.loads(metrics)})
         return [
-            TrialRow(id=r[0], status=r[1], config=json.loads(r[2]), error=r[3], epochs=r[4], best=json.loads(r[5]),
-                     last=json.loads(r[6]), params=r[7], size_mb=r[8], gmacs=r[9], train_seconds=r[10],
-                     history=epochs.get(r[0], []))
+            TrialRow(id=r[0], status=r[1], config=json.loads(r[2]), error=r[3], infeasible=r[4], epochs=r[5],
+                     best=json.loads(r[6]), last=json.loads(r[7]), params=r[8], size_mb=r[9], gmacs=r[10],
+                     train_seconds=r[11], history=epochs.get(r[0], []))
             for r in rows
         ]
 
@@ -292,25 +323,71 @@ def top_trials(store: Store, k: int) -> list[TrialRow]:
 
 
 def progress_line(store: Store, total: int | None = None) -> str:
-    """``[segsweep] 3/8 done (2 completed, 1 early-stopped, 0 failed), 2 running, best val/miou 0.61 (id)``."""
+    """``[segsweep] 3/8 done (2 completed, 1 early-stopped, 0 failed), 2 running, best val/miou 0.61 (id)``; a study
+    with budgets also counts its infeasible trials (over budget, never trained)."""
     meta, counts = store.meta(), store.counts()
     metric, mode = meta.get("metric", "val/miou"), meta.get("mode", "max")
-    done = counts["completed"] + counts["early_stopped"] + counts["failed"]
+    done = sum(counts[s] for s in TERMINAL)
     best = best_of(store.trials(), metric, mode)
     best_text = f", best {metric} {best.best[metric]:.4f} ({best.id})" if best else ""
+    over = f", {counts['infeasible']} infeasible" if meta.get("constraints") or counts["infeasible"] else ""
     return (f"[segsweep] {done}/{total or meta.get('trials', '?')} done ({counts['completed']} completed, "
-            f"{counts['early_stopped']} early-stopped, {counts['failed']} failed), {counts['running']} running"
+            f"{counts['early_stopped']} early-stopped, {counts['failed']} failed{over}), {counts['running']} running"
             f"{best_text}")
 
 
 def every_trial_failed(store: Store) -> str | None:
-    """One line when the study ended with trials and every one of them failed (nothing to compare; the CLI exits
-    non-zero with it): how many, and the most common error. None otherwise."""
+    """One line when the study ended with trials and none of them trained (nothing to compare; the CLI exits
+    non-zero with it): every one failed (how many, and the most common error), or was over budget, or both. None
+    otherwise."""
     counts = store.counts()
-    if counts["failed"] == 0 or any(counts[s] for s in STATUSES if s != "failed"):
+    unfit = ("failed", "infeasible")
+    if not any(counts[s] for s in unfit) or any(counts[s] for s in STATUSES if s not in unfit):
         return None
-    error, n = Counter(t.error or "no error recorded" for t in store.trials()).most_common(1)[0]
-    return f"every trial failed ({counts['failed']}); {n} of them with: {error}"
+    if counts["failed"] == 0:
+        return (f"every trial was over budget ({counts['infeasible']} infeasible, none trained); loosen "
+                f"search.constraints or search smaller models")
+    error, n = Counter(t.error or "no error recorded" for t in store.trials() if t.status == "failed").most_common(1)[0]
+    over = f" and {counts['infeasible']} over budget" if counts["infeasible"] else ""
+    return f"every trial failed ({counts['failed']}){over}; {n} of them with: {error}"
+
+
+def _migrate(path: Path) -> None:
+    """Bring a store made by an earlier segsweep up to date, in one transaction (a store is left old or new, never
+    half-way). SQLite cannot change a table's CHECK constraint, so a ``trials`` table that predates the
+    ``infeasible`` status is rebuilt as SQLite's documentation describes (create the new table, copy the rows, drop
+    the old one, rename); columns added since are added. A store that is up to date is only read."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        if not _outdated(db):
+            return
+        db.execute("BEGIN IMMEDIATE")  # two processes opening an old store: the second finds it migrated
+        try:
+            old_trials, old_latency = _outdated(db)
+            if old_trials:
+                columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(trials)"))
+                db.execute(TRIALS_TABLE.replace("CREATE TABLE IF NOT EXISTS trials", "CREATE TABLE trials_migrated"))
+                db.execute(f"INSERT INTO trials_migrated ({columns}) SELECT {columns} FROM trials")
+                db.execute("DROP TABLE trials")
+                db.execute("ALTER TABLE trials_migrated RENAME TO trials")
+            for column in old_latency:
+                db.execute(f"ALTER TABLE latency ADD COLUMN {column} REAL")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.close()
+
+
+def _outdated(db: sqlite3.Connection) -> tuple[bool, list[str]] | None:
+    """What an earlier segsweep's store lacks: the ``infeasible`` status (its trials table), latency columns; None
+    when nothing."""
+    (trials_sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'trials'").fetchone()
+    latency = {r[1] for r in db.execute("PRAGMA table_info(latency)")}
+    missing = [c for c in ("power_w", "energy_mj") if c not in latency]
+    old_trials = "'infeasible'" not in trials_sql
+    return (old_trials, missing) if old_trials or missing else None
 
 
 def _finite(v: Any) -> bool:

@@ -14,19 +14,23 @@ import plotly.graph_objects as go
 from markdown_it import MarkdownIt
 
 from models.catalog import COUNTER
+from orchestrator.budgets import figure, stated
 from orchestrator.files import write_text_whole
 from orchestrator.rundir import RunDir
+from orchestrator.store import FINISHED, TrialRow, best_of
 from reports.analysis import analysis_markdown
 from reports.collect import RunData, load_run
 from reports.figures import (
     STAGE1,
+    cost_vs_accuracy,
+    energy_frames,
     importance_bars,
     latency_bars,
     loss_curves,
     metric_by,
     metric_vs_value,
     parallel_coordinates,
-    speed_frame,
+    speed_frames,
     speed_vs_accuracy,
     training_curves,
     trial_labels,
@@ -56,14 +60,36 @@ def report_json(run_dir: str | Path) -> dict[str, Any]:
             "metrics": {k: v for k, v in t.best.items() if k.startswith("val/")},
             "error": t.error, "params_m": t.params / 1e6 if t.params is not None else None,
             "size_mb": _num(t.size_mb), "gmacs": _num(t.gmacs), "train_seconds": _num(t.train_seconds),
-            "latency": [{k: r[k] for k in ("backend", "target", "status", "p50_ms", "error")} | (
-                {k: r["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
-                if r["result"] else {}) for r in latencies.get(t.id, [])],
+            "infeasible": t.infeasible,
+            "budgets": budget_figures(meta, t),
+            "latency": [latency_entry(r) for r in latencies.get(t.id, [])],
             "evaluations": [{**e, "verified": verified(run, t.id)} for e in evaluations.get(t.id, [])],
             "check": run.checks.get(t.id),
         })
+    feasible = [t for t in run.trials if t.status in FINISHED]
+    best = best_of(feasible, meta["metric"], meta["mode"]) if meta.get("constraints") else None
     return {"sweep": meta.get("sweep"), "metric": meta.get("metric"), "mode": meta.get("mode"), "trials": trials,
-            "importances": run.importances}
+            "importances": run.importances, "constraints": meta.get("constraints") or [],
+            **({"feasible": [t.id for t in feasible], "best_feasible": best.id if best else None}
+               if meta.get("constraints") else {})}
+
+
+def latency_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A latency row in ``report --format json``: where, how it went, p50, mean power (W) and energy per image (mJ)
+    where measured, and the result's other figures."""
+    entry = {k: row[k] for k in ("backend", "target", "status", "p50_ms", "power_w", "energy_mj", "error")}
+    if row["result"]:
+        entry |= {k: row["result"][k] for k in ("mean_ms", "p90_ms", "p99_ms", "throughput_fps", "device")}
+    return entry
+
+
+def budget_figures(meta: dict, trial: TrialRow) -> dict[str, float] | None:
+    """A trial's figure for each budget of the study (None without budgets, or where a figure is missing: a trial
+    that failed before its budgets were known)."""
+    constraints = meta.get("constraints") or []
+    values = {**trial.best, "model/params": trial.params, "model/size_mb": trial.size_mb, "model/gmacs": trial.gmacs}
+    figures = {c["metric"]: figure(c["metric"], values) for c in constraints}
+    return figures if constraints else None
 
 
 def verified(run: RunData, trial_id: str) -> bool | None:
@@ -112,9 +138,10 @@ def comparison_frame(run: RunData) -> pd.DataFrame:
     table = comparison_table(results, meta["metric"], meta["mode"], meta.get("classes", []))
     if table.empty:
         return table
-    if "metric/latency/p50_ms" in results:
-        proxy = results.set_index("id")["metric/latency/p50_ms"]
-        table.insert(table.columns.get_loc("epochs"), "latency p50 ms (proxy)", table["trial"].map(proxy).round(3))
+    for metric, title in (("latency/p50_ms", "latency p50 ms (proxy)"), ("energy/mj_per_image", "mJ/img (proxy)")):
+        if f"metric/{metric}" in results:
+            proxy = results.set_index("id")[f"metric/{metric}"]
+            table.insert(table.columns.get_loc("epochs"), title, table["trial"].map(proxy).round(3))
     latency = latency_columns(run.latencies)
     for column in latency.columns:
         table.insert(table.columns.get_loc("epochs"), column, table["trial"].map(latency[column]))
@@ -123,11 +150,47 @@ def comparison_frame(run: RunData) -> pd.DataFrame:
     if run.checks:
         table.insert(table.columns.get_loc(meta["metric"]) + 1, "check", table["trial"].map(
             lambda trial: check_cell(run.checks.get(trial))))
+    statuses = dict(zip(results["id"], results["status"]))
+    if meta.get("constraints"):
+        table.insert(table.columns.get_loc("status"), "budget", table["trial"].map(
+            {t.id: budget_cell(t) for t in run.trials}))
     goals = objectives(meta)
     if len(goals) > 1:
-        front = pareto_front(results, goals)
-        table.insert(1, "pareto", table["trial"].map(dict(zip(results["id"], front))).map({True: "*", False: ""}))
+        front = dict(zip(results["id"], pareto_front(results, goals)))
+        table.insert(1, "pareto", table["trial"].map(
+            lambda trial: "infeasible" if statuses[trial] == "infeasible" else "*" if front[trial] else ""))
     return table
+
+
+def budget_cell(trial: TrialRow) -> str:
+    """The ``budget`` column: ``ok`` for a trial that trained within every budget, ``over: <the budgets it broke>``
+    for an infeasible one (never trained), ``–`` for one that failed before its budgets were known."""
+    if trial.status == "infeasible":
+        return f"over: {trial.infeasible}"
+    return "ok" if trial.status in FINISHED else "–"
+
+
+def budget_lines(run: RunData) -> list[str]:
+    """The budgets of a study with ``search.constraints``: what they were, the feasible set (trained within every
+    budget), the best feasible trial, and each infeasible trial with the budgets it broke."""
+    constraints = run.meta.get("constraints") or []
+    if not constraints:
+        return []
+    metric, mode = run.meta["metric"], run.meta["mode"]
+    feasible = [t for t in run.trials if t.status in FINISHED]
+    infeasible = [t for t in run.trials if t.status == "infeasible"]
+    best = best_of(feasible, metric, mode)
+    lines = ["## Budgets", "",
+             f"Budgets (`search.constraints`): {', '.join(code(stated(c)) for c in constraints)}. Each figure is "
+             "known before a trial trains (the model's size and compute, the latency proxy's latency and energy), so "
+             "a trial over a budget is `infeasible`: recorded with its figures, never trained.", "",
+             f"Feasible set: {len(feasible)} trial(s) trained within every budget"
+             + (f" ({', '.join(f'`{t.id}`' for t in feasible)})" if feasible else "")
+             + f"; {len(infeasible)} infeasible.", ""]
+    if best is not None:
+        lines += [f"Best feasible trial: `{best.id}`, {md(metric)} = {best.best[metric]:.4f}.", ""]
+    lines += [f"- `{t.id}` infeasible: {md(t.infeasible)}" for t in infeasible]
+    return lines + ([""] if infeasible else [])
 
 
 def heldout_columns(run: RunData) -> dict[str, dict[str, float]]:
@@ -173,7 +236,8 @@ def report_sections(run: RunData) -> list[Section]:
         + (" of the full network (a staged model's first-stage epochs score the encoder alone: they are the "
            f"`{STAGE1}` series, never its figure)" if staged else "") + ". "
         f"Trials: {sum(counts.values())} ({counts['completed']} completed, {counts['early_stopped']} early-stopped, "
-        f"{counts['failed']} failed, {counts['running'] + counts['pending']} unfinished). "
+        + (f"{counts['infeasible']} infeasible (over budget, never trained), " if meta.get("constraints") else "")
+        + f"{counts['failed']} failed, {counts['running'] + counts['pending']} unfinished). "
         f"Data: {meta['data']['dataset']} ({meta['data']['task']}), train {meta['data']['train']['images']} / "
         f"val {meta['data']['val']['images']} images. GMACs at the training size, counted by "
         f"{COUNTER.split(' (')[0]} (conv and matmul only).",
@@ -183,7 +247,9 @@ def report_sections(run: RunData) -> list[Section]:
     goals = objectives(meta)
     if len(goals) > 1:
         named = ", ".join(f"{column.removeprefix('metric/')} ({mode})" for column, mode in goals)
-        lines += [f"`pareto` marks the trials no other trial beats in every objective: {named}.", ""]
+        lines += [f"`pareto` marks the trials no other trial beats in every objective: {named}"
+                  + ("; `infeasible`: over a budget, never trained, so off the front" if counts["infeasible"] else "")
+                  + ".", ""]
     lines += check_lines(run)
     if run.evaluations:
         splits = sorted({e["split"] for e in run.evaluations})
@@ -195,11 +261,16 @@ def report_sections(run: RunData) -> list[Section]:
     figures = [metric_by(results, metric, "loss.name", f"{metric} by loss"),
                metric_by(results, metric, "model.arch", f"{metric} by architecture"),
                training_curves(history, metric, labels), loss_curves(history, results, labels)]
-    speed = speed_frame(results, run.latencies)
-    if not speed.empty:
+    for speed in speed_frames(results, run.latencies):
         front = pareto_front(speed, [(f"metric/{metric}", meta["mode"]), ("latency_ms", "min")])
         figures += [speed_vs_accuracy(speed.assign(pareto=front), metric), latency_bars(speed)]
+    for energy in energy_frames(results, run.latencies):
+        front = pareto_front(energy, [(f"metric/{metric}", meta["mode"]), ("energy_mj", "min")])
+        figures.append(cost_vs_accuracy(energy.assign(pareto=front), metric, "energy_mj", "energy per image",
+                                        "energy per image (mJ)"))
     sections = [Section(lines, figures)]
+    if meta.get("constraints"):
+        sections.append(Section(budget_lines(run)))
 
     analysis = Section(analysis_markdown(meta, run.trials, run.domains, run.importances))
     if run.domains:
@@ -224,7 +295,9 @@ def report_sections(run: RunData) -> list[Section]:
         keys = varying_keys(results)
         values = [f"{k}: {best[f'config/{k}']}" for k in keys]
         fence = "`" * max(3, 1 + max((len(r) for v in values for r in re.findall("`+", v)), default=0))  # none closes it
-        sections.append(Section(["## Best trial", "", f"`{table.iloc[0]['trial']}`: {md(metric)} = "
+        # with budgets only trials within them train: the best trial is the best feasible one
+        title = "## Best feasible trial" if meta.get("constraints") else "## Best trial"
+        sections.append(Section([title, "", f"`{table.iloc[0]['trial']}`: {md(metric)} = "
                                  f"{table.iloc[0][metric]:.4f}; its searched values:", "", f"{fence}yaml",
                                  *values, fence, ""]))
     return sections

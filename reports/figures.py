@@ -85,37 +85,64 @@ def metric_vs_value(results: pd.DataFrame, key: str, domain: dict, metric: str) 
     return fig.update_layout(xaxis_title=key, yaxis_title=metric)
 
 
-def speed_frame(results: pd.DataFrame, latencies: list[dict]) -> pd.DataFrame:
-    """Trials with a latency: measured rows (one per backend@target) or, without any, the trial's proxy."""
+def cost_frames(results: pd.DataFrame, latencies: list[dict], measured_key: str, proxy_metric: str,
+                column: str) -> list[pd.DataFrame]:
+    """Trials with a cost (``column``: a latency or an energy), as the search saw it (the latency proxy's
+    ``proxy_metric``: infeasible trials, over budget and never trained, are there with no accuracy) and as measured
+    after training (one row per backend@target of the store's latency rows, ``measured_key``): each frame where it
+    has rows."""
     label = results.get("config/model.arch", pd.Series("", index=results.index)).astype(str) + " " + results.get(
         "config/model.encoder", pd.Series("", index=results.index)).astype(str)
     base = results.assign(model=label.str.replace(" None", "").str.strip())
-    measured = [r for r in latencies if r["status"] == "ok"]
+    frames = []
+    if f"metric/{proxy_metric}" in base:
+        frames.append(base.dropna(subset=[f"metric/{proxy_metric}"]).assign(
+            **{column: lambda f: f[f"metric/{proxy_metric}"], "where": "proxy"}))
+    measured = [r for r in latencies if r["status"] == "ok" and r.get(measured_key) is not None]
     if measured:
-        lat = pd.DataFrame([{"id": r["trial_id"], "latency_ms": r["p50_ms"], "where": f"{r['backend']}@{r['target']}"}
-                            for r in measured])
-        return base.merge(lat, on="id")
-    if "metric/latency/p50_ms" in base:
-        return base.dropna(subset=["metric/latency/p50_ms"]).assign(latency_ms=lambda f: f["metric/latency/p50_ms"],
-                                                                     where="proxy")
-    return base.iloc[0:0]
+        cost = pd.DataFrame([{"id": r["trial_id"], column: r[measured_key], "where": f"{r['backend']}@{r['target']}"}
+                             for r in measured])
+        frames.append(base.merge(cost, on="id"))
+    return [frame for frame in frames if not frame.empty]
+
+
+def speed_frames(results: pd.DataFrame, latencies: list[dict]) -> list[pd.DataFrame]:
+    """Trials with a p50 latency (``latency_ms``): the proxy's, and measured."""
+    return cost_frames(results, latencies, "p50_ms", "latency/p50_ms", "latency_ms")
+
+
+def energy_frames(results: pd.DataFrame, latencies: list[dict]) -> list[pd.DataFrame]:
+    """Trials with an energy per image (``energy_mj``): the proxy's, and measured on a device."""
+    return cost_frames(results, latencies, "energy_mj", "energy/mj_per_image", "energy_mj")
+
+
+def cost_vs_accuracy(frame: pd.DataFrame, metric: str, column: str, title: str, axis: str) -> go.Figure:
+    """Seed 000's speed-vs-accuracy chart, for any cost: the cost against the metric, the Pareto front joined by a
+    line, infeasible trials (over a budget, never trained: no accuracy) as crosses along the bottom."""
+    col = f"metric/{metric}"
+    infeasible = frame["status"].eq("infeasible") if "status" in frame else pd.Series(False, index=frame.index)
+    where = " ".join(sorted(set(frame["where"])))
+    fig = px.scatter(frame[~infeasible], x=column, y=col, color="where", symbol="pareto", hover_data=["id", "model"],
+                     title=f"{metric} vs {title}, {where} (Pareto front joined)")
+    front = frame[frame["pareto"]].sort_values(column)
+    fig.add_trace(go.Scatter(x=front[column], y=front[col], mode="lines", name="Pareto front", line={"dash": "dash"}))
+    if infeasible.any():
+        floor = frame.loc[~infeasible, col].min()
+        fig.add_trace(go.Scatter(x=frame.loc[infeasible, column], y=[0 if pd.isna(floor) else floor] * infeasible.sum(),
+                                 mode="markers", marker={"symbol": "x", "size": 10, "color": "grey"},
+                                 text=frame.loc[infeasible, "id"], name="infeasible (over budget, not trained)"))
+    return fig.update_layout(xaxis_title=axis, yaxis_title=metric)
 
 
 def speed_vs_accuracy(speed: pd.DataFrame, metric: str) -> go.Figure:
-    """Seed 000's speed-vs-accuracy chart: p50 latency against the metric, the Pareto front joined by a line."""
-    col = f"metric/{metric}"
-    fig = px.scatter(speed, x="latency_ms", y=col, color="where", symbol="pareto", hover_data=["id", "model"],
-                     title=f"{metric} vs p50 latency (Pareto front joined)")
-    front = speed[speed["pareto"]].sort_values("latency_ms")
-    fig.add_trace(go.Scatter(x=front["latency_ms"], y=front[col], mode="lines", name="Pareto front",
-                             line={"dash": "dash"}))
-    return fig.update_layout(xaxis_title="p50 latency (ms)", yaxis_title=metric)
+    return cost_vs_accuracy(speed, metric, "latency_ms", "p50 latency", "p50 latency (ms)")
 
 
 def latency_bars(speed: pd.DataFrame) -> go.Figure:
     """p50 latency per model (trial), one bar per backend@target."""
     frame = speed.assign(label=speed["model"] + " (" + speed["id"] + ")")
-    fig = px.bar(frame, x="label", y="latency_ms", color="where", barmode="group", title="p50 latency per model")
+    fig = px.bar(frame, x="label", y="latency_ms", color="where", barmode="group",
+                 title=f"p50 latency per model, {' '.join(sorted(set(frame['where'])))}")
     return fig.update_layout(xaxis_title="model (trial)", yaxis_title="p50 latency (ms)")
 
 

@@ -24,9 +24,14 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
 
 
 def latency_columns(latencies: list[dict]) -> pd.DataFrame:
-    """One row per trial, one ``<backend>@<target> p50 ms`` column per measured backend and target."""
+    """One row per trial, one ``<backend>@<target> p50 ms`` column per measured backend and target, and beside it
+    ``<backend>@<target> mJ/img`` where that device measured energy."""
     rows: dict[str, dict[str, object]] = {}
+    energy = {(r["backend"], r["target"]) for r in latencies if r.get("energy_mj") is not None}
     for r in latencies:
-        label = f"{r['backend']}@{r['target']} p50 ms"
-        rows.setdefault(r["trial_id"], {})[label] = round(r["p50_ms"], 3) if r["status"] == "ok" else "failed"
+        where = f"{r['backend']}@{r['target']}"
+        row = rows.setdefault(r["trial_id"], {})
+        row[f"{where} p50 ms"] = round(r["p50_ms"], 3) if r["status"] == "ok" else "failed"
+        if (r["backend"], r["target"]) in energy:
+            row[f"{where} mJ/img"] = round(r["energy_mj"], 2) if r.get("energy_mj") is not None else "–"
     return pd.DataFrame.from_dict(rows, orient="index")

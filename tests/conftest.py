@@ -70,3 +70,19 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ssh_targets(tmp_path_factory):
+    """One real sshd on loopback for the session, one port per device profile (``tests.standins``): ``plain`` (this
+    machine as it is), ``orin`` (TensorRT 10, an Orin's tegrastats), ``xavier`` (TensorRT 8.4, an AGX Xavier's),
+    ``trt11`` and ``no-tegrastats``."""
+    from tests.standins import start_sshd
+
+    started = start_sshd(tmp_path_factory.mktemp("sshd"))
+    if started is None:
+        pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
+    server, targets = started
+    yield targets
+    server.terminate()
+    server.wait(10)

@@ -34,7 +34,7 @@ def test_the_script_prints_the_graph_and_passes():
     done = subprocess.run([sys.executable, "-m", "tools.import_graph"], capture_output=True, text=True, cwd=ROOT,
                           timeout=60)
     assert done.returncode == 0, done.stdout[-2000:]
-    assert "orchestrator.store -> orchestrator.errors, orchestrator.rundir" in done.stdout
+    assert "orchestrator.store -> orchestrator.budgets, orchestrator.errors, orchestrator.rundir" in done.stdout
     assert done.stdout.strip().endswith("0 problem(s)")
 
 

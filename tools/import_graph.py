@@ -25,7 +25,7 @@ PACKAGES = ("orchestrator", "models", "reports", "benchmarks")  # benchmarks: an
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("schema and names", ("models.errors", "orchestrator.errors", "orchestrator.files", "orchestrator.rundir",
                           "orchestrator.spec.schema", "orchestrator.spec.keys", "orchestrator.store",
-                          "orchestrator.gpu", "orchestrator.mps", "orchestrator.failures")),
+                          "orchestrator.gpu", "orchestrator.mps", "orchestrator.failures", "orchestrator.budgets")),
     ("registries", ("models", "orchestrator.data", "orchestrator.latency", "orchestrator.tracking")),
     ("spec loading", ("orchestrator.spec",)),
     ("trial", ("orchestrator.trial", "orchestrator.runs", "orchestrator.pool")),

@@ -65,7 +65,8 @@ def bench(
                                                 "run's training size, or 1x3x256x320 for --arch)")] = None,
     warmup: Annotated[int, typer.Option(min=0)] = 10,
     iters: Annotated[int, typer.Option(min=1)] = 100,
-    fp16: Annotated[bool, typer.Option("--fp16")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="fp16 (trtexec: --fp16 before TensorRT 11; on 11, an fp16 graph "
+                                                     "made here first)")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (onnxruntime intra-op, or torch on a CPU); "
                                                    "default: the runtime's own")] = None,
     target: Annotated[Optional[str], typer.Option(help="ssh://user@host[:port], or a registered target's name "
@@ -76,7 +77,8 @@ def bench(
     ] = None,
     format: TextFormatOption = TextFormat.text,
 ) -> None:
-    """Latency of a model: warm-up, timed iterations, mean / p50 / p90 / p99, throughput, versions, device."""
+    """Latency of a model: warm-up, timed iterations, mean / p50 / p90 / p99, throughput, versions, device; power and
+    energy per image where the device measures them. trtexec builds each engine once per device and reuses it."""
     # lazy: torch, onnxruntime
     from orchestrator.latency.bench import check_backend, format_result, parse_shape
     from orchestrator.latency.measure import Protocol, measure

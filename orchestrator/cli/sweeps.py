@@ -150,7 +150,8 @@ def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> No
     metric = store.meta()["metric"]
     for t in store.trials():
         best = f"{t.best[metric]:.4f}" if metric in t.best else "–"
-        typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {t.error}" if t.error else ""))
+        why = t.error or t.infeasible  # a failure's line, or the budgets an infeasible trial broke
+        typer.echo(f"  {t.id}  {t.status:<13} epochs {t.epochs:<3} {metric} {best}" + (f"  {why}" if why else ""))
 
 
 def report(
@@ -174,6 +175,7 @@ class Registry(str, Enum):
     schedules = "schedules"
     datasets = "datasets"
     optimizers = "optimizers"
+    budgets = "budgets"
 
 
 def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> None:
@@ -183,6 +185,7 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
     from models.losses import list_losses
     from models.optim import list_schedules
     from models.registry import list_encoders, list_models
+    from orchestrator.budgets import BUDGETS
     from orchestrator.data.adapters import list_datasets
 
     entries = {
@@ -192,6 +195,7 @@ def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> N
         Registry.schedules: list_schedules,
         Registry.datasets: list_datasets,
         Registry.optimizers: lambda: dict(OPTIMIZERS),
+        Registry.budgets: lambda: {name: budget.about for name, budget in BUDGETS.items()},
     }[what]()
     width = max(map(len, entries))
     for name, description in entries.items():

@@ -18,10 +18,11 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.budgets import INFEASIBLE, judge
 from orchestrator.failures import error_line
 from orchestrator.files import write_text_whole
 from orchestrator.pool.launch import active_pool
-from orchestrator.pool.protocol import STUB, is_stub, superseded_by
+from orchestrator.pool.protocol import REPLAYED, STUB, is_stub, superseded_by
 from orchestrator.rundir import STATE_FILE, RunDir
 from orchestrator.spec.keys import expand_groups
 from orchestrator.store import Store, ended_as, is_metric, progress_line
@@ -53,10 +54,13 @@ class Timed(tune.Callback):
 
 
 class StoreCallback(Timed):
-    """Writes every trial event to the results store."""
+    """Writes every trial event to the results store; a trial over budget (``search.constraints``) as
+    ``infeasible`` with its figures and the budgets it broke."""
 
-    def __init__(self, store_path: str, max_epochs: int, groups: dict | None = None) -> None:
+    def __init__(self, store_path: str, max_epochs: int, groups: dict | None = None,
+                 constraints: list[dict[str, Any]] | None = None) -> None:
         self.store_path, self.max_epochs, self.groups = store_path, max_epochs, groups or {}
+        self.constraints = constraints or []
         self._known: set[str] = set()
         self._store: Store | None = None
 
@@ -88,7 +92,11 @@ class StoreCallback(Timed):
             self.store.record_epoch(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.store.finish_trial(trial.trial_id, ended_as(trial.last_result or {}, self.max_epochs))
+        result = trial.last_result or {}
+        status = ended_as(result, self.max_epochs)
+        if status == "infeasible" and REPLAYED not in result:  # a replayed end is in the store already
+            self.store.record_infeasible(trial.trial_id, result, judge(self.constraints, result).line)
+        self.store.finish_trial(trial.trial_id, status)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # Tune writes the error into the trial's driver-side staging folder first and syncs it to storage later
@@ -139,8 +147,9 @@ class WandbCallback(Timed):
         self._later(lambda: self._tracker(trial_id, config))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        if "epoch" in result:
+        if "epoch" in result or INFEASIBLE in result:  # an epoch, or the figures of a trial over budget (epoch 0)
             row = {k: v for k, v in result.items() if is_metric(k) or k.startswith("model/") or k in ("epoch", "lr")}
+            row = {**row, "epoch": row.get("epoch", 0), **({INFEASIBLE: 1.0} if INFEASIBLE in result else {})}
             trial_id, config = trial.trial_id, expand_groups(dict(trial.config), self.groups)
             self._later(lambda: self._tracker(trial_id, config).log(row))
 
@@ -254,7 +263,8 @@ class PoolCallback(Timed):
 
 
 class ProgressCallback(Timed):
-    """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far."""
+    """One line on stderr whenever a trial starts or ends: done / running / failed and the best so far; and one line
+    for each trial that failed or was over budget, with why."""
 
     def __init__(self, store_path: str) -> None:
         self.store_path = store_path
@@ -266,6 +276,10 @@ class ProgressCallback(Timed):
         self._print()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        row = next((t for t in Store(self.store_path).trials() if t.id == trial.trial_id), None)
+        if row is not None and row.status == "infeasible" and REPLAYED not in (trial.last_result or {}):
+            print(f"[segsweep] trial {trial.trial_id} infeasible, not trained: {row.infeasible}", file=sys.stderr,
+                  flush=True)
         self._print()
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:

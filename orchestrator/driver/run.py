@@ -20,6 +20,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from orchestrator.budgets import INFEASIBLE
 from orchestrator.data.prepare import prepare_data, resolve_pairs, split_pairs
 from orchestrator.driver.callbacks import SPENT, release_checkpoint
 from orchestrator.driver.tuner import build_tuner, init_ray, saved_trial_ids
@@ -31,7 +32,7 @@ from orchestrator.pool.resident import USER_ENV, pool_key
 from orchestrator.rundir import RunDir
 from orchestrator.spec.keys import group_label
 from orchestrator.spec.load import Sweep, count_trials, load_spec
-from orchestrator.store import FINISHED, TERMINAL, Store
+from orchestrator.store import SETTLED, TERMINAL, Store
 from orchestrator.trial.config import TrialContext
 
 
@@ -94,6 +95,7 @@ def trial_context(sweep: Sweep, run_dir: Path, prepared) -> TrialContext:
     return TrialContext(run_dir=str(run_dir), sweep=spec.name, metric=spec.search.metric, mode=spec.search.mode,
                         data=prepared, groups=sweep.groups,
                         latency_proxy=spec.search.latency_proxy.model_dump() if spec.search.latency_proxy else None,
+                        constraints=tuple(c.model_dump() for c in spec.search.constraints),
                         decisions=decisions(sweep), warm=warm_configs(sweep) if spec.resources.preload_workers else (),
                         user=os.environ.get(USER_ENV, "local"))
 
@@ -132,6 +134,7 @@ def start_run(sweep: Sweep, out: str | Path | None = None, address: str | None =
         max_epochs=spec.trainer.max_epochs, algorithm=spec.search.algorithm, classes=list(prepared.classes),
         data=prepared.to_json(), source=sweep.source, created=time.time(),
         objectives=[o.model_dump() for o in spec.search.objectives], domains=domain_meta(sweep),
+        constraints=[c.model_dump() for c in spec.search.constraints],
         rungs=rung_epochs(sweep), mps=pool.mps is not None)
     h, w = prepared.native_size
     print(f"[segsweep] run directory {run_dir}; {total} trials, train {prepared.train.images} / "
@@ -157,7 +160,12 @@ def restore_run(run_dir: str | Path, address: str | None = None) -> Run:
     # resumed (``PoolContext.finished``), and its checkpoints are released now.
     search = sweep.spec.search
     metrics = [search.metric, *(o.metric for o in search.objectives)]  # present, so that Tune accepts the end
-    finished = {t.id: {**dict.fromkeys(metrics, math.nan), **t.last} for t in store.trials() if t.status in FINISHED}
+    finished: dict[str, dict[str, float]] = {}
+    for t in store.trials():
+        if t.status in SETTLED:
+            finished[t.id] = {**dict.fromkeys(metrics, math.nan), **t.last}
+            if t.status == "infeasible":  # its end replayed as such: over budget, never trained
+                finished[t.id][INFEASIBLE] = 1.0
     for trial_id in finished:
         release_checkpoint(run_dir, trial_id)
     dropped = store.drop_unfinished_except(saved_trial_ids(run.experiment(experiment)))

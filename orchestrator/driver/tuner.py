@@ -18,6 +18,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator.budgets import judge
 from orchestrator.driver.callbacks import (
     CheckpointCallback,
     PoolCallback,
@@ -96,6 +97,7 @@ def searcher(sweep: Sweep, run_dir: Path, concurrency: int, seed_offset: int = 0
     # an extension's sampler starts from another seed: the same one would draw its first (random) points again
     return StudySearch(sampler=optuna.samplers.TPESampler(seed=search.seed + seed_offset), storage=storage,
                        study_name=spec.name, run_dir=str(run_dir), max_epochs=spec.trainer.max_epochs,
+                       constraints=[c.model_dump() for c in search.constraints],
                        **(objectives if len(search.objectives) > 1 else {}))
 
 
@@ -109,15 +111,22 @@ class StudySearch(OptunaSearch):
       so the dashboard draws the curves; a staged model's first-stage epochs have no metric and report none;
     - a trial that ran every epoch ends COMPLETE with its best epoch's value (the figure the report ranks on; several
       objectives: each one's best); one stopped early by the scheduler ends PRUNED (Optuna then takes its last
-      reported value, by its own rule); a failed one ends FAIL.
+      reported value, by its own rule); a failed one ends FAIL;
+    - with budgets (``search.constraints``) every trial that was not a failure carries Optuna's own constraints
+      (``Trial.set_constraint``, one per budget, named by it: how far over the budget, <= 0 within it), which its
+      samplers read to learn where the feasible region is; a trial over budget was never trained and ends PRUNED
+      (the state Optuna's TPE learns infeasibility from: a FAIL is left out of its model) with the user attributes
+      ``status`` ``infeasible``, ``infeasible`` (the budgets it broke, one line) and ``budgets`` (its figures).
+      (Optuna 5 deprecates the sampler's ``constraints_func`` for ``set_constraint``.)
 
     And for a run resumed after kill -9: Tune tells the searcher that a trial ended (stored at once) before its own
     callbacks and its next snapshot; a driver killed in between resumes that trial, whose reports Optuna refuses
     (UpdateFinishedTrialError, which Tune would raise as the sweep's error): its end stands as the study stored it."""
 
-    def __init__(self, *args: Any, run_dir: str = "", max_epochs: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run_dir: str = "", max_epochs: int = 0,
+                 constraints: list[dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.run_dir, self.max_epochs = run_dir, max_epochs
+        self.run_dir, self.max_epochs, self.constraints = run_dir, max_epochs, constraints or []
         self._best: dict[str, dict[str, tuple[float, int]]] = {}  # trial -> metric -> (best value, its epoch)
         self._reported: dict[str, set[int]] = {}  # trial -> epochs reported as intermediate values
 
@@ -177,6 +186,7 @@ class StudySearch(OptunaSearch):
         if status == "completed" and all(m in best for m, _ in self._objectives()):
             values = [best[m][0] for m, _ in self._objectives()]
         state = {"failed": optuna.trial.TrialState.FAIL, "early_stopped": optuna.trial.TrialState.PRUNED,
+                 "infeasible": optuna.trial.TrialState.PRUNED,
                  "completed": optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL}[status]
         try:
             ot_trial.set_user_attr("status", status)
@@ -184,9 +194,21 @@ class StudySearch(OptunaSearch):
             if metric in best:
                 ot_trial.set_user_attr("best_value", best[metric][0])
                 ot_trial.set_user_attr("best_epoch", best[metric][1])
+            if self.constraints and status != "failed" and REPLAYED not in (result or {}):
+                self._budgets(ot_trial, result or {})
             self._ot_study.tell(ot_trial, values if state == optuna.trial.TrialState.COMPLETE else None, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # stored before a kill -9; it stands
+
+    def _budgets(self, ot_trial: optuna.trial.Trial, result: dict) -> None:
+        """Optuna's constraints of a trial that trained or was over budget: every budget's figure is in each of its
+        results (known before training)."""
+        verdict = judge(self.constraints, result)
+        for name, violation in verdict.violations.items():
+            ot_trial.set_constraint(name, violation)
+        ot_trial.set_user_attr("budgets", verdict.figures)
+        if not verdict.feasible:
+            ot_trial.set_user_attr("infeasible", verdict.line)
 
 
 def _finite(value: Any) -> bool:
@@ -237,7 +259,8 @@ def build_tuner(sweep: Sweep, run_dir: Path, pool: Pool, total: int, restore: bo
             # Tune deletes none (num_to_keep=1 left a killed driver's snapshot naming a checkpoint gone: "Could not
             # recover from checkpoint as it does not exist"); CheckpointCallback turns older ones into pointers
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups),
+            callbacks=[StoreCallback(store_path, spec.trainer.max_epochs, sweep.groups,
+                                     [c.model_dump() for c in search.constraints]),
                        WandbCallback(spec.tracking.wandb.model_dump(mode="json"), str(run_dir), spec.name,
                                      sweep.groups),
                        CheckpointCallback(str(run_dir)), PoolCallback(), ProgressCallback(store_path),

@@ -2,8 +2,10 @@
 2 s) with device synchronisation after each; p50/p90/p99 over the timed calls.
 
 Backends: ``torch`` (eager), ``torch-compile`` (CUDA graphs on a GPU), ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``
-(onnxruntime execution providers) and ``trtexec`` (TensorRT's own tool). Each reports mean / p50 / p90 / p99 in ms,
-throughput, versions and the device; torch backends on a GPU also report compute alone (transfers excluded).
+(onnxruntime execution providers) and ``trtexec`` (TensorRT's own tool, ``latency.engines``). Each reports mean / p50 /
+p90 / p99 in ms, throughput, versions and the device; torch backends on a GPU also report compute alone (transfers
+excluded). Where the device measures power (tegrastats on a Jetson; NVML on an NVIDIA GPU, for GPU backends) the
+result carries ``energy``: mean power in the timed loop and energy per image (``latency.energy``).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,8 +21,8 @@ from typing import Any
 
 from orchestrator.errors import SegsweepError, UnknownNameError
 from orchestrator.gpu import GpuSampler
-from orchestrator.latency.agent import device_name, measure_onnxruntime, summarize, timed_loop
-from orchestrator.latency.trtexec import parse_trtexec, trtexec_command
+from orchestrator.latency.agent import PowerSampler, device_name, measure_onnxruntime, summarize, timed_loop
+from orchestrator.latency.energy import energy_figures
 
 BACKENDS = {
     "torch": "PyTorch eager (GPU if there is one); transfers included and excluded",
@@ -30,7 +30,7 @@ BACKENDS = {
     "ort-cpu": "onnxruntime CPUExecutionProvider",
     "ort-cuda": "onnxruntime CUDAExecutionProvider (where installed)",
     "ort-tensorrt": "onnxruntime TensorrtExecutionProvider (where installed)",
-    "trtexec": "TensorRT's trtexec (Host Latency and GPU Compute Time parsed)",
+    "trtexec": "TensorRT's trtexec: engine built once per device, timed from the file (CUDA graph, no transfers)",
 }
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-tensorrt": "TensorrtExecutionProvider"}
@@ -51,6 +51,7 @@ class LatencyResult:
     device: str
     versions: dict[str, str]
     compute: dict[str, float] | None = None  # transfers excluded, where the backend allows
+    energy: dict[str, Any] | None = None  # power_w, mj_per_image, source, rail, ... where the device measures power
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. trtexec's parsed summary, device facts
 
     def to_json(self) -> dict[str, Any]:
@@ -112,9 +113,9 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
             # output copied into a preallocated pinned buffer, as a deployed pipeline does: a fresh pageable
             # tensor per call would time the host's page faults
             out = torch.empty_like(model(on_device), device="cpu").pin_memory()
-            with GpuSampler(interval_s=0.1, index=device.index or 0) as sampler:
+            with GpuSampler(interval_s=0.1, index=device.index or 0) as sampler, PowerSampler("gpu") as power:
                 end_to_end = timed_loop(lambda: out.copy_(model(host.to(device, non_blocking=True)), non_blocking=True),
-                                        warmup, iters, sync)
+                                        warmup, iters, sync, marks=power.marks)
                 compute = timed_loop(lambda: model(on_device), warmup, iters, sync)
             extra["gpu"] = sampler.clock_summary()
         else:
@@ -127,6 +128,11 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
             finally:
                 torch.set_num_threads(previous_threads)
     stats = summarize(end_to_end)
+    energy = None
+    if device.type == "cuda":
+        energy, why = energy_figures(power.report(), (power.marks["start"], power.marks["end"]),
+                                     shape[0] * 1000 / stats["mean_ms"])
+        extra |= {"energy_note": f"local: {why}: latency recorded, no power or energy"} if why else {}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     if device.type == "cpu":
         name = device_name("CPUExecutionProvider")
@@ -136,15 +142,13 @@ def measure_torch(model, shape: list[int], warmup: int, iters: int, fp16: bool =
     return LatencyResult(
         backend="torch-compile" if compile else "torch", target="local", shape=shape, fp16=dtype == torch.float16,
         **stats, throughput_fps=shape[0] * 1000 / stats["mean_ms"], transfer="included", device=name,
-        versions=versions, compute=summarize(compute) if compute else None, extra=extra,
+        versions=versions, compute=summarize(compute) if compute else None, energy=energy, extra=extra,
     )
 
 
 def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int, fp16: bool = False,
                  threads: int | None = None) -> LatencyResult:
-    """onnxruntime backends through the agent's code, or trtexec, on this machine."""
-    if backend == "trtexec":
-        return run_trtexec_local(onnx_path, shape, warmup, iters, fp16)
+    """onnxruntime backends through the agent's code on this machine (power: the GPU's, for GPU providers)."""
     if not Path(onnx_path).is_file():
         raise SegsweepError(f"{onnx_path}: no such ONNX file")
     import onnxruntime as ort  # lazy: onnxruntime's import costs a second and the torch backends never need it
@@ -153,48 +157,29 @@ def measure_onnx(backend: str, onnx_path: Path, shape: list[int], warmup: int, i
         raise SegsweepError(f"{backend}: not available here (onnxruntime {ort.__version__} has "
                             f"{', '.join(ort.get_available_providers())})")
     try:
-        raw = measure_onnxruntime(str(onnx_path), shape, warmup, iters, ORT_PROVIDERS[backend], fp16, threads)
+        raw = measure_onnxruntime(str(onnx_path), shape, warmup, iters, ORT_PROVIDERS[backend], fp16, threads,
+                                  power_kind(backend))
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors are untyped; a corrupt or mismatched model
         raise SegsweepError(f"{backend}: onnxruntime cannot load it or run it on {onnx_path}: "
                             f"{str(e).strip().splitlines()[0]}") from None
     return result_from_agent(backend, "local", shape, fp16, raw)
 
 
+def power_kind(backend: str) -> str:
+    """What the agent samples while it times ``backend``: the whole board (tegrastats) for any backend on a Jetson;
+    beyond a Jetson, the GPU's power (NVML) for a GPU backend only: a CPU backend's draw is not the GPU's."""
+    return "board" if backend == "ort-cpu" else "gpu"
+
+
 def result_from_agent(backend: str, target: str, shape: list[int], fp16: bool, raw: dict) -> LatencyResult:
     keys = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer", "device", "versions")
+    extra = {"threads": raw["threads"]} if "threads" in raw else {}
+    energy, power = None, raw.get("power") or {}
+    if power.get("source"):
+        energy, why = energy_figures(power, (power["marks"]["start"], power["marks"]["end"]), raw["throughput_fps"])
+        extra |= {"energy_note": f"{target}: {why}: latency recorded, no power or energy"} if why else {}
     return LatencyResult(backend=backend, target=target, shape=shape, fp16=fp16, **{k: raw[k] for k in keys},
-                         extra={"threads": raw["threads"]} if "threads" in raw else {})
-
-
-def find_trtexec() -> str | None:
-    return shutil.which("trtexec") or next((p for p in ("/usr/src/tensorrt/bin/trtexec",) if Path(p).is_file()), None)
-
-
-def result_from_trtexec(target: str, shape: list[int], fp16: bool, text: str, device: str,
-                        versions: dict[str, str]) -> LatencyResult:
-    parsed = parse_trtexec(text)
-    host = parsed["host_latency"]
-    p50 = host.get("median", host.get("mean"))
-    stats = {"mean_ms": host.get("mean", p50), "p50_ms": p50, "p90_ms": host.get("p90", host.get("p99", p50)),
-             "p99_ms": host.get("p99", p50)}
-    gpu = parsed.get("gpu_compute")
-    compute = ({"mean_ms": gpu.get("mean"), "p50_ms": gpu.get("median"), "p90_ms": gpu.get("p90"),
-                "p99_ms": gpu.get("p99")} if gpu else None)
-    throughput = parsed.get("throughput_qps", 1000 / stats["mean_ms"]) * shape[0]
-    return LatencyResult(backend="trtexec", target=target, shape=shape, fp16=fp16, **stats, throughput_fps=throughput,
-                         transfer="host (trtexec Latency: H2D + compute + D2H)", device=device, versions=versions,
-                         compute=compute, extra={"trtexec": parsed})
-
-
-def run_trtexec_local(onnx_path: Path, shape: list[int], warmup: int, iters: int, fp16: bool) -> LatencyResult:
-    trtexec = find_trtexec()
-    if trtexec is None:
-        raise SegsweepError("trtexec: not available here (TensorRT's trtexec is not on PATH nor in /usr/src/tensorrt/bin)")
-    done = subprocess.run(trtexec_command(trtexec, str(onnx_path), 200, iters, fp16), capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-        raise SegsweepError(f"trtexec failed (exit {done.returncode}): {last[0]}")
-    return result_from_trtexec("local", shape, fp16, done.stdout, "local GPU", {"trtexec": trtexec})
+                         energy=energy, extra=extra)
 
 
 def format_result(result: LatencyResult) -> str:
@@ -204,4 +189,7 @@ def format_result(result: LatencyResult) -> str:
             f"(transfers {result.transfer})")
     if result.compute and result.compute.get("p50_ms") is not None:
         line += f"; compute alone p50 {result.compute['p50_ms']:.3f} ms"
+    if result.energy:
+        line += (f"; {result.energy['power_w']:.2f} W, {result.energy['mj_per_image']:.2f} mJ/image "
+                 f"({result.energy['source']}, {result.energy['rail']})")
     return line + f"; {json.dumps(result.versions)}"

@@ -1,32 +1,35 @@
 """Remote targets (a Jetson) over SSH with the system OpenSSH client, so ``~/.ssh/config`` aliases and keys work.
 
-The model and the self-contained agent are copied into a temporary folder on the target, timed there (onnxruntime
-through the agent, or trtexec), and the folder is removed. ssh and scp run with an argument list (no local shell),
-their ``-o`` options checked against a known-safe set (``targets.ssh_option_args``), the destination after ``--``;
-every remote command is built with ``shlex.join``: no argument reaches the remote shell unquoted.
+A target is a ``RemoteDevice``: a temporary folder there holds the self-contained agent and the files put there, and
+is removed at the end; the agent times onnxruntime, or finds, builds and times trtexec's engines (kept on the target
+across measurements, ``latency.engines``), sampling the target's power with tegrastats meanwhile. ssh and scp run
+with an argument list (no local shell), their ``-o`` options checked against a known-safe set
+(``targets.ssh_option_args``), the destination after ``--``; every remote command is built with ``shlex.join`` (no
+argument reaches the remote shell unquoted), but for ``FACTS_SCRIPT``, a fixed text.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shlex
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import SegsweepError
-from orchestrator.latency.bench import ORT_PROVIDERS, LatencyResult, result_from_agent, result_from_trtexec
+from orchestrator.latency.bench import ORT_PROVIDERS, LatencyResult, power_kind, result_from_agent
+from orchestrator.latency.engines import AGENT, agent_answer, measure_trtexec
 from orchestrator.latency.targets import SshTarget, resolve_target, ssh_option_args
-from orchestrator.latency.trtexec import trtexec_command
+from orchestrator.latency.tegra import parse_jetson_clocks, parse_nvpmodel
 
-AGENT = Path(__file__).with_name("agent.py")
+# what a Jetson says about itself: model, L4T release, TensorRT package, power mode, clocks (jetson_clocks --show
+# answers root only: elsewhere the facts say the clocks are unknown), architecture
 FACTS_SCRIPT = ("cat /proc/device-tree/model 2>/dev/null; echo; echo ---; cat /etc/nv_tegra_release 2>/dev/null; "
                 "echo ---; dpkg-query -W -f='${Version}' tensorrt 2>/dev/null || "
                 "dpkg-query -W -f='${Version}' libnvinfer8 2>/dev/null; echo; echo ---; "
-                "nvpmodel -q 2>/dev/null | head -n 2; echo ---; jetson_clocks --show 2>/dev/null | head -n 3; "
-                "echo ---; uname -m")
+                "nvpmodel -q 2>/dev/null; echo ---; jetson_clocks --show 2>&1; echo ---; uname -m")
 
 
 def _ssh(target: SshTarget, options: list[str], command: list[str] | str, timeout: float = 600) -> str:
@@ -60,66 +63,83 @@ def _copy(target: SshTarget, options: list[str], files: list[Path], folder: str)
         raise SegsweepError(f"{target.url}: copying the model failed ({done.stderr.strip().splitlines()[-1:]})")
 
 
-def parse_facts(text: str) -> dict[str, str]:
-    """Device facts from FACTS_SCRIPT's output: model, L4T release, TensorRT, nvpmodel mode, jetson_clocks."""
+def parse_facts(text: str) -> dict[str, Any]:
+    """Device facts from FACTS_SCRIPT's output: model, L4T release, TensorRT, nvpmodel mode (``MAXN (0)``), and from
+    ``jetson_clocks --show`` whether the clocks are pinned and the GPU's and memory's clocks (``tegra``)."""
     parts = [p.strip() for p in text.split("---")]
     parts += [""] * (6 - len(parts))
-    facts = {"model": parts[0].strip("\x00 "), "arch": parts[5]}
+    facts: dict[str, Any] = {"model": parts[0].strip("\x00 "), "arch": parts[5]}
     release = re.search(r"# R(\d+) \(release\), REVISION: ([\d.]+)", parts[1])
     if release:
         facts["l4t"] = f"R{release.group(1)}.{release.group(2)}"
     if parts[2]:
         facts["tensorrt"] = parts[2]
-    mode = re.search(r"NV Power Mode: (\S+)", parts[3])
-    if mode:
-        facts["nvpmodel"] = mode.group(1) + (f" ({parts[3].splitlines()[1].strip()})" if len(parts[3].splitlines()) > 1 else "")
-    if parts[4]:
-        facts["jetson_clocks"] = "on" if re.search(r"MaxFreq=(\d+).*CurrentFreq=\1", parts[4]) else parts[4].splitlines()[0]
+    facts["nvpmodel"] = parse_nvpmodel(parts[3])
+    facts |= parse_jetson_clocks(parts[4])
+    if "jetson_clocks" not in facts and "root" in parts[4]:
+        facts["jetson_clocks"] = "unknown (jetson_clocks --show answers root only)"
     return {k: v for k, v in facts.items() if v}
+
+
+class RemoteDevice:
+    """An SSH target as ``latency.engines`` measures on it: a temporary folder holding the agent and the files put
+    there (each copied once), removed at the end."""
+
+    def __init__(self, target: SshTarget, options: list[str], remote_python: str) -> None:
+        self.target, self.options, self.python, self.where = target, options, remote_python, target.url
+        self.folder = f"/tmp/segsweep-bench-{uuid.uuid4().hex[:10]}"
+        self._put: dict[Path, str] = {}
+
+    def __enter__(self) -> RemoteDevice:
+        _ssh(self.target, self.options, ["mkdir", "-p", self.folder], timeout=60)
+        self.put(AGENT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(SegsweepError):  # cleanup is best effort; the measurement (or its error) matters
+            _ssh(self.target, self.options, ["rm", "-rf", self.folder], timeout=60)
+
+    def agent(self, *args: str, label: str | None = None) -> dict[str, Any]:
+        try:
+            stdout, stderr = _ssh(self.target, self.options, [self.python, f"{self.folder}/agent.py", *args]), ""
+        except RemoteCommandError as e:
+            stdout, stderr = e.stdout, e.stderr
+        return agent_answer(self.where, label or args[0], stdout, stderr, failed=label is not None)
+
+    def put(self, path: Path) -> str:
+        path = Path(path)
+        if path not in self._put:
+            _copy(self.target, self.options, [path], self.folder)
+            self._put[path] = f"{self.folder}/{path.name}"
+        return self._put[path]
+
+    def scratch(self, name: str) -> str:
+        return f"{self.folder}/{name}"
+
+    def facts(self) -> dict[str, Any]:
+        return parse_facts(_ssh(self.target, self.options, FACTS_SCRIPT, timeout=60))
 
 
 def measure_remote(url: str, backend: str, onnx_path: Path, shape: list[int], warmup: int, iters: int,
                    fp16: bool = False, remote_python: str = "python3", ssh_options: list[str] | None = None,
                    threads: int | None = None) -> LatencyResult:
-    """Copy ``onnx_path`` to the target (``ssh://...`` or a registered name: then its own address, options and
-    interpreter), time it there with ``backend`` (ort-* through the agent, or trtexec)."""
+    """Time ``onnx_path`` on the target (``ssh://...`` or a registered name: then its own address, options and
+    interpreter) with ``backend``: onnxruntime through the agent, or trtexec with the target's cached engine."""
     if backend not in (*ORT_PROVIDERS, "trtexec"):
         raise SegsweepError(f"{backend}: remote targets run onnxruntime backends or trtexec, not PyTorch")
     target, options, remote_python = resolve_target(url, tuple(ssh_options or ()), remote_python)
     if not Path(onnx_path).is_file():
         raise SegsweepError(f"{onnx_path}: no such ONNX file")
-    folder = f"/tmp/segsweep-bench-{uuid.uuid4().hex[:10]}"
-    _ssh(target, options, ["mkdir", "-p", folder], timeout=60)
-    try:
-        _copy(target, options, [Path(onnx_path), AGENT], folder)
-        model = f"{folder}/{Path(onnx_path).name}"
-        facts = parse_facts(_ssh(target, options, FACTS_SCRIPT, timeout=60))
+    with RemoteDevice(target, options, remote_python) as device:
+        facts = device.facts()
         if backend == "trtexec":
-            find = _ssh(target, options, "command -v trtexec || ls /usr/src/tensorrt/bin/trtexec 2>/dev/null || true",
-                        timeout=60)
-            trtexec = find.strip().splitlines()[0] if find.strip() else ""
-            if not trtexec:
-                raise SegsweepError(f"{url}: trtexec: not found on the target (not on PATH nor in "
-                                    f"/usr/src/tensorrt/bin); install TensorRT there or use --backend ort-cpu")
-            try:
-                out = _ssh(target, options, trtexec_command(trtexec, model, 200, iters, fp16))
-            except RemoteCommandError as e:
-                raise SegsweepError(f"{url}: trtexec failed (exit {e.code}): "
-                                    f"{(e.stdout + e.stderr).strip().splitlines()[-1:]}") from None
-            result = result_from_trtexec(url, shape, fp16, out, facts.get("model") or target.host,
-                                         {k: facts[k] for k in ("tensorrt", "l4t") if k in facts})
+            result = measure_trtexec(device, Path(onnx_path), shape, iters, fp16, facts.get("model") or target.host,
+                                     {k: facts[k] for k in ("l4t",) if k in facts})
         else:
-            argv = [remote_python, f"{folder}/agent.py", model, "--shape", "x".join(map(str, shape)),
-                    "--warmup", str(warmup), "--iters", str(iters), "--provider", ORT_PROVIDERS[backend],
-                    *(["--threads", str(threads)] if threads else [])]
-            try:
-                raw = json.loads(_ssh(target, options, argv + (["--fp16"] if fp16 else [])).strip().splitlines()[-1])
-            except RemoteCommandError as e:
-                detail = e.stdout.strip().splitlines()[-1:] or e.stderr.strip().splitlines()[-1:]
-                raise SegsweepError(f"{url}: {backend} failed: {detail[0] if detail else e}") from None
-            result = result_from_agent(backend, url, shape, fp16, raw)
-        result.extra["device_facts"] = facts
-        return result
-    finally:
-        with contextlib.suppress(SegsweepError):  # cleanup is best effort; the measurement (or its error) matters
-            _ssh(target, options, ["rm", "-rf", folder], timeout=60)
+            raw = device.agent(device.put(Path(onnx_path)), "--shape", "x".join(map(str, shape)), "--warmup",
+                               str(warmup), "--iters", str(iters), "--provider", ORT_PROVIDERS[backend], "--power",
+                               power_kind(backend), *(["--threads", str(threads)] if threads else []),
+                               *(["--fp16"] if fp16 else []), label=backend)
+            result = result_from_agent(backend, device.where, shape, fp16, raw)
+    result.extra["device_facts"] = facts
+    return result

@@ -1,7 +1,8 @@
 """The function Tune runs for each trial: a proxy that holds no GPU and imports no torch. It hands the trial to a
 worker of the pool, then reports each epoch the worker sends (metrics, and a checkpoint when the worker took one)
-to Tune. When Tune's scheduler stops the trial inside a report (ASHA at a rung), the proxy tells the worker, which
-drops the trial at once: no process is killed, nothing is torn down mid-step."""
+to Tune; a trial over budget reports its figures once, marked ``budgets.INFEASIBLE``, and ends. When Tune's
+scheduler stops the trial inside a report (ASHA at a rung), the proxy tells the worker, which drops the trial at
+once: no process is killed, nothing is torn down mid-step."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def proxy_trial(config: dict[str, Any], ctx: PoolContext) -> None:
                         shutil.rmtree(checkpoint, ignore_errors=True)
                 worker.decide.remote(trial_id, int(event["metrics"]["epoch"]))
             elif event["kind"] == "done":
+                return
+            elif event["kind"] == "infeasible":  # over a budget, never trained: its figures are its one result
+                tune.report(event["metrics"])
                 return
             elif event["kind"] == "failed":
                 if not retried(event["error"]):

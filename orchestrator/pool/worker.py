@@ -18,6 +18,7 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -32,13 +33,15 @@ import ray
 import torch
 
 from models.depthwise import cudnn_depthwise
+from orchestrator.budgets import INFEASIBLE, judge
 from orchestrator.failures import failure
+from orchestrator.files import write_text_whole
 from orchestrator.latency.measure import Protocol, measure
 from orchestrator.pool.admission import WorkerAdmission
 from orchestrator.pool.protocol import WorkerSettings
 from orchestrator.pool.ship import ShippedData, receive
 from orchestrator.rundir import RunDir
-from orchestrator.trial.build import build_module, build_trial
+from orchestrator.trial.build import build_module, complete_trial, trial_model
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
 from orchestrator.trial.config import TrialConfig, TrialContext
 from orchestrator.trial.data import normalise, release_resident, to_model_input
@@ -338,11 +341,19 @@ class TrialWorker:
             report = ReportEpochs(ctx.metric, ctx.mode, trial_dir, constants, lambda m, c: self._send(job, m, c),
                                   state["best"] if state else None, cfg.trainer.checkpoint_every_s)
             with BUILD_LOCK:
-                run = build_trial(job.config, ctx.data, self.cuda, job.started, ctx.groups, state,
-                                  callbacks=[SaveVisuals(cfg, ctx.data, trial_dir), report])
-            constants |= run.constants
+                model = trial_model(job.config, ctx.data, self.cuda, job.started, ctx.groups, state)
+            constants |= model.constants
             if ctx.latency_proxy:
-                constants |= proxy_latency(run.module.model, ctx.latency_proxy, tuple(cfg.data.size))
+                constants |= proxy_latency(model.module.model, ctx.latency_proxy, tuple(cfg.data.size))
+            # a trial over budget stops here: no data module, no trainer, no fit. One that resumes from a checkpoint
+            # was within its budgets when it started, and keeps its verdict
+            verdict = judge(ctx.constraints, constants) if ctx.constraints and state is None else None
+            if verdict is not None and not verdict.feasible:
+                self._mark("infeasible", trial=job.trial_id, broken=verdict.line)
+                job.events.put({"kind": "infeasible", "metrics": {ctx.metric: math.nan, **constants, INFEASIBLE: 1.0}})
+                return
+            with BUILD_LOCK:
+                run = complete_trial(model, ctx.data, state, callbacks=[SaveVisuals(cfg, ctx.data, trial_dir), report])
             try:
                 run.trainer.fit(run.module, datamodule=run.datamodule)
             finally:
@@ -363,7 +374,7 @@ class TrialWorker:
                 path = RunDir(run_dir).path / "pool" / f"worker-{os.getpid()}.json"
                 if path.parent.parent.is_dir():  # a run directory that is still there
                     path.parent.mkdir(exist_ok=True)
-                    path.write_text(json.dumps(self.timeline))
+                    write_text_whole(path, json.dumps(self.timeline))  # read while it is written (bench-sweep)
 
     def _out_of_memory(self, job: Job) -> None:
         gc.collect()
@@ -414,12 +425,16 @@ def gpu_room() -> float:
 
 def proxy_latency(model: torch.nn.Module, proxy: dict[str, Any], size: tuple[int, int]) -> dict[str, float]:
     """The spec's latency proxy, measured before training (latency does not depend on the weights):
-    ``latency/mean_ms``, ``latency/p50_ms``, ``latency/p90_ms``, ``latency/p99_ms``."""
+    ``latency/mean_ms``, ``latency/p50_ms``, ``latency/p90_ms``, ``latency/p99_ms``, and where the device measured
+    them, ``power/mean_w`` and ``energy/mj_per_image``."""
     deployed = cudnn_depthwise(copy.deepcopy(model))  # the model as deployed, not as the trial trains it
     result = measure(proxy["backend"], [1, 3, *size], Protocol(proxy["warmup"], proxy["iters"], proxy["fp16"]),
                      model=deployed, target=proxy.get("target") or "local", remote_python=proxy["remote_python"],
                      ssh_options=tuple(proxy["ssh_options"]))
-    return {f"latency/{k}": getattr(result, k) for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")}
+    figures = {f"latency/{k}": getattr(result, k) for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")}
+    if result.energy:
+        figures |= {"power/mean_w": result.energy["power_w"], "energy/mj_per_image": result.energy["mj_per_image"]}
+    return figures
 
 
 def quiet_libraries() -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from models.catalog import ARCHITECTURES, OPTIMIZERS, SCHEDULES, check_arch_encoder, check_encoder, loss_parts
 from models.errors import UnknownNameError
+from orchestrator.budgets import BUDGETS, ENERGY_METRICS
 from orchestrator.data.adapters import DATASETS, Bdd100kDrivable
 from orchestrator.data.prepare import adapter_for
 from orchestrator.errors import KNOWN_ERRORS, SpecError, closest, unknown_name_message
@@ -60,6 +61,7 @@ NAME_CHECKS = {
     "optimizer": _name_in("optimizer", OPTIMIZERS),
     "schedule": _name_in("schedule", SCHEDULES),
     "backend": _name_in("latency backend", BACKENDS),
+    "budget": _name_in("budget metric", BUDGETS),
     "target": check_target,
     "ssh_option": ssh_option,
 }
@@ -182,6 +184,7 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
     if spec.search.metric not in metrics:
         raise SpecError(f"{where}: search.metric: {unknown_name_message('metric', spec.search.metric, metrics)}")
     _check_objectives(spec, metrics, where)
+    _check_constraints(spec, where)
     if spec.search.algorithm == "grid":
         continuous = [k for k, d in domains.items() if d.kind != "choice"]
         if continuous:
@@ -198,16 +201,25 @@ def _check_objectives(spec: SweepSpec, metrics: list[str], where: str) -> None:
     objectives = spec.search.objectives
     if not objectives:
         return
-    allowed = metrics + LATENCY_METRICS + ["model/gmacs", "model/params", "model/size_mb"]
+    allowed = metrics + LATENCY_METRICS + list(ENERGY_METRICS) + ["model/gmacs", "model/params", "model/size_mb"]
     for i, objective in enumerate(objectives):
         if objective.metric not in allowed:
             raise SpecError(f"{where}: search.objectives.{i}.metric: "
                             f"{unknown_name_message('metric', objective.metric, allowed)}")
     if len(objectives) > 1 and spec.search.algorithm != "optuna":
         raise SpecError(f"{where}: search.objectives: several objectives need search.algorithm: optuna")
-    if any(o.metric.startswith("latency/") for o in objectives) and spec.search.latency_proxy is None:
-        raise SpecError(f"{where}: search.objectives: a latency objective needs search.latency_proxy "
+    if any(o.metric.startswith(("latency/", "energy/", "power/")) for o in objectives) and \
+            spec.search.latency_proxy is None:
+        raise SpecError(f"{where}: search.objectives: a latency or energy objective needs search.latency_proxy "
                         f"(e.g. {{backend: torch}}: measured in each trial before it trains)")
+
+
+def _check_constraints(spec: SweepSpec, where: str) -> None:
+    """Budgets the latency proxy measures need one; the names themselves were checked by the schema (``budget``)."""
+    for i, constraint in enumerate(spec.search.constraints):
+        if BUDGETS[constraint.metric].proxy and spec.search.latency_proxy is None:
+            raise SpecError(f"{where}: search.constraints.{i}.metric: {constraint.metric} is measured by the latency "
+                            f"proxy before each trial trains: add search.latency_proxy (e.g. {{backend: torch}})")
 
 
 def reported_metrics(data: DataSpec) -> list[str]:

@@ -249,6 +249,23 @@ class LatencyProxySpec(Strict):
     remote_python: str = "python3"
 
 
+class ConstraintSpec(Strict):
+    """A hard budget of the search (``orchestrator.budgets``): a figure known before a trial trains, and its bound. A
+    trial over it is recorded ``infeasible`` with its figures and never trained; Optuna learns the feasible region."""
+
+    metric: Annotated[str, named("budget")]
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConstraintSpec:
+        if self.max is None and self.min is None:
+            raise ValueError(f"{self.metric}: a budget needs max (or min), e.g. {{metric: {self.metric}, max: 8.0}}")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"{self.metric}: min {self.min:g} is above max {self.max:g}")
+        return self
+
+
 class SearchSpec(Strict):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     num_samples: int = Field(8, ge=1)
@@ -260,6 +277,9 @@ class SearchSpec(Strict):
     objectives: tuple[ObjectiveSpec, ...] = Field((), description="several: Optuna searches multi-objectively; "
                                                   "ASHA still stops on search.metric")
     latency_proxy: LatencyProxySpec | None = None
+    constraints: tuple[ConstraintSpec, ...] = Field((), description="hard budgets (params_m, gmacs, size_mb, "
+                                                    "latency/*, energy/mj_per_image, power/mean_w): a trial over one "
+                                                    "is infeasible, never trained")
 
 
 class EvaluateSpec(Strict):

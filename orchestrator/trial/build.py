@@ -94,24 +94,50 @@ def build_module(cfg: TrialConfig, data: PreparedData, use_gpu: bool, state: dic
     )
 
 
-def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
-                groups: dict[str, dict[str, dict[str, Any]]] | None = None, state: dict[str, Any] | None = None,
-                callbacks: list[L.Callback] | None = None) -> TrialRun:
-    """Model, loss, data, Lightning module and trainer of one configuration, with the speed levers resolved for the
-    device. ``state``: a checkpoint to continue from; ``callbacks``: the trainer's (reporting, timing)."""
+@dataclass
+class TrialModel:
+    """A trial before anything trains: its configuration, Lightning module and figures (params, MB, GMACs, levers),
+    which its budgets are checked against (``orchestrator.budgets``)."""
+
+    cfg: TrialConfig
+    use_gpu: bool
+    module: SegmentationModule
+    constants: dict[str, float]
+
+
+def trial_model(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
+                groups: dict[str, dict[str, dict[str, Any]]] | None = None,
+                state: dict[str, Any] | None = None) -> TrialModel:
+    """Seeded, the configuration's Lightning module with its speed levers resolved for the device, and its figures.
+    ``state``: a checkpoint to continue from."""
     cfg = TrialConfig.from_flat(config, groups)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     use_gpu = use_gpu_for(cfg, use_gpu)
     if use_gpu:
         torch.cuda.reset_peak_memory_stats()  # a reused actor's previous trial does not count
     module = build_module(cfg, data, use_gpu, state, started)
-    levers = module.levers
     info = model_complexity(module.model, cfg)
     constants = {"model/params": info.params, "model/size_mb": info.size_mb, "model/gmacs": info.gmacs,
-                 **levers.as_metrics()}
+                 **module.levers.as_metrics()}
+    return TrialModel(cfg, use_gpu, module, constants)
+
+
+def complete_trial(model: TrialModel, data: PreparedData, state: dict[str, Any] | None = None,
+                   callbacks: list[L.Callback] | None = None) -> TrialRun:
+    """The rest of a trial around its model: data module and trainer (``callbacks``: reporting, timing)."""
+    cfg, module = model.cfg, model.module
     done = state["epoch"] if state else 0
-    trainer = build_trainer(cfg, use_gpu, max_epochs=max(1, cfg.trainer.max_epochs - done), callbacks=callbacks)
-    return TrialRun(cfg, levers, module, build_datamodule(cfg, data, use_gpu, levers), trainer, constants)
+    trainer = build_trainer(cfg, model.use_gpu, max_epochs=max(1, cfg.trainer.max_epochs - done), callbacks=callbacks)
+    return TrialRun(cfg, module.levers, module, build_datamodule(cfg, data, model.use_gpu, module.levers), trainer,
+                    model.constants)
+
+
+def build_trial(config: dict[str, Any], data: PreparedData, use_gpu: bool, started: float,
+                groups: dict[str, dict[str, dict[str, Any]]] | None = None, state: dict[str, Any] | None = None,
+                callbacks: list[L.Callback] | None = None) -> TrialRun:
+    """Model, loss, data, Lightning module and trainer of one configuration, with the speed levers resolved for the
+    device (``trial_model``, then ``complete_trial``)."""
+    return complete_trial(trial_model(config, data, use_gpu, started, groups, state), data, state, callbacks)
 
 
 def use_gpu_for(cfg: TrialConfig, use_gpu: bool) -> bool:

@@ -52,6 +52,7 @@ class TrialContext:
     mode: str
     data: PreparedData
     latency_proxy: dict[str, Any] | None = None
+    constraints: tuple[dict[str, Any], ...] = ()  # search.constraints: a trial over budget is never trained
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     decisions: tuple[int, ...] = ()  # the full network's epochs where the sweep's scheduler may stop a trial
     warm: tuple[dict[str, Any], ...] = ()  # flat configs of the study's architectures, stepped once per worker

@@ -62,7 +62,7 @@ def test_validate_dry_run_and_list(write_spec, tmp_path):
     assert "train 8 / val 4 images, native 40x72, trained at 32x64 (resize)" in result.output and "loss.name: choice ['dice', 'focal']" in result.output
     assert not (tmp_path / "data").exists(), "a dry run writes nothing"
     for what, expected in [("models", "deeplabv3plus"), ("losses", "weighted_ce_enet"), ("schedules", "onecycle"),
-                           ("datasets", "idd_lite"), ("encoders", "mobilenet_v2")]:
+                           ("datasets", "idd_lite"), ("encoders", "mobilenet_v2"), ("budgets", "energy/mj_per_image")]:
         result = runner.invoke(app, ["list", what])
         assert result.exit_code == 0 and expected in result.output
 

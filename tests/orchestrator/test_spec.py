@@ -158,6 +158,28 @@ def test_every_shipped_sweep_validates(monkeypatch, tmp_path):
         load_spec(path)
 
 
+def test_budgets_are_checked_before_anything_starts(write_spec, tmp_path):
+    """search.constraints: names from orchestrator.budgets, a bound, a proxy for the proxy's figures; --set writes
+    them as README's demo does."""
+    spec = tiny_spec(tmp_path)
+    sweep = load_spec(write_spec(spec), ["search.constraints=[{metric: params_m, max: 5}, {metric: gmacs, min: 0.1}]"])
+    assert [c.model_dump() for c in sweep.spec.search.constraints] == [
+        {"metric": "params_m", "max": 5.0, "min": None}, {"metric": "gmacs", "max": None, "min": 0.1}]
+    for constraint, expected in [
+        ("{metric: latncy/p50_ms, max: 8}", "search.constraints.0.metric: unknown budget metric 'latncy/p50_ms' (did "
+                                            "you mean 'latency/p50_ms'? available: energy/mj_per_image, gmacs, "),
+        ("{metric: params_m}", "search.constraints.0: params_m: a budget needs max (or min), e.g. {metric: params_m, "
+                               "max: 8.0}"),
+        ("{metric: size_mb, min: 9, max: 3}", "search.constraints.0: size_mb: min 9 is above max 3"),
+        ("{metric: latency/p50_ms, max: 8}", "search.constraints.0.metric: latency/p50_ms is measured by the latency "
+                                             "proxy before each trial trains: add search.latency_proxy"),
+        ("{metric: energy/mj_per_image, max: 8}", "search.constraints.0.metric: energy/mj_per_image is measured by"),
+    ]:
+        assert expected in error_of(write_spec, spec, [f"search.constraints=[{constraint}]"])
+    with_proxy = tiny_spec(tmp_path, search={**spec["search"], "latency_proxy": {"backend": "torch"}})
+    assert load_spec(write_spec(with_proxy), ["search.constraints=[{metric: energy/mj_per_image, max: 8}]"])
+
+
 def test_a_grouped_choice_with_keys_beside_it_reloads_from_its_resolved_spec(tmp_path):
     """``--set model.batchnorm=batch`` beside a choice between models: the spec as run (spec.yaml, which resume and the
     service's runner read) loads again to the same domains and keys, the options' labels unchanged."""

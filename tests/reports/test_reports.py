@@ -47,7 +47,8 @@ def test_store_best_last_and_no_duplicate_epochs(filled):
     store.record_epoch("t1", epoch(2, 0.65, 0.45, 0.5))  # a restarted trial re-reports epoch 2
     rows = sqlite3.connect(run_dir / "results.db").execute("SELECT COUNT(*) FROM epochs WHERE trial_id='t1'").fetchone()
     assert rows == (3,)
-    assert store.counts() == {"pending": 0, "running": 1, "completed": 0, "early_stopped": 1, "failed": 1}
+    assert store.counts() == {"pending": 0, "running": 1, "completed": 0, "early_stopped": 1, "infeasible": 0,
+                              "failed": 1}
     store.add_trial("t2", {"x": 1}, "running")  # a finished trial is never reopened
     store.finish_trial("t2", "completed")  # nor re-finished (a restore from an older snapshot ends it again)
     assert {t.id: t.status for t in store.trials()}["t2"] == "early_stopped"
@@ -87,8 +88,9 @@ def test_build_report_and_json(filled):
     json.dumps(obj)
     assert obj["sweep"] == "s" and obj["metric"] == "val/miou" and obj["mode"] == "max"
     t1 = obj["trials"][0]
-    assert set(t1) == {"id", "status", "config", "epochs", "metrics", "error", "params_m", "size_mb", "gmacs",
-                       "train_seconds", "latency", "evaluations", "check"}
+    assert set(t1) == {"id", "status", "config", "epochs", "metrics", "error", "infeasible", "budgets", "params_m",
+                       "size_mb", "gmacs", "train_seconds", "latency", "evaluations", "check"}
+    assert obj["constraints"] == [] and "best_feasible" not in obj  # a study without budgets
     assert t1["metrics"] == {"val/miou": 0.7, "val/loss": 0.4, "val/iou/road": pytest.approx(0.6),
                              "val/iou/background": 0.9}
     assert obj["trials"][2]["error"].startswith("FloatingPointError") and obj["trials"][2]["metrics"] == {}
@@ -158,3 +160,53 @@ def test_a_study_whose_every_trial_failed_ends_with_one_line_and_exit_1(filled, 
     assert raised.value.exit_code == 1 and "\n" not in str(raised.value)
     store.add_trial("t9", {"model.arch": "fpn"}, "running")  # not over yet: not every trial failed
     assert every_trial_failed(store) is None
+
+
+def test_budgets_in_the_report_feasible_set_best_feasible_and_infeasible_off_the_front(tmp_path):
+    """A study with budgets and two objectives: the budget column, the feasible set and best feasible trial, each
+    infeasible trial with the budgets it broke, marked off the Pareto front (report.md and report.html from the same
+    sections) and in report --format json; energy per image from the proxy and from a device."""
+    from orchestrator.budgets import INFEASIBLE
+
+    store = Store(tmp_path / "results.db")
+    data = {"dataset": "synthetic", "task": "binary", "train": {"images": 8}, "val": {"images": 4}}
+    store.set_meta(sweep="s", metric="val/miou", mode="max", trials=4, classes=CLASSES, data=data,
+                   objectives=[{"metric": "val/miou", "mode": "max"}, {"metric": "latency/p50_ms", "mode": "min"}],
+                   constraints=[{"metric": "latency/p50_ms", "max": 8.0, "min": None}])
+    proxy = {"latency/p50_ms": 4.0, "energy/mj_per_image": 20.0}
+    for trial, miou, ms in (("fast", 0.6, 2.0), ("good", 0.7, 6.0)):
+        store.add_trial(trial, {"model.arch": trial, "loss.name": "dice"}, "running")
+        store.record_epoch(trial, {**epoch(1, miou, 0.5, miou), **proxy, "latency/p50_ms": ms})
+        store.finish_trial(trial, "completed")
+    store.add_trial("slow", {"model.arch": "slow", "loss.name": "dice"}, "running")
+    store.record_infeasible("slow", {"model/params": 9_000_000, **proxy, "latency/p50_ms": 12.5, INFEASIBLE: 1.0},
+                            "latency/p50_ms 12.5 > 8 (max)")
+    store.finish_trial("slow", "infeasible")
+    store.add_trial("broke", {"model.arch": "broke", "loss.name": "dice"}, "running")
+    store.finish_trial("broke", "failed", "RuntimeError: boom")
+    store.record_latency("good", "trtexec", "ssh://jetson", {"p50_ms": 3.0, "mean_ms": 3.1, "p90_ms": 3.2,
+                                                             "p99_ms": 3.4, "throughput_fps": 320.0, "device": "Orin",
+                                                             "energy": {"power_w": 6.4, "mj_per_image": 20.0}})
+    md_path, html_path = build_report(tmp_path)
+    md = md_path.read_text()
+    rows = {line.split(" | ")[2]: line for line in md.splitlines() if line.startswith("| ")}
+    assert "| budget |" in rows["trial"] and "| trtexec@ssh://jetson mJ/img |" in rows["trial"]
+    assert "| over: latency/p50_ms 12.5 \\> 8 (max) |" in rows["slow"] and "| infeasible |" in rows["slow"]  # md()
+    assert "| ok |" in rows["good"] and "| ok |" in rows["fast"] and "| – |" in rows["broke"]
+    assert "| * |" in rows["good"] and "| * |" in rows["fast"] and "| 6 | 20 | 3 | 20 |" in rows["good"]
+    assert "1 infeasible (over budget, never trained)" in md
+    assert "Budgets (`search.constraints`): `latency/p50_ms <= 8`" in md
+    assert "Feasible set: 2 trial(s) trained within every budget (`fast`, `good`); 1 infeasible." in md
+    assert "Best feasible trial: `good`, val/miou = 0.7000." in md and "## Best feasible trial" in md
+    assert "- `slow` infeasible: latency/p50_ms 12.5 \\> 8 (max)" in md
+    html = html_path.read_text()
+    assert "Best feasible trial: <code>good</code>" in html and "infeasible (over budget, not trained)" in html
+    assert "<li><code>slow</code> infeasible: latency/p50_ms 12.5 &gt; 8 (max)</li>" in html
+    assert "energy per image" in html
+    obj = report_json(tmp_path)
+    assert obj["feasible"] == ["fast", "good"] and obj["best_feasible"] == "good"
+    slow = next(t for t in obj["trials"] if t["id"] == "slow")
+    assert (slow["status"], slow["infeasible"], slow["budgets"]) == ("infeasible", "latency/p50_ms 12.5 > 8 (max)",
+                                                                     {"latency/p50_ms": 12.5})
+    good = next(t for t in obj["trials"] if t["id"] == "good")
+    assert good["latency"][0]["energy_mj"] == 20.0 and good["latency"][0]["power_w"] == 6.4

@@ -97,3 +97,42 @@ def test_reports_of_a_trial_optuna_already_finished_are_dropped(tmp_path):
     (trial,) = trials(storage)
     assert trial.state == State.COMPLETE and trial.value == pytest.approx(0.4)  # the end as stored
     assert trial.intermediate_values == {1: 0.3, 4: 0.4}
+
+
+BUDGETS = [{"metric": "latency/p50_ms", "max": 8.0, "min": None}, {"metric": "params_m", "max": 5.0, "min": None}]
+
+
+def test_budgets_are_optunas_own_constraints_and_an_infeasible_trial_is_pruned_with_its_reason(tmp_path):
+    """Optuna's constraints (``Trial.set_constraint``, one per budget, <= 0 within it) on every trial that was not a
+    failure; a trial over budget (never trained) ends PRUNED, the state TPE learns infeasibility from (it leaves FAIL
+    out of its model), with its reason and figures in user attributes."""
+    from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
+
+    search, storage = searcher(tmp_path, constraints=BUDGETS)
+    figures = {"latency/p50_ms": 3.0, "model/params": 2_000_000}
+    search.suggest("fits")
+    search.on_trial_result("fits", {"epoch": 1, "training_iteration": 1, "val/miou": 0.3, **figures})
+    search.on_trial_complete("fits", {"epoch": 4, "training_iteration": 4, "val/miou": 0.5, **figures})
+    search.suggest("slow")
+    search.on_trial_complete("slow", {"val/miou": float("nan"), "latency/p50_ms": 12.5, "model/params": 7_000_000,
+                                      "segsweep/infeasible": 1.0})
+    search.suggest("broken")
+    search.on_trial_complete("broken", None, error=True)
+    fits, slow, broken = trials(storage)
+    assert fits.state == State.COMPLETE and fits.value == 0.5
+    assert fits.constraints == {"latency/p50_ms": -5.0, "params_m": -3.0} and _get_infeasible_trial_score(fits) == 0
+    assert slow.state == State.PRUNED and slow.constraints == {"latency/p50_ms": 4.5, "params_m": 2.0}
+    assert _get_infeasible_trial_score(slow) == 6.5  # what TPE sorts infeasible trials by
+    assert slow.user_attrs["status"] == "infeasible"
+    assert slow.user_attrs["infeasible"] == "latency/p50_ms 12.5 > 8 (max); params_m 7 > 5 (max)"
+    assert slow.user_attrs["budgets"] == {"latency/p50_ms": 12.5, "params_m": 7.0}
+    assert broken.state == State.FAIL and broken.constraints == {}  # a failure tells nothing of the budgets
+
+
+def test_an_infeasible_trial_in_a_multi_objective_study(tmp_path):
+    search, storage = searcher(tmp_path, metric=["val/miou", "latency/p50_ms"], mode=["max", "min"],
+                               constraints=BUDGETS[:1])
+    search.suggest("slow")
+    search.on_trial_complete("slow", {"latency/p50_ms": 9.0, "segsweep/infeasible": 1.0})
+    (slow,) = trials(storage)
+    assert slow.state == State.PRUNED and slow.values is None and slow.constraints == {"latency/p50_ms": 1.0}

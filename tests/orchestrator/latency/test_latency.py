@@ -19,13 +19,14 @@ from orchestrator.errors import KNOWN_ERRORS, SegsweepError
 from orchestrator.gpu import GpuSampler, decode_clock_reasons
 from orchestrator.latency.agent import summarize
 from orchestrator.latency.bench import measure_onnx, measure_torch
+from orchestrator.latency.measure import measure
 from orchestrator.latency.remote import measure_remote, parse_facts
 from orchestrator.latency.trtexec import parse_trtexec
 from tests.orchestrator.conftest import free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trtexec"
 KEYS = {"backend", "target", "shape", "fp16", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_fps", "transfer",
-        "device", "versions", "compute", "extra"}
+        "device", "versions", "compute", "energy", "extra"}
 
 
 def test_summary_percentiles_by_hand():
@@ -90,8 +91,8 @@ def test_bench_cli_json_and_errors(enet_onnx, tmp_path):
     corrupt.write_bytes(b"not a model")
     with pytest.raises(SegsweepError, match=r"ort-cpu: onnxruntime cannot load it or run it on .*corrupt\.onnx"):
         measure_onnx("ort-cpu", corrupt, [1, 3, 64, 96], 0, 1)
-    with pytest.raises(SegsweepError, match="trtexec: not available here"):
-        measure_onnx("trtexec", path, [1, 3, 64, 96], 0, 1)
+    with pytest.raises(SegsweepError, match=r"local: trtexec: not found here \(not on PATH nor in /usr/src/tensorrt/"):
+        measure("trtexec", [1, 3, 64, 96], onnx_path=path)
 
 
 def test_trtexec_parser_tensorrt_10():
@@ -117,11 +118,14 @@ def test_trtexec_parser_tensorrt_8_and_7():
 def test_jetson_device_facts():
     text = ("NVIDIA Jetson TX2\x00\n---\n# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t186ref\n---\n"
             "8.2.1-1+cuda10.2\n---\nNV Power Mode: MAXN\n0\n---\nSOC family:tegra186  Machine:quill\n"
-            "CPU0 Online=1 Governor=schedutil MinFreq=2035200 MaxFreq=2035200 CurrentFreq=2035200\n---\naarch64")
+            "cpu0: Online=1 Governor=schedutil MinFreq=2035200 MaxFreq=2035200 CurrentFreq=2035200\n"
+            "GPU MinFreq=1300500000 MaxFreq=1300500000 CurrentFreq=1300500000\n---\naarch64")
     facts = parse_facts(text)
     assert facts == {"model": "NVIDIA Jetson TX2", "arch": "aarch64", "l4t": "R32.7.1", "tensorrt": "8.2.1-1+cuda10.2",
-                     "nvpmodel": "MAXN (0)", "jetson_clocks": "on"}
+                     "nvpmodel": "MAXN (0)", "jetson_clocks": "on", "gpu_mhz": 1300.5, "gpu_max_mhz": 1300.5}
     assert parse_facts("\n---\n---\n---\n---\n---\nx86_64") == {"arch": "x86_64"}
+    root_only = "\n---\n---\n---\n---\nError: Run this script(/usr/bin/jetson_clocks) as a root user\n---\naarch64"
+    assert parse_facts(root_only)["jetson_clocks"] == "unknown (jetson_clocks --show answers root only)"
 
 
 def test_remote_target_over_real_ssh(sshd, enet_onnx):

@@ -130,6 +130,34 @@ def test_several_sweeps_share_the_slots_fairly_and_a_detached_sweep_goes(worker,
     assert w._context(str(run_dir), timeout=0.1) is None
 
 
+def test_a_trial_over_budget_reports_its_figures_and_never_trains(worker):
+    """The budget is judged on the model's figures before anything trains: a trial over it gets no data module, no
+    trainer and no fit; its one event holds its figures (marked infeasible, the sweep's metric NaN so that Tune
+    accepts the end); a trial within budget trains as ever."""
+    import dataclasses
+    import json
+    import math
+    import os
+
+    from orchestrator.budgets import INFEASIBLE
+
+    w, config, run_dir = worker
+    context = w.contexts[str(run_dir)]
+    w.contexts[str(run_dir)] = dataclasses.replace(context, constraints=({"metric": "params_m", "max": 1.0},))
+    w.start("big", config, None)  # unet with resnet18: 14 M parameters
+    (event,) = events(w, "big", until="infeasible")
+    metrics = event["metrics"]
+    assert event["kind"] == "infeasible" and metrics[INFEASIBLE] == 1.0 and math.isnan(metrics["val/miou"])
+    assert metrics["model/params"] > 1e7 and "epoch" not in metrics
+    timeline = json.loads((run_dir / "pool" / f"worker-{os.getpid()}.json").read_text())
+    marks = [e for e in timeline if e.get("trial") == "big"]
+    assert [e["event"] for e in marks] == ["start", "infeasible"] and marks[1]["broken"].startswith("params_m 14.")
+    assert not (run_dir / "trials" / "big" / "best.pt").exists()  # no epoch ran
+    w.start("small", {**config, "model.arch": "enet", "model.encoder": None}, None)  # 0.35 M parameters
+    assert events(w, "small", until="epoch")[-1]["metrics"]["model/params"] < 1e6
+    w.stop("small")
+
+
 def test_a_trial_that_decodes_its_files_saves_its_panels(worker):
     """``data.cache: false`` (the trial decodes the files itself): the end-of-trial panels come from the driver's
     decoded cache (they read the trial's datasets' arrays, which file-decoding datasets do not have)."""
