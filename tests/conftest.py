@@ -86,3 +86,18 @@ def ssh_targets(tmp_path_factory):
     yield targets
     server.terminate()
     server.wait(10)
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_pool_outlives_the_session(tmp_path_factory):
+    """A pool holder a test started (they outlive their starter by design) does not outlive the test session: each
+    one whose state file lies in this session's temporary folders is stopped."""
+    yield
+    import psutil
+
+    base = str(tmp_path_factory.getbasetemp())
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "orchestrator.pool.resident" in cmdline and any(arg.startswith(base) for arg in cmdline):
+            proc.terminate()

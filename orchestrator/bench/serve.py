@@ -27,6 +27,7 @@ import httpx
 import psutil
 
 from orchestrator.errors import SegsweepError
+from orchestrator.pool.resident import stop_holder
 from orchestrator.service.db import ServiceDB
 
 
@@ -98,7 +99,8 @@ def _start_server(data: Path, datasets: Path) -> tuple[subprocess.Popen, str]:
 
 
 def _stop(server: subprocess.Popen, data: Path) -> None:
-    """The benchmark's server and any sweep it still runs (each runner is a session of its own, with its Ray)."""
+    """The benchmark's server, any sweep it still runs (each runner is a session of its own) and the service's pool
+    (which outlives a server by design)."""
     if server.poll() is None:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(30)
@@ -106,6 +108,7 @@ def _stop(server: subprocess.Popen, data: Path) -> None:
         if row.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(row.pid, signal.SIGKILL)
+    stop_holder(data / "pool.json")
 
 
 def _submit(api: httpx.Client, body: dict[str, Any]) -> str:
