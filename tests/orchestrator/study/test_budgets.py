@@ -34,7 +34,7 @@ def budget_between_the_demos_models() -> float:
 def test_demo_latency_with_a_latency_budget(ray_session, tmp_path):
     budget = budget_between_the_demos_models()
     overrides = [f"data.root={tmp_path / 'data'}", f"search.constraints=[{{metric: latency/p50_ms, max: {budget}}}]",
-                 "search.num_samples=8", "trainer.max_epochs=2", "tracking.wandb.mode=disabled",
+                 "search.num_samples=8", "trainer.max_epochs=1", "tracking.wandb.mode=disabled",
                  "resources.max_concurrent=1",
                  "export.backends=[ort-cpu]", "export.top_k=1", "export.warmup=1", "export.iters=5"]
     args = ["run", str(ROOT / "sweeps" / "demo_latency.yaml"), "--out", str(tmp_path / "run")]

@@ -51,7 +51,7 @@ def test_every_architecture_reproduces_its_recorded_best_from_its_saved_weights(
                      search={"algorithm": "grid", "metric": "val/miou", "mode": "max", "scheduler": {"name": "none"}},
                      trainer={"max_epochs": 2, "batch_size": 4, "log_images": 0, "best_worst": 0},
                      check={"top_k": 100}, tracking={"wandb": {"mode": "disabled"}})
-    spec["data"] |= {"size": [128, 128], "synthetic": {"train": 8, "val": 4, "height": 128, "width": 160, "seed": 3}}
+    spec["data"] |= {"size": [128, 128], "synthetic": {"train": 4, "val": 4, "height": 128, "width": 160, "seed": 3}}
     result = run_sweep(build_sweep(spec), out=tmp_path / "run")
     store = Store.of_run(result.run_dir)
     trials = store.trials(history=True)
