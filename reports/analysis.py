@@ -17,10 +17,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from orchestrator.store import TrialRow
+from orchestrator.store import FINISHED, TrialRow
 from reports.tables import code, md, to_markdown
-
-FINISHED = ("completed", "early_stopped")
 
 
 def budget_epoch(trials: list[TrialRow], rungs: list[int], max_epochs: int) -> int | None:
@@ -140,9 +138,9 @@ def analysis_markdown(meta: dict[str, Any], trials: list[TrialRow], domains: dic
     rungs, max_epochs = meta.get("rungs", []), meta.get("max_epochs", 0)
     budget = budget_epoch([t for t in trials if t.status in FINISHED and metric in t.best], rungs, max_epochs)
     lines = ["## Study analysis", "",
-             f"Per searched value: its finished trials, their best {code(metric)}, its median, and the median **at equal "
+             (f"Per searched value: its finished trials, their best {code(metric)}, its median, and the median **at equal "
              f"budget**: {code(metric)} at epoch {budget}, the largest rung every finished trial reached, so that trials "
-             "ASHA stopped early and trials that ran to the end are compared at the same epoch.", ""]
+             "ASHA stopped early and trials that ran to the end are compared at the same epoch."), ""]
     for key, domain in domains.items():
         table, notes = factor_table(trials, key, metric, mode, rungs, max_epochs, domain)
         if table.empty:
