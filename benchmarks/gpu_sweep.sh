@@ -12,11 +12,13 @@
 #   real                the study on the real IDD-lite subset (.data/idd_lite_train_subset, val: 20% of it)
 #   enet-check          the shipped ENet study, shortened, on the real subset; then evaluate on val (issue 24)
 #   pool                cold, then on a pool started for the study: warm twice, two users at once (issue 26)
+#   pool-shapes         pools packed otherwise (SHAPES="8x4 12x6 16x8": trials x worker processes per GPU), each
+#                       timed by its first study (RUNS=first; RUNS=first,warm adds a warm one)
 #   train               orchestrate bench-train (the seeds' pipeline, one trial, each lever, a sweep)
 #   imports             where a worker's and the driver's imports go
 #   gpu-tests           pytest -m gpu
 # DRY_RUN=1: on any machine, check every part's study and --set keys with `orchestrate validate` and run nothing
-# (tests/test_benchmarks.py does, on CPU). Time limits: BINARY_S, MULTICLASS_S, REAL_S, ENET_S, TRAIN_S, TESTS_S.
+# (tests/test_benchmarks.py does, on CPU). Time limits: BINARY_S, MULTICLASS_S, REAL_S, ENET_S, POOL_S, SHAPE_S, TRAIN_S, TESTS_S.
 # Needs the wheels (../shared/offline-wheels/build.sh): the earlier calls copied every part but the last to
 # /tmp/segsweep-parts; this one carries the last (.wheels/part3, or .wheels2/partB when repacked into two parts of
 # <= 64 MiB with the tree) and, for `real` and `enet-check`, .data. Summaries land in $OUT (runs stay in /tmp).
@@ -102,6 +104,17 @@ for part in ${@:-binary multiclass}; do
       echo "pool rc=$?"; cat /tmp/bs-pool/bench_pool.md; cp /tmp/bs-pool/bench_pool.md /tmp/bs-pool/bench_pool.json "$OUT/"
       for f in /tmp/bs-pool/orchestrate_*.log; do tail -2 "$f"; done
       tail -3 /tmp/bs-pool/pool.log ;;
+    pool-shapes)  # pools of other packings (SHAPES: TRIALSxWORKERS per GPU), each by its first study (RUNS)
+      for shape in ${SHAPES:-8x4 12x6 16x8}; do
+        sets=(--set "resources.trials_per_gpu=${shape%x*}" --set "resources.workers_per_gpu=${shape#*x}")
+        if [ -n "${DRY_RUN:-}" ]; then validate "$STUDY" "${sets[@]}"; continue; fi
+        rm -rf "/tmp/bs-shape-$shape"
+        timeout "${SHAPE_S:-200}" python3 -m orchestrator.cli bench-sweep "$STUDY" --pool --pool-runs "${RUNS:-first}" \
+          --seeds-sample 0 "${sets[@]}" --out "/tmp/bs-shape-$shape" > "$OUT/shape-$shape.log" 2>&1
+        echo "pool-shapes $shape rc=$?"; cat "/tmp/bs-shape-$shape/bench_pool.md"
+        cp "/tmp/bs-shape-$shape/bench_pool.json" "$OUT/shape-$shape.json" 2>/dev/null
+      done
+      [ -n "${DRY_RUN:-}" ] && echo "pool-shapes: ok" ;;
     train)
       if [ -n "${DRY_RUN:-}" ]; then python3 -m orchestrator.cli bench-train --help > /dev/null && echo "train: ok"
       else timeout "${TRAIN_S:-300}" python3 -m orchestrator.cli bench-train --out /tmp/bench-train \

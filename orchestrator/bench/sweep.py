@@ -93,32 +93,46 @@ def first_step(trials: list[TrialRow], started: float) -> float | None:
     return round(min(steps), 2) if steps else None
 
 
-def run_pool_bench(b: SweepBench, out: Path) -> dict[str, Any]:
+POOL_RUNS = ("cold", "first", "warm", "two-users")  # "first": the pool's first study (done for any but cold)
+
+
+def run_pool_bench(b: SweepBench, out: Path, runs: tuple[str, ...] = POOL_RUNS) -> dict[str, Any]:
     """Cold, warm and two users, in one run: the study on its own Ray; ``orchestrate pool start``; the study on the
     pool twice (the first run of an architecture warms its kernels there); two users submitting it at once to the
-    pool; ``pool stop``. The figures of each, and the two users' walls against the warm one."""
+    pool; ``pool stop``. The figures of each, and the two users' walls against the warm one. ``runs``: which of
+    ``POOL_RUNS`` (pools of several shapes compared by their first studies alone, for example)."""
+    unknown = sorted(set(runs) - set(POOL_RUNS))
+    if unknown or not runs:
+        raise SegsweepError(f"--pool-runs {','.join(runs)}: expected some of {','.join(POOL_RUNS)}")
     out.mkdir(parents=True, exist_ok=True)
     root = b.root or generate_synthetic(out / "data", *b.shape)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"spec": str(b.spec), "sets": [*b.sets, f"data.root={root}"]}
 
     def keep(key: str, value: Any) -> None:  # each figure saved as it comes: a run cut short keeps the earlier ones
         result[key] = value
         (out / "bench_pool.json").write_text(json.dumps(result, indent=1, default=str))
         (out / "bench_pool.md").write_text(pool_markdown(result))
 
-    keep("cold", timed_run(b, root, out, "cold"))
+    if "cold" in runs:
+        keep("cold", timed_run(b, root, out, "cold"))
+    if set(runs) == {"cold"}:
+        return result
     state = out / "pool.json"
     started = time.time()
     info = start_holder(state, pool_resources(b, root), log=out / "pool.log")
     keep("pool_start_s", round(time.time() - started, 2))
+    keep("pool", {"workers": len(info["workers"]), "slots": info.get("slots"), "mps": info.get("mps")})
     try:
         keep("warm_first", timed_run(b, root, out, "warm1", info["address"], pool_state=state))
-        keep("warm", timed_run(b, root, out, "warm2", info["address"], pool_state=state))
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            both = list(pool.map(lambda user: timed_run(b, root, out, f"two-{user}", info["address"], user, state),
-                                 ("alice", "bob")))
-        result["two_users"] = both
-        keep("two_users_x_warm", round(max(r["wall_s"] for r in both) / result["warm"]["wall_s"], 2))
+        if "warm" in runs:
+            keep("warm", timed_run(b, root, out, "warm2", info["address"], pool_state=state))
+        if "two-users" in runs:
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                both = list(pool.map(lambda user: timed_run(b, root, out, f"two-{user}", info["address"], user,
+                                                            state), ("alice", "bob")))
+            result["two_users"] = both
+            warm = result.get("warm", result["warm_first"])
+            keep("two_users_x_warm", round(max(r["wall_s"] for r in both) / warm["wall_s"], 2))
     finally:
         stop_holder(state)
     return result
@@ -134,7 +148,7 @@ def pool_markdown(r: dict[str, Any]) -> str:
         busy = f"{x['gpu_busy_fit'][0]:.0%}" if x.get("gpu_busy_fit") else "not sampled"
         return (f"| {label} | {x['wall_s']:.1f} s | {x['first_step_s'] if x['first_step_s'] is not None else '–'} s | "
                 f"{x['train_images_per_s_fit']:,.0f} | {busy} | {next(iter(x['best'].values())) or float('nan'):.4f} |")
-    lines = [f"`orchestrate bench-sweep {r['cold']['spec']} --pool` ({' '.join(r['cold']['sets'])})", "",
+    lines = [f"`orchestrate bench-sweep {r['spec']} --pool` ({' '.join(r['sets'])})", "",
              "| run | wall, run to report | first step after `orchestrate run` | train images/s (fit) | GPU busy (fit)"
              " | best |", "|---|---:|---:|---:|---:|---:|"]
     for key, label in (("cold", "cold: its own Ray and workers"), ("warm_first", "on the pool, first (its kernels "
@@ -143,9 +157,12 @@ def pool_markdown(r: dict[str, Any]) -> str:
             lines.append(row(label, r[key]))
     lines += [row(f"two users at once: {x['run_dir'].split('/')[-1].split('-')[1]}", x) for x in r.get("two_users", [])]
     if "pool_start_s" in r:
-        lines += ["", f"`orchestrate pool start`: {r['pool_start_s']:.1f} s."]
+        shape = r.get("pool", {})
+        lines += ["", f"`orchestrate pool start`: {r['pool_start_s']:.1f} s ({shape.get('workers')} worker(s), "
+                      f"{shape.get('slots')} trial(s) at once{', under CUDA MPS' if shape.get('mps') else ''})."]
     if "two_users_x_warm" in r:
-        lines += [f"Two users at once: the later finished **{r['two_users_x_warm']}x** the warm run's wall."]
+        lines += [f"Two users at once: the later finished **{r['two_users_x_warm']}x** the "
+                  f"{'warm' if 'warm' in r else 'first pool'} run's wall."]
     return "\n".join(lines) + "\n"
 
 

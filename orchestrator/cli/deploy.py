@@ -160,6 +160,8 @@ def bench_sweep(
     out: Annotated[Path, typer.Option(help="where data, the run and bench_sweep.{json,md} go")] = Path("bench-sweep"),
     pool: Annotated[bool, typer.Option("--pool", help="cold, warm and two users in one run: the study on its own "
                                        "Ray, then twice on a pool started for it, then twice at once")] = False,
+    pool_runs: Annotated[str, typer.Option(help="with --pool: which of cold,first,warm,two-users (the "
+                                           "pool's first study runs before warm and two-users)")] = "cold,first,warm,two-users",
 ) -> None:
     """A whole study as a user runs it (orchestrate run -> report), its phases and GPU use, against the seeds'
     plain loop on a sample of the same trials; with ``--pool``, cold against a warm pool and two users at once."""
@@ -174,6 +176,7 @@ def bench_sweep(
         raise SegsweepError(f"--shape {shape}: expected TRAINxVALxHxW, e.g. 281x204x227x320")
     bench = SweepBench(spec, tuple(set_ or ()), root, dims, seeds_sample, seeds_workers)
     if pool:
-        typer.echo(pool_markdown(run_pool_bench(bench, out)))
+        runs = tuple(part.strip() for part in pool_runs.split(",") if part.strip())
+        typer.echo(pool_markdown(run_pool_bench(bench, out, runs)))
         return
     typer.echo(markdown(run_bench_sweep(bench, out)))

@@ -192,7 +192,8 @@ def hold(state: Path, resources: dict[str, Any], cpus: int | None, gpus: int | N
         pool = start_resident_pool(res, pool_key(), mps)
         ready = ray.get([w.ready.remote() for w in pool.workers], timeout=READY_TIMEOUT_S)
         write_text_whole(state, json.dumps({"address": address, "pid": os.getpid(), "key": pool_key(),
-                                            "started": time.time(), "workers": ready,
+                                            "started": time.time(), "workers": ready, "slots": sum(pool.limits),
+                                            "mps": mps is not None,
                                             "token": os.environ["RAY_AUTH_TOKEN"]}), mode=0o600)
         print(f"[segsweep] pool ready on {address}: {len(ready)} worker(s), {sum(pool.limits)} trial(s) at once",
               flush=True)

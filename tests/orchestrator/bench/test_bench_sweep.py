@@ -94,5 +94,15 @@ def test_bench_sweep_pool_on_cpu(tmp_path):
     assert result["two_users"][0]["run_dir"] != result["two_users"][1]["run_dir"]
     assert result["two_users_x_warm"] > 0 and result["pool_start_s"] > 0
     assert read_state(tmp_path / "b" / "pool.json") is None  # stopped
+    assert result["pool"]["workers"] == len(pool_pids) and result["pool"]["slots"] >= 1
     md = (tmp_path / "b" / "bench_pool.md").read_text()
-    assert "| on the pool, warm |" in md and "Two users at once" in md
+    assert "| on the pool, warm |" in md and "Two users at once" in md and "trial(s) at once" in md
+
+
+def test_bench_sweep_pool_runs_are_checked(tmp_path):
+    from orchestrator.bench.sweep import run_pool_bench
+    from orchestrator.errors import SegsweepError
+
+    with pytest.raises(SegsweepError, match="--pool-runs cold,hot: expected some of cold,first,warm,two-users"):
+        run_pool_bench(SweepBench(tmp_path / "spec.yaml"), tmp_path / "b", ("cold", "hot"))
+    assert not (tmp_path / "b").exists()  # nothing written
