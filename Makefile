@@ -17,7 +17,7 @@ demo: install
 	WANDB_MODE=offline $(BIN)/orchestrate run sweeps/demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
-	WANDB_MODE=offline $(BIN)/python -m pytest -q
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf runs .pytest_cache
