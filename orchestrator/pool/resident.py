@@ -181,13 +181,18 @@ def hold(state: Path, resources: dict[str, Any], cpus: int | None, gpus: int | N
 
     res = ResourcesSpec.model_validate(resources)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def stop_on_signals() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    stop_on_signals()
     mps = start_mps(res.mps) if use_mps(res.mps, True, res.gpus_per_trial != 0) else None
     pool = None
     try:
         ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level="ERROR",
                  configure_logging=True, log_to_driver=True)
+        stop_on_signals()  # again: Ray's core worker installs a handler that dumps a stack trace on SIGTERM
         address = ray.get_runtime_context().gcs_address
         pool = start_resident_pool(res, pool_key(), mps)
         ready = ray.get([w.ready.remote() for w in pool.workers], timeout=READY_TIMEOUT_S)
