@@ -103,7 +103,9 @@ class TrialWorker:
     def __init__(self, settings: WorkerSettings, dispatcher: Any = None) -> None:
         """``dispatcher``: the pool's, when the pool outlives sweeps: a restarted worker process gets from it the
         sweeps attached so far."""
+        # the process's own events, and each attached sweep's (dropped at its detach: a pool's life does not pile up)
         self.timeline: list[dict[str, Any]] = [{"event": "process", "at": psutil.Process().create_time()}]
+        self.run_timelines: dict[str, list[dict[str, Any]]] = {}
         self.timeline_lock = threading.Lock()
         quiet_libraries()
         self.settings = settings
@@ -289,7 +291,8 @@ class TrialWorker:
                 module.step = None  # the step holds the module: no cycle left for the collector
                 del module, optimizer
                 self.warmed_keys.add(key)
-                self._mark("warm-up", arch=cfg.model.arch, seconds=round(time.time() - started, 2))
+                self._mark("warm-up", run=context.run_dir, arch=cfg.model.arch,
+                           seconds=round(time.time() - started, 2))
         except Exception as e:  # noqa: BLE001 - a warm-up is no trial: the trial itself fails with the reason
             logging.getLogger("segsweep.pool").warning("warm-up skipped: %s", failure(e))
         finally:
@@ -334,7 +337,7 @@ class TrialWorker:
                 return
             with self.cond:
                 concurrent = self.admission.running
-            self._mark("start", trial=job.trial_id)
+            self._mark("start", run=ctx.run_dir, trial=job.trial_id)
             constants: dict[str, float] = {"perf/preloaded": float(self.warmed.is_set()),
                                            "perf/restarts": float(job.restarts), "perf/concurrent": float(concurrent),
                                            "perf/queued_s": job.started - job.submitted, "perf/started_at": job.started}
@@ -349,7 +352,7 @@ class TrialWorker:
             # was within its budgets when it started, and keeps its verdict
             verdict = judge(ctx.constraints, constants) if ctx.constraints and state is None else None
             if verdict is not None and not verdict.feasible:
-                self._mark("infeasible", trial=job.trial_id, broken=verdict.line)
+                self._mark("infeasible", run=ctx.run_dir, trial=job.trial_id, broken=verdict.line)
                 job.events.put({"kind": "infeasible", "metrics": {ctx.metric: math.nan, **constants, INFEASIBLE: 1.0}})
                 return
             with BUILD_LOCK:
@@ -359,22 +362,30 @@ class TrialWorker:
             finally:
                 run.module.step = None  # its CUDA graph and memory pool go with the module, not at the next collection
             job.events.put({"kind": "done"})
-            self._mark("trial", trial=job.trial_id, started=job.started, epochs=job.reported)
+            self._mark("trial", run=ctx.run_dir, trial=job.trial_id, started=job.started, epochs=job.reported)
         except torch.OutOfMemoryError:
             self._out_of_memory(job)
         except Exception as e:  # noqa: BLE001 - the trial's failure, reported as its one line; the worker goes on
             job.events.put({"kind": "failed", "error": failure(e)})
 
-    def _mark(self, event: str, **details: Any) -> None:
+    def _mark(self, event: str, run: str | None = None, **details: Any) -> None:
         """The worker's timeline (start, warm-up, sweeps, trials), kept beside each sweep it holds for the benchmarks:
-        ``RUN_DIR/pool/worker-<pid>.json``."""
+        ``RUN_DIR/pool/worker-<pid>.json`` holds the process's own events and that sweep's, never another's.
+        ``run``: the sweep an event belongs to (None: the process's, written to every sweep attached)."""
+        entry = {"event": event, "at": time.time(), **({"run": run} if run else {}), **details}
         with self.timeline_lock:
-            self.timeline.append({"event": event, "at": time.time(), **details})
-            for run_dir in {*self.contexts, *([details["run"]] if "run" in details else [])}:
+            if not run:
+                self.timeline.append(entry)
+            else:
+                self.run_timelines.setdefault(run, []).append(entry)
+            for run_dir in [run] if run else [*self.run_timelines]:
                 path = RunDir(run_dir).path / "pool" / f"worker-{os.getpid()}.json"
                 if path.parent.parent.is_dir():  # a run directory that is still there
                     path.parent.mkdir(exist_ok=True)
-                    write_text_whole(path, json.dumps(self.timeline))  # read while it is written (bench-sweep)
+                    events = sorted([*self.timeline, *self.run_timelines[run_dir]], key=lambda e: e["at"])
+                    write_text_whole(path, json.dumps(events))  # read while it is written (bench-sweep)
+            if event == "detached":
+                self.run_timelines.pop(run, None)
 
     def _out_of_memory(self, job: Job) -> None:
         gc.collect()
