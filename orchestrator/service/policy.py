@@ -37,8 +37,10 @@ LIMITS: dict[str, int] = {
     "data.synthetic.train": 20000, "data.synthetic.val": 20000, "data.synthetic.height": 4096,
     "data.synthetic.width": 4096, "export.iters": 100000, "export.warmup": 10000, "export.top_k": 100,
     "evaluate.top_k": 100, "check.top_k": 100, "search.latency_proxy.iters": 100000,
-    "search.latency_proxy.warmup": 10000,
+    "search.latency_proxy.warmup": 10000, "resources.trials_per_gpu": 64, "resources.workers_per_gpu": 16,
 }
+# the least, per key: a trial's CPUs set how many worker processes a sweep of its own starts on each node
+MINIMA: dict[str, float] = {"resources.cpus_per_trial": 0.5}
 UNSET_ON_SERVER = ("set it in the shell that runs orchestrate submit, which sends its value, or write ${%s:-default}: "
               "the server never reads its own environment")
 
@@ -76,6 +78,11 @@ class SubmitPolicy:
                 if too_large:
                     raise SpecError(f"{where}: {key}: {too_large[0]:g} is more than this server takes "
                                     f"(at most {LIMITS[key]})")
+            if key in MINIMA:
+                too_small = [n for n in numbers(value) if n < MINIMA[key]]
+                if too_small:
+                    raise SpecError(f"{where}: {key}: {too_small[0]:g} is less than this server takes "
+                                    f"(at least {MINIMA[key]:g})")
 
     def check_path(self, key: str, value: Any, where: str) -> None:
         if value is None or isinstance(value, (bool, int, float)):

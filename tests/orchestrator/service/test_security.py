@@ -219,6 +219,11 @@ def test_a_second_attackers_findings_are_refused_cheaply_with_one_line(secure):
                                                                     "server takes (at most 1000)"),
         ({"spec": spec, "sets": ["trainer.max_epochs={int: [1, 1000000000]}"]}, "trainer.max_epochs: 1e+09 is more"),
         ({"spec": spec, "sets": ["data.size=[32000, 32000]"]}, "data.size: 32000 is more than this server takes"),
+        # thousands of worker processes for a sweep of its own (serve --no-pool, or a pool of other versions)
+        ({"spec": spec, "sets": ["resources.trials_per_gpu=10000"]}, "resources.trials_per_gpu: 10000 is more than"),
+        ({"spec": spec, "sets": ["resources.workers_per_gpu=10000"]}, "resources.workers_per_gpu: 10000 is more"),
+        ({"spec": spec, "sets": ["resources.cpus_per_trial=0.001"]}, "resources.cpus_per_trial: 0.001 is less than "
+                                                                     "this server takes (at least 0.5)"),
         ({"spec": spec, "priority": 2**70}, "priority: Input should be less than or equal to 1000"),
     ]:
         started = time.perf_counter()
