@@ -4,10 +4,11 @@ from importlib import import_module
 
 _HOME = {
     "ARCHITECTURES": "catalog", "LOSSES": "catalog", "OPTIMIZERS": "catalog", "SCHEDULES": "catalog",
-    "loss_parts": "catalog",
-    "create_model": "registry", "list_encoders": "registry", "list_models": "registry",
-    "create_loss": "losses", "enet_weights": "losses", "list_losses": "losses",
-    "create_optimizer": "optim", "create_schedule": "optim", "list_schedules": "optim",
+    "loss_parts": "catalog", "list_encoders": "catalog", "list_models": "catalog", "list_losses": "catalog",
+    "list_schedules": "catalog",
+    "create_model": "registry",
+    "create_loss": "losses", "enet_weights": "losses",
+    "create_optimizer": "optim", "create_schedule": "optim",
     "ConfusionMatrix": "metrics", "metrics_from_confusion": "metrics",
     "Complexity": "complexity", "complexity": "complexity", "model_size": "complexity",
     "ModelError": "errors", "UnknownNameError": "errors",

@@ -89,6 +89,24 @@ SCHEDULES: dict[str, str] = {
     "onecycle": "one-cycle: ascent for pct_start of the run to lr, cosine anneal (seed 002: 3e-4, 30%)",
 }
 
+def list_models() -> dict[str, str]:
+    """Registry name -> one-line description."""
+    return {name: info.description for name, info in ARCHITECTURES.items()}
+
+
+def list_encoders() -> list[str]:
+    """smp's encoder names; any timm model also works as ``tu-<name>``."""
+    return sorted(SMP_ENCODERS)
+
+
+def list_losses() -> dict[str, str]:
+    return {name: info.description for name, info in LOSSES.items()}
+
+
+def list_schedules() -> dict[str, str]:
+    return dict(SCHEDULES)
+
+
 # how ``models.complexity`` counts GMACs, as the reports name it
 COUNTER = "torch.utils.flop_counter (conv + matmul multiply-adds; interpolation, pooling, elementwise not counted)"
 

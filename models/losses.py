@@ -132,10 +132,6 @@ BUILDERS: dict[str, Callable[[LossContext], nn.Module]] = {
     ),
     "lovasz": lambda ctx: smp_losses.LovaszLoss(ctx.smp_mode, ignore_index=ctx.ignore_index),
 }
-def list_losses() -> dict[str, str]:
-    return {name: info.description for name, info in catalog.LOSSES.items()}
-
-
 def loss_graph_safe(name: str) -> bool:
     """Whether every part of ``name`` can run inside a captured CUDA graph (checked on an H100 for each loss)."""
     return all(catalog.LOSSES[p].graph_safe for p in loss_parts(name))

@@ -68,10 +68,6 @@ SCHEDULE_BUILDERS: dict[str, Callable[..., sched.LRScheduler]] = {
 }
 
 
-def list_schedules() -> dict[str, str]:
-    return dict(catalog.SCHEDULES)
-
-
 def create_schedule(
     name: str,
     optimizer: torch.optim.Optimizer,

@@ -40,16 +40,6 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 WEIGHT_NAMES = ("imagenet", "ssl", "swsl", "advprop", "noisy-student")
 
 
-def list_models() -> dict[str, str]:
-    """Registry name -> one-line description."""
-    return {name: info.description for name, info in catalog.ARCHITECTURES.items()}
-
-
-def list_encoders() -> list[str]:
-    """smp's encoder names; any timm model also works as ``tu-<name>``."""
-    return sorted(catalog.SMP_ENCODERS)
-
-
 def create_model(
     arch: str,
     encoder: str | None,

@@ -148,7 +148,9 @@ class Store:
         self.path = Path(path)
         with self._db() as db:
             db.executescript(SCHEMA)
-        _migrate(self.path)
+            outdated = _outdated(db) is not None
+        if outdated:  # a second connection only for an earlier segsweep's store
+            _migrate(self.path)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -177,7 +179,7 @@ class Store:
     def record_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
         """Store one reported epoch and refresh the trial's best/last metrics, size and train time."""
         epoch = int(result["epoch"])
-        metrics = {k: float(v) for k, v in result.items() if is_metric(k) and _finite(v)}
+        metrics = {k: float(v) for k, v in result.items() if is_metric(k) and finite(v)}
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (trial_id, epoch, json.dumps(metrics)))
             history = [json.loads(m) for (m,) in db.execute(
@@ -209,7 +211,7 @@ class Store:
     def record_infeasible(self, trial_id: str, result: dict[str, Any], broken: str) -> None:
         """A trial over budget, never trained: its figures (model size and compute, the latency proxy's latency and
         energy) as its metrics, and ``broken``, the budgets it broke in one line."""
-        figures = {k: float(v) for k, v in result.items() if is_metric(k) and _finite(v)}
+        figures = {k: float(v) for k, v in result.items() if is_metric(k) and finite(v)}
         with self._db() as db:
             db.execute(
                 "UPDATE trials SET status = 'infeasible', infeasible = ?, epochs = 0, best = ?, last = ?, params = ?, "
@@ -390,7 +392,8 @@ def _outdated(db: sqlite3.Connection) -> tuple[bool, list[str]] | None:
     return (old_trials, missing) if old_trials or missing else None
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
+    """A number a metric can hold: int or float (not bool), neither NaN nor infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -7,6 +7,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from orchestrator.store import STAGE1
+
 
 def metric_by(results: pd.DataFrame, metric: str, key: str, title: str) -> go.Figure:
     """Best ``metric`` of each trial grouped by a config key (box + points)."""
@@ -20,7 +22,6 @@ def metric_by(results: pd.DataFrame, metric: str, key: str, title: str) -> go.Fi
     return fig.update_layout(xaxis_title=key, yaxis_title=metric)
 
 
-STAGE1 = "stage1/"  # a staged model's first-stage series (``orchestrator.store.STAGE1``)
 
 
 def trial_labels(results: pd.DataFrame, keys: list[str]) -> dict[str, str]:

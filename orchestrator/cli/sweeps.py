@@ -180,11 +180,8 @@ class Registry(str, Enum):
 
 def list_(what: Annotated[Registry, typer.Argument(help="which registry")]) -> None:
     """List a registry's names with one line each."""
-    # lazy: the registries import torch and smp
-    from models.catalog import OPTIMIZERS
-    from models.losses import list_losses
-    from models.optim import list_schedules
-    from models.registry import list_encoders, list_models
+    # lazy, and from the catalog only: the registries import torch and smp
+    from models.catalog import OPTIMIZERS, list_encoders, list_losses, list_models, list_schedules
     from orchestrator.budgets import BUDGETS
     from orchestrator.data.adapters import list_datasets
 

@@ -276,8 +276,10 @@ class ProgressCallback(Timed):
         self._print()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        row = next((t for t in Store(self.store_path).trials() if t.id == trial.trial_id), None)
-        if row is not None and row.status == "infeasible" and REPLAYED not in (trial.last_result or {}):
+        result = trial.last_result or {}
+        row = next((t for t in Store(self.store_path).trials() if t.id == trial.trial_id), None) if (
+            result.get(INFEASIBLE) and REPLAYED not in result) else None  # the store is read for such a trial only
+        if row is not None and row.status == "infeasible":
             print(f"[segsweep] trial {trial.trial_id} infeasible, not trained: {row.infeasible}", file=sys.stderr,
                   flush=True)
         self._print()

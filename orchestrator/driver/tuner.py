@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from orchestrator.pool.proxy import proxy_trial
 from orchestrator.rundir import RunDir, experiment_name
 from orchestrator.spec.load import Sweep
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.store import FULL_EPOCH, ended_as
+from orchestrator.store import FULL_EPOCH, ended_as, finite
 
 # Ray's and Tune's environment settings of a sweep: orchestrator.driver's __init__, before Ray is imported
 
@@ -157,13 +156,13 @@ class StudySearch(OptunaSearch):
         best = self._best.setdefault(trial_id, {})
         for metric, mode in self._objectives():
             value = result.get(metric)
-            if not _finite(value):
+            if not finite(value):
                 continue  # a first-stage epoch (no metric), or a NaN
             if metric not in best or (value > best[metric][0] if mode == "max" else value < best[metric][0]):
                 best[metric] = (float(value), epoch)
         reported = self._reported.setdefault(trial_id, set())
         metric = self._objectives()[0][0]
-        if isinstance(self.metric, list) or not _finite(result.get(metric)) or epoch in reported:
+        if isinstance(self.metric, list) or not finite(result.get(metric)) or epoch in reported:
             return
         try:
             self._ot_trials[trial_id].report(float(result[metric]), epoch)
@@ -209,10 +208,6 @@ class StudySearch(OptunaSearch):
         ot_trial.set_user_attr("budgets", verdict.figures)
         if not verdict.feasible:
             ot_trial.set_user_attr("infeasible", verdict.line)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def scheduler(sweep: Sweep) -> TrialScheduler:

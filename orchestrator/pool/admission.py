@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from orchestrator.errors import SegsweepError
+from orchestrator.mps import CONTROL
+from orchestrator.mps import PIPE_ENV as MPS_PIPE_ENV  # set: an MPS daemon of the user's own, which the workers use
 from orchestrator.spec.schema import ResourcesSpec
 
 HEADROOM = 0.15  # allocator fragmentation and cuDNN workspaces beyond a trial's measured peak
 PACKING = {False: (4, 2), True: (8, 4)}  # (trials_per_gpu, workers_per_gpu) for auto, without and with CUDA MPS
-MPS_PIPE_ENV = "CUDA_MPS_PIPE_DIRECTORY"  # set: an MPS daemon of the user's own, which the workers use
 
 
 # ------------------------------------------------------------------------------------------------ 1. CUDA MPS
@@ -47,7 +48,7 @@ def use_mps(setting: bool | Literal["auto"], own_ray: bool, gpu_trials: bool) ->
     if not own_ray:
         if setting is True:
             raise SegsweepError("resources.mps: true needs the sweep's own Ray on this machine; on a cluster start "
-                                "'nvidia-cuda-mps-control -d' on each GPU node yourself, or set resources.mps=auto")
+                                f"'{CONTROL} -d' on each GPU node yourself, or set resources.mps=auto")
         return False
     if MPS_PIPE_ENV in os.environ:
         if setting is True:

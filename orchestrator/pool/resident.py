@@ -13,6 +13,7 @@ sweep of other versions never uses it.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 READY_TIMEOUT_S = 600.0  # the workers' imports (and CUDA) on a cold machine
 
 
+@functools.cache
 def pool_key() -> str:
     """The installed versions a pool's workers run: segsweep's source files, torch, Ray, Python. A pool whose key
     differs is never used (its workers would train with other code)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.pool.resident import STATE_ENV, USER_ENV
+from orchestrator.pool.resident import LOOPBACK, USER_ENV
 from orchestrator.service.db import ServiceDB, SweepRow
 from orchestrator.service.runner import status_file
 
@@ -117,12 +117,10 @@ class Scheduler:
             # a Ray of the sweep's own (not whatever `ray start` cluster runs on this machine, which ray.init would
             # join), on 127.0.0.1 (Ray's single-machine switch): its GCS, raylet, object manager and workers listen
             # on loopback, not on every interface
-            env |= {"RAY_ADDRESS": "local", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+            env |= {"RAY_ADDRESS": "local", **LOOPBACK}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         env[USER_ENV] = row.user  # a pool shares its slots fairly between users
-        if (self.data / "pool.json").is_file():
-            env[STATE_ENV] = str(self.data / "pool.json")  # the service's pool: its token, for the runner to join
         command = [sys.executable, "-m", "orchestrator.service.runner", str(self.data), row.id]
         command += [self.address] if self.address else []
         with open(log, "ab") as out:

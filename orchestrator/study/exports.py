@@ -14,17 +14,15 @@ from orchestrator.latency.measure import Protocol, measure
 from orchestrator.rundir import RunDir
 from orchestrator.runs import trial_model
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.store import FINISHED, Store, TrialRow
+from orchestrator.store import Store, TrialRow, top_trials
 
 
 def chosen_trials(store: Store, export) -> list[TrialRow]:
     """``all``: every completed trial; ``top_k``: the k best finished trials by the sweep's metric."""
-    meta = store.meta()
-    metric, mode = meta["metric"], meta["mode"]
-    finished = [t for t in store.trials() if t.status in FINISHED and metric in t.best]
     if export.trials == "all":
-        return [t for t in finished if t.status == "completed"]
-    return sorted(finished, key=lambda t: t.best[metric], reverse=mode == "max")[: export.top_k]
+        metric = store.meta()["metric"]
+        return [t for t in store.trials() if t.status == "completed" and metric in t.best]
+    return top_trials(store, export.top_k)
 
 
 def measure_exports(run_dir: Path, spec: SweepSpec, store: Store) -> None:

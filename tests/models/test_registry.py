@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.catalog import ARCHITECTURES
+from models.catalog import ARCHITECTURES, list_encoders
 from models.complexity import model_size
 from models.errors import ModelError, UnknownNameError
-from models.registry import create_model, list_encoders
+from models.registry import create_model
 
 # the encoder each contract test builds an architecture with (smp ones: a small common encoder)
 ENCODER = {"enet": None, "deeplabv3_atrous": "resnet18", "fcn": "resnet50", "segformer": "mit_b0"}
