@@ -45,7 +45,7 @@ from orchestrator.trial.build import build_module, complete_trial, trial_model
 from orchestrator.trial.callbacks import ReportEpochs, SaveVisuals
 from orchestrator.trial.config import TrialConfig, TrialContext
 from orchestrator.trial.data import normalise, release_resident, to_model_input
-from orchestrator.trial.revalidate import revalidate
+from orchestrator.trial.revalidate import rescore
 from orchestrator.trial.step import STEP_LOCK
 
 DECISION_TIMEOUT_S = 900.0  # a trial waiting this long for its proxy's word is stopped (the proxy is gone)
@@ -226,15 +226,8 @@ class TrialWorker:
         context = self._context(run_dir)
         if context is None:
             return {"error": f"the pool's worker holds no sweep {run_dir}"}
-        weights = RunDir(context.run_dir).trial(trial_id).best_weights
-        if not weights.is_file():
-            return {"error": f"{weights.name} missing"}
-        started = time.perf_counter()
-        try:
-            metrics = revalidate(config, context.data, weights, self.cuda, build_lock=BUILD_LOCK)
-        except Exception as e:  # noqa: BLE001 - weights that do not load are a failed check, with the reason
-            return {"error": failure(e)}
-        return {"metrics": metrics, "seconds": time.perf_counter() - started}
+        return rescore(RunDir(context.run_dir).trial(trial_id).best_weights, config, context.data, self.cuda,
+                       build_lock=BUILD_LOCK)
 
     def load(self) -> dict[str, int]:
         with self.cond:

@@ -120,19 +120,22 @@ def run_store(row: SweepRow) -> Store | None:
     return Store(path) if path.is_file() else None
 
 
-_READS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
+_READS: dict[tuple[str, str], tuple[tuple[int, int, bytes], Any]] = {}
 
 
 def from_store(row: SweepRow, what: str, compute: Callable[[Store], T]) -> T | None:
     """``compute(store)`` of the sweep's results store (None before there is one), kept until the store changes (its
-    modification time and size): every client polls the same sweep, so it is read once per change however many ask,
-    and fewer readers hold the driver's writes back."""
+    modification time, size and SQLite's file change counter, which every commit bumps: two commits within one tick
+    of a coarse file clock leave the time and size alike): every client polls the same sweep, so it is read once per
+    change however many ask, and fewer readers hold the driver's writes back."""
     path = RunDir(row.run_dir).store
     try:
         stat = path.stat()
+        with open(path, "rb") as f:
+            counter = f.read(28)[24:28]  # the database header's file change counter
     except FileNotFoundError:
         return None
-    version, key = (stat.st_mtime_ns, stat.st_size), (str(path), what)
+    version, key = (stat.st_mtime_ns, stat.st_size, counter), (str(path), what)
     hit = _READS.get(key)
     if hit is not None and hit[0] == version:
         return hit[1]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.failures import failure
 from orchestrator.rundir import RunDir
 from orchestrator.store import Store, TrialRow, top_trials
 
@@ -105,21 +104,9 @@ def in_process(run_dir: str | Path) -> Revalidator:
         import torch  # lazy (above)
 
         from orchestrator.data.cache import PreparedData  # lazy (above)
-        from orchestrator.trial.revalidate import revalidate as rescore  # lazy (above)
+        from orchestrator.trial.revalidate import rescore  # lazy (above)
 
         data = PreparedData.from_json(Store.of_run(run_dir).meta()["data"])
-        out = []
-        for row in rows:
-            weights = RunDir(run_dir).trial(row.id).best_weights
-            started = time.perf_counter()
-            if not weights.is_file():
-                out.append({"error": f"{weights.name} missing"})
-                continue
-            try:
-                metrics = rescore(row.config, data, weights, torch.cuda.is_available())
-            except Exception as e:  # noqa: BLE001 - weights that do not load are a failed check, with the reason
-                out.append({"error": failure(e)})
-                continue
-            out.append({"metrics": metrics, "seconds": time.perf_counter() - started})
-        return out
+        return [rescore(RunDir(run_dir).trial(row.id).best_weights, row.config, data, torch.cuda.is_available())
+                for row in rows]
     return revalidate

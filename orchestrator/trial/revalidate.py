@@ -5,6 +5,7 @@ self-check compares the result with the figure the store recorded (``orchestrato
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import lightning.pytorch as L
 import torch
 
 from orchestrator.data.cache import PreparedData
+from orchestrator.failures import failure
 from orchestrator.trial.build import build_datamodule, build_module, build_trainer, use_gpu_for
 from orchestrator.trial.config import TrialConfig
 
@@ -34,3 +36,17 @@ def revalidate(config: dict[str, Any], data: PreparedData, weights: str | Path, 
     finally:
         module.step = None  # its CUDA memory goes with the module
     return dict(module.val_metrics)
+
+
+def rescore(weights: Path, config: dict[str, Any], data: PreparedData, use_gpu: bool,
+            build_lock: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
+    """The self-check's answer for one trial, wherever it runs (a pool's worker, ``orchestrate evaluate``):
+    ``{"metrics": ..., "seconds": ...}``, or ``{"error": "one line"}`` for weights missing or that do not load."""
+    if not weights.is_file():
+        return {"error": f"{weights.name} missing"}
+    started = time.perf_counter()
+    try:
+        metrics = revalidate(config, data, weights, use_gpu, build_lock=build_lock)
+    except Exception as e:  # noqa: BLE001 - weights that do not load are a failed check, with the reason
+        return {"error": failure(e)}
+    return {"metrics": metrics, "seconds": time.perf_counter() - started}
