@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from models.catalog import ARCHITECTURES, OPTIMIZERS, SCHEDULES, check_arch_encoder, check_encoder, loss_parts
 from models.errors import UnknownNameError
-from orchestrator.budgets import BUDGETS, ENERGY_METRICS
+from orchestrator.budgets import BUDGETS
 from orchestrator.data.adapters import DATASETS, Bdd100kDrivable
 from orchestrator.data.prepare import adapter_for
 from orchestrator.errors import KNOWN_ERRORS, SpecError, closest, unknown_name_message
@@ -194,21 +194,18 @@ def build_sweep(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
     return Sweep(source=source, spec=spec, flat=flat, domains=domains)
 
 
-LATENCY_METRICS = ["latency/mean_ms", "latency/p50_ms", "latency/p90_ms", "latency/p99_ms"]
-
-
 def _check_objectives(spec: SweepSpec, metrics: list[str], where: str) -> None:
     objectives = spec.search.objectives
     if not objectives:
         return
-    allowed = metrics + LATENCY_METRICS + list(ENERGY_METRICS) + ["model/gmacs", "model/params", "model/size_mb"]
+    allowed = metrics + [budget.metric for budget in BUDGETS.values()]  # the model's figures, the proxy's
     for i, objective in enumerate(objectives):
         if objective.metric not in allowed:
             raise SpecError(f"{where}: search.objectives.{i}.metric: "
                             f"{unknown_name_message('metric', objective.metric, allowed)}")
     if len(objectives) > 1 and spec.search.algorithm != "optuna":
         raise SpecError(f"{where}: search.objectives: several objectives need search.algorithm: optuna")
-    if any(o.metric.startswith(("latency/", "energy/", "power/")) for o in objectives) and \
+    if any(o.metric in {b.metric for b in BUDGETS.values() if b.proxy} for o in objectives) and \
             spec.search.latency_proxy is None:
         raise SpecError(f"{where}: search.objectives: a latency or energy objective needs search.latency_proxy "
                         f"(e.g. {{backend: torch}}: measured in each trial before it trains)")
